@@ -1,0 +1,63 @@
+"""Invoice view relay: tells HighLevel when a customer has viewed an invoice or estimate."""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask, g, request
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the app: config, logging, store, API, CLI. ``config`` overrides the environment."""
+    from . import admin, api, cli, errors, health
+    from .config import load_config
+    from .db import create_engine
+    from .deps import Services
+    from .logging import configure_logging
+    from .openapi import init_api
+    from .store import Store
+    from .tokens import TokenVault
+
+    app = Flask(__name__, instance_relative_config=True)
+    settings = load_config(os.environ, config, instance_path=app.instance_path)
+    configure_logging(settings["LOG_LEVEL"], settings["LOG_FORMAT"])
+    app.config.update(settings)
+
+    engine = create_engine(settings["DATABASE_URL"])
+    app.extensions["service"] = Services(
+        config=settings,
+        engine=engine,
+        store=Store(engine, coalesce_window=settings["COALESCE_WINDOW_SECONDS"],
+                    lease_seconds=settings["LEASE_SECONDS"]),
+        vault=TokenVault(engine, settings["TOKEN_ENCRYPTION_KEYS"]),
+    )
+    if settings["TRUSTED_PROXIES"]:
+        n = settings["TRUSTED_PROXIES"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n)
+
+    app.before_request(_assign_request_id)
+    app.after_request(_echo_request_id)
+    api_ = init_api(app)
+    api_.register_blueprint(api.bp)
+    api_.register_blueprint(admin.bp)
+    app.register_blueprint(health.bp)
+    errors.init_app(app)
+    cli.init_app(app)
+    return app
+
+
+def _assign_request_id() -> None:
+    incoming = request.headers.get("X-Request-ID", "")
+    g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+
+
+def _echo_request_id(response):
+    response.headers["X-Request-ID"] = g.get("request_id", "")
+    return response

@@ -1,0 +1,78 @@
+"""Event ingest: ``POST /v1/events`` and ``GET /v1/events/<id>``."""
+
+from __future__ import annotations
+
+import functools
+
+from flask import g, request
+from flask_smorest import Blueprint
+
+from .auth import require_ingest_key
+from .deps import services
+from .errors import NotFoundError, ServiceError
+from .schemas import EventStatusSchema, IngestResponseSchema, IngestSchema
+from .store import View
+
+bp = Blueprint("events", __name__, url_prefix="/v1/events",
+               description="Invoice and estimate views from internal services")
+SECURITY = [{"ingestKey": []}]
+
+
+class UnsupportedMediaTypeError(ServiceError):
+    status = 415
+    message = "Send the body as JSON (Content-Type: application/json)"
+
+
+def require_json(view):
+    """Answer 415 unless the body is declared JSON (before it is parsed)."""
+
+    @functools.wraps(view)
+    def wrapped(*args, **kwargs):
+        if not request.is_json:
+            raise UnsupportedMediaTypeError()
+        return view(*args, **kwargs)
+
+    return wrapped
+
+
+def to_view(event: dict) -> View:
+    """Turn one validated event into the store's ``View``."""
+    kind = "invoice" if "invoiceId" in event else "estimate"
+    now = services().clock()
+    return View(
+        kind=kind, location_id=event["locationId"],
+        document_id=event.get("invoiceId") or event["estimateId"],
+        viewed_at=event.get("viewedAt") or now, event_key=event.get("eventId"),
+        source=event.get("source"), user_agent=event.get("userAgent"), ip=event.get("ip"),
+        request_id=g.get("request_id"),
+    )
+
+
+@bp.route("", methods=["POST"])
+@bp.doc(security=SECURITY)
+@require_ingest_key
+@require_json
+@bp.arguments(IngestSchema)
+@bp.response(202, IngestResponseSchema)
+def post_events(body):
+    """Accept one event, or a batch of 1-500 (all or nothing).
+
+    Each view is committed before the 202. A repeated ``eventId`` answers
+    ``duplicate`` with the first event's id and is not sent again.
+    """
+    accepted = services().store.record_views([to_view(e) for e in body["events"]],
+                                             now=services().clock())
+    results = [{"id": a.id, "status": a.status} for a in accepted]
+    return results[0] if "events" not in request.get_json() else {"events": results}
+
+
+@bp.route("/<event_id>", methods=["GET"])
+@bp.doc(security=SECURITY)
+@require_ingest_key
+@bp.response(200, EventStatusSchema)
+def get_event(event_id):
+    """Where an event stands: queued, delivered (with the time), failed or filtered."""
+    status = services().store.event_status(event_id) if len(event_id) <= 64 else None
+    if status is None:
+        raise NotFoundError("No event with that id")
+    return status

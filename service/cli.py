@@ -1,0 +1,161 @@
+"""Command line: ``flask --app service <command>``; each is a thin wrapper."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import signal
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import click
+from flask import Flask
+from flask.cli import AppGroup
+
+from .deps import services
+
+logger = logging.getLogger(__name__)
+
+db_cli = AppGroup("db", help="Schema migrations.")
+tokens_cli = AppGroup("tokens", help="Per-location HighLevel tokens.")
+keys_cli = AppGroup("keys", help="API keys and secrets.")
+
+
+@db_cli.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+def db_upgrade(revision: str) -> None:
+    """Create or migrate the schema."""
+    from .db import current_revision, upgrade
+
+    upgrade(services().engine, revision)
+    click.echo(f"database at revision {current_revision(services().engine)}")
+
+
+def build_forwarder(stop=None, executor=None):
+    """A Forwarder wired to the app's store, vault and a real HighLevel client."""
+    from .forwarder import Forwarder
+    from .highlevel import HighLevelClient, build_session
+
+    svc = services()
+    cfg = svc.config
+    concurrency = cfg["FORWARD_CONCURRENCY"]
+    client = HighLevelClient(build_session(concurrency), cfg["HIGHLEVEL_BASE_URL"],
+                             version=cfg["HIGHLEVEL_API_VERSION"],
+                             timeout=(5.0, cfg["HIGHLEVEL_TIMEOUT_SECONDS"]))
+    return Forwarder(svc.store, svc.vault, client,
+                     executor=executor or ThreadPoolExecutor(concurrency, "send"),
+                     concurrency=concurrency, max_age_seconds=cfg["MAX_EVENT_AGE_SECONDS"],
+                     clock=svc.clock, stop=stop)
+
+
+@click.command("forwarder")
+@click.option("--once", is_flag=True, help="Handle what is due now, then exit.")
+@click.option("--max-batches", type=int, default=None, help="Exit after N iterations.")
+def forwarder_command(once: bool, max_batches: int | None) -> None:
+    """Send due views to HighLevel until SIGTERM (or, with --once, until none is due)."""
+    from .forwarder import run
+
+    forwarder = build_forwarder()
+
+    def on_signal(signum, _frame):
+        logger.info("forwarder.stopping", extra={"signal": signal.Signals(signum).name})
+        forwarder.stop.set()  # only a flag: the loop finishes its batch and exits
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    logger.info("forwarder.started", extra={"concurrency": forwarder.concurrency})
+    try:
+        handled = run(forwarder, once=once, max_batches=max_batches)
+    finally:
+        forwarder.executor.shutdown(wait=True)
+    logger.info("forwarder.stopped", extra={"handled": handled})
+    click.echo(f"forwarder handled {handled} document(s)")
+
+
+@tokens_cli.command("set")
+@click.argument("location_id")
+@click.option("--access-token", prompt=True, hide_input=True, envvar="HL_ACCESS_TOKEN",
+              help="Read from a prompt or $HL_ACCESS_TOKEN so it stays out of shell history.")
+@click.option("--refresh-token", default=None, envvar="HL_REFRESH_TOKEN")
+@click.option("--expires-in", type=int, default=None, help="Seconds until the token expires.")
+@click.option("--company-id", default=None)
+def tokens_set(location_id, access_token, refresh_token, expires_in, company_id) -> None:
+    """Store a location's token (a Private Integration Token, or OAuth tokens)."""
+    from .schemas import TokenSchema
+
+    body = {"accessToken": access_token}
+    body.update({k: v for k, v in (("refreshToken", refresh_token), ("expiresIn", expires_in),
+                                   ("companyId", company_id)) if v is not None})
+    import marshmallow as ma
+
+    try:
+        data = TokenSchema().load(body)
+    except ma.ValidationError as exc:
+        raise click.BadParameter(json.dumps(exc.messages)) from None
+    svc = services()
+    now = svc.clock()
+    expires_at = now + dt.timedelta(seconds=expires_in) if expires_in else None
+    svc.vault.set_token(location_id, access_token=data["accessToken"],
+                        refresh_token=data.get("refreshToken"), expires_at=expires_at,
+                        company_id=company_id, now=now)
+    released = svc.store.unblock(now=now, location_id=location_id)
+    click.echo(f"stored token for {location_id}; {released} parked document(s) released")
+
+
+@tokens_cli.command("list")
+def tokens_list() -> None:
+    """List locations with a token (never the token)."""
+    rows = services().vault.list()
+    for row in rows:
+        expires = row["expiresAt"].isoformat() if row["expiresAt"] else "-"
+        click.echo(f"{row['locationId']}\t{row['tokenKind']}\t{row['status']}\t{expires}\t"
+                   f"{row['lastError'] or ''}")
+    if not rows:
+        click.echo("no tokens stored")
+
+
+@tokens_cli.command("delete")
+@click.argument("location_id")
+def tokens_delete(location_id: str) -> None:
+    """Remove a location's token; its views wait until a new one is stored."""
+    svc = services()
+    if not svc.vault.delete_token(location_id):
+        raise click.ClickException(f"no token stored for {location_id}")
+    parked = svc.store.block_location(location_id, now=svc.clock())
+    click.echo(f"deleted token for {location_id}; {parked} document(s) parked")
+
+
+@tokens_cli.command("reencrypt")
+def tokens_reencrypt() -> None:
+    """Re-encrypt every token with the first TOKEN_ENCRYPTION_KEYS key (after a rotation)."""
+    click.echo(f"re-encrypted {services().vault.reencrypt()} location token(s)")
+
+
+@keys_cli.command("generate")
+def keys_generate() -> None:
+    """Print fresh values for every secret, as environment lines (production set-up)."""
+    from .config import generate_secrets
+
+    for name, values in generate_secrets().items():
+        click.echo(f"{name}={','.join(values)}")
+
+
+@keys_cli.command("show")
+def keys_show() -> None:
+    """Print the development ingest and admin keys (refused in production)."""
+    cfg = services().config
+    if cfg["RELAY_ENV"] == "production":
+        raise click.ClickException("keys show is for development only")
+    click.echo(f"INGEST_API_KEYS={','.join(cfg['INGEST_API_KEYS'])}")
+    click.echo(f"ADMIN_API_KEYS={','.join(cfg['ADMIN_API_KEYS'])}")
+
+
+def init_app(app: Flask) -> None:
+    """Register the commands."""
+    for command in (db_cli, tokens_cli, keys_cli, forwarder_command):
+        app.cli.add_command(command)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("use: flask --app service <command>")

@@ -1,0 +1,211 @@
+"""Every setting the service reads, in one inventory (DESIGN.md, "Configuration").
+
+``load_config(environ)`` is the only place that reads environment variables.
+Tests pass a plain dict to ``create_app`` instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from cryptography.fernet import Fernet
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names it."""
+
+
+def _csv(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def _int(value: str) -> int:
+    return int(value)
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def coerce(value: str) -> str:
+        value = value.strip().lower()
+        if value not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}")
+        return value
+
+    return coerce
+
+
+def _rate(value: str) -> tuple[int, float]:
+    """Parse ``100/10s`` into (requests, seconds)."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*", value)
+    if not match:
+        raise ValueError("expected N/<interval>, e.g. 100/10s")
+    count, amount, unit = int(match[1]), float(match[2]), match[3] or "s"
+    seconds = amount / 1000 if unit == "ms" else amount * 60 if unit == "m" else amount
+    return count, seconds
+
+
+def normalize_database_url(url: str) -> str:
+    """Accept the URL forms users paste and pick the psycopg 3 driver for PostgreSQL."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def _base_url(value: str) -> str:
+    parts = urlsplit(value.strip())
+    loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
+    if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
+        raise ValueError("must be https (plain http only for loopback)")
+    return value.strip().rstrip("/")
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    coerce: Callable[[str], Any]
+    default: str | None
+    help: str
+    secret: bool = False
+
+
+# name, coercer, default (a string, coerced like the environment), meaning
+SETTINGS = [
+    Setting("RELAY_ENV", _choice("development", "production", "test"), "development",
+            "production refuses to start without explicit secrets"),
+    Setting("DATABASE_URL", normalize_database_url, "sqlite:///instance/relay.db",
+            "SQLAlchemy URL; postgres:// and postgresql:// are accepted"),
+    Setting("HIGHLEVEL_BASE_URL", _base_url, "https://services.leadconnectorhq.com",
+            "HighLevel API base; plain http only for loopback"),
+    Setting("HIGHLEVEL_API_VERSION", str, "2021-07-28", "the Version header"),
+    Setting("HIGHLEVEL_CLIENT_ID", str, None, "OAuth app client id"),
+    Setting("HIGHLEVEL_CLIENT_SECRET", str, None, "OAuth app client secret", secret=True),
+    Setting("HIGHLEVEL_WEBHOOK_PUBLIC_KEY", str, None, "Ed25519 key for app webhooks"),
+    Setting("HIGHLEVEL_TIMEOUT_SECONDS", float, "10", "read timeout of each HighLevel call"),
+    Setting("INGEST_API_KEYS", _csv, None, "bearer keys for event ingest", secret=True),
+    Setting("ADMIN_API_KEYS", _csv, None, "bearer keys for admin routes", secret=True),
+    Setting("PIXEL_SIGNING_KEYS", _csv, None, "pixel token keys; first signs", secret=True),
+    Setting("TOKEN_ENCRYPTION_KEYS", _csv, None, "Fernet keys; first encrypts", secret=True),
+    Setting("PUBLIC_BASE_URL", str, "http://localhost:8000", "base of minted pixel URLs"),
+    Setting("COALESCE_WINDOW_SECONDS", _int, "60", "at most one more send per window"),
+    Setting("MAX_EVENT_AGE_SECONDS", _int, "86400", "retry until a view is this old"),
+    Setting("FORWARD_CONCURRENCY", _int, "16", "sends in flight per forwarder"),
+    Setting("LEASE_SECONDS", _int, "120", "how long a claim is held before others retry it"),
+    Setting("MACHINE_OPENS", _choice("skip", "forward"), "skip", "forward machine opens?"),
+    Setting("MACHINE_OPEN_RULES", str, None, "extra machine-open rules file"),
+    Setting("RATE_LIMIT_BURST", _rate, "100/10s", "starting burst limit per resource"),
+    Setting("RATE_LIMIT_DAILY", _int, "200000", "starting daily limit per resource"),
+    Setting("DELIVERY_LOG_DAYS", _int, "30", "delivery-log retention"),
+    Setting("MAX_CONTENT_LENGTH", _int, str(1024 * 1024), "largest request body, bytes"),
+    Setting("PORT", _int, "8000", "web port"),
+    Setting("WEB_CONCURRENCY", _int, str(2 * (os.cpu_count() or 1)), "gunicorn workers"),
+    Setting("TRUSTED_PROXIES", _int, "0", "proxies in front that set X-Forwarded-*"),
+    Setting("LOG_LEVEL", str.upper, "INFO", "logging level"),
+    Setting("LOG_FORMAT", _choice("json", "text"), None, "json in production, text in dev"),
+]
+
+SECRET_NAMES = [s.name for s in SETTINGS if s.secret and s.name.endswith("_KEYS")]
+DEV_SECRETS_FILE = "dev-secrets.json"
+
+
+def load_config(environ: Mapping[str, str], overrides: Mapping[str, Any] | None = None,
+                *, instance_path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Build the typed config from ``environ`` with ``overrides`` (already typed) on top.
+
+    :raises ConfigError: a value does not parse, or production lacks a secret.
+    """
+    overrides = dict(overrides or {})
+    config: dict[str, Any] = {}
+    for setting in SETTINGS:
+        if setting.name in overrides:
+            config[setting.name] = overrides.pop(setting.name)
+            continue
+        raw = environ.get(setting.name)
+        if raw is None or raw == "":
+            raw = setting.default
+        if raw is None:
+            config[setting.name] = None
+            continue
+        try:
+            config[setting.name] = setting.coerce(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{setting.name}: {exc}") from None
+    config.update(overrides)  # extra keys tests pass (e.g. TESTING)
+    if isinstance(config["DATABASE_URL"], str):
+        config["DATABASE_URL"] = normalize_database_url(config["DATABASE_URL"])
+    if config["LOG_FORMAT"] is None:
+        config["LOG_FORMAT"] = "json" if config["RELAY_ENV"] == "production" else "text"
+
+    missing = [name for name in SECRET_NAMES if not config.get(name)]
+    if missing and config["RELAY_ENV"] == "production":
+        raise ConfigError(
+            "RELAY_ENV=production needs explicit secrets; missing: " + ", ".join(missing)
+        )
+    if missing:
+        generated = ensure_dev_secrets(Path(instance_path or "instance"))
+        for name in missing:
+            config[name] = generated[name]
+    for key in config["TOKEN_ENCRYPTION_KEYS"]:
+        try:
+            Fernet(key)
+        except ValueError:
+            raise ConfigError(
+                "TOKEN_ENCRYPTION_KEYS: each key must be a Fernet key "
+                "(generate one with `flask --app service keys generate`)"
+            ) from None
+    return config
+
+
+def generate_secrets() -> dict[str, list[str]]:
+    """Make one fresh value for each secret key list."""
+    return {
+        "INGEST_API_KEYS": ["ik_" + secrets.token_urlsafe(24)],
+        "ADMIN_API_KEYS": ["ak_" + secrets.token_urlsafe(24)],
+        "PIXEL_SIGNING_KEYS": [secrets.token_urlsafe(32)],
+        "TOKEN_ENCRYPTION_KEYS": [Fernet.generate_key().decode()],
+    }
+
+
+def ensure_dev_secrets(instance: Path) -> dict[str, list[str]]:
+    """Load development secrets from ``instance/``, generating them once (mode 0600)."""
+    path = instance / DEV_SECRETS_FILE
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        pass
+    instance.mkdir(parents=True, exist_ok=True)
+    values = generate_secrets()
+    try:
+        # O_EXCL: when several gunicorn workers start at once, exactly one writes.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return _read_when_complete(path)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(values, fh, indent=2)
+    # Printed once, so a newcomer can call the API; never logged.
+    print(
+        f"Generated development keys in {path}:\n"
+        f"  INGEST_API_KEYS={values['INGEST_API_KEYS'][0]}\n"
+        f"  ADMIN_API_KEYS={values['ADMIN_API_KEYS'][0]}",
+        file=sys.stderr,
+    )
+    return values
+
+
+def _read_when_complete(path: Path) -> dict[str, list[str]]:
+    import time
+
+    for _ in range(50):
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError:
+            time.sleep(0.02)  # another process is still writing it
+    raise ConfigError(f"{path} is not valid JSON; delete it to regenerate development keys")

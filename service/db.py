@@ -1,0 +1,218 @@
+"""Tables (SQLAlchemy Core), the engine for SQLite or PostgreSQL, and migrations."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, make_url
+
+UTC = dt.timezone.utc
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+class UTCDateTime(sa.TypeDecorator):
+    """A timestamp that is always timezone-aware UTC in Python, on SQLite too."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite autoincrements INTEGER
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+    }
+)
+
+# One row per (kind, location, document): the coalescing queue entry.
+# views_seq counts every view recorded; claimed_seq is what the in-flight send
+# covers; sent_seq what HighLevel has confirmed; failed_seq what went dead.
+documents = sa.Table(
+    "documents",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("kind", sa.String(8), nullable=False),
+    sa.Column("location_id", sa.String(64), nullable=False),
+    sa.Column("document_id", sa.String(64), nullable=False),
+    # pending | idle | blocked | dead
+    sa.Column("status", sa.String(10), nullable=False),
+    sa.Column("views_seq", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("claimed_seq", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("sent_seq", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("failed_seq", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("due_at", UTCDateTime, nullable=False),
+    sa.Column("locked_until", UTCDateTime),
+    sa.Column("lease_token", sa.String(32)),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("pending_since", UTCDateTime),
+    sa.Column("last_attempt_at", UTCDateTime),
+    sa.Column("last_sent_at", UTCDateTime),
+    # End of the coalescing window after the last send: a new view waits until then.
+    sa.Column("quiet_until", UTCDateTime),
+    sa.Column("last_status", sa.Integer),
+    sa.Column("last_error", sa.String(500)),
+    sa.Column("dead_reason", sa.String(20)),
+    sa.Column("last_request_id", sa.String(64)),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("kind", "location_id", "document_id"),
+    sa.Index("ix_documents_status_due_at", "status", "due_at"),
+    sa.Index("ix_documents_location_id_status", "location_id", "status"),
+)
+
+# One row per accepted view (or per idempotent event).
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("event_key", sa.String(64), unique=True),
+    # Both null for a view that is recorded but not forwarded (filtered).
+    sa.Column("document_row", BigId, sa.ForeignKey("documents.id")),
+    sa.Column("seq", sa.Integer),
+    sa.Column("kind", sa.String(8), nullable=False),
+    sa.Column("location_id", sa.String(64), nullable=False),
+    sa.Column("document_id", sa.String(64), nullable=False),
+    sa.Column("viewed_at", UTCDateTime, nullable=False),
+    sa.Column("received_at", UTCDateTime, nullable=False),
+    sa.Column("source", sa.String(64)),
+    sa.Column("user_agent", sa.String(512)),
+    sa.Column("ip", sa.String(64)),
+    sa.Column("verdict", sa.String(20), nullable=False, server_default="human"),
+    sa.Column("forward", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("request_id", sa.String(64)),
+    sa.Index("ix_events_document_row_seq", "document_row", "seq"),
+)
+
+# One row per location (or company): the token HighLevel calls use, encrypted.
+locations = sa.Table(
+    "locations",
+    metadata,
+    sa.Column("location_id", sa.String(64), primary_key=True),
+    # pit (Private Integration Token) | oauth
+    sa.Column("token_kind", sa.String(10), nullable=False),
+    sa.Column("access_token", sa.Text, nullable=False),
+    sa.Column("refresh_token", sa.Text),
+    sa.Column("expires_at", UTCDateTime),
+    sa.Column("company_id", sa.String(64)),
+    # active | invalid
+    sa.Column("status", sa.String(10), nullable=False),
+    # Bumped each time a new token is stored, so a late 401 for an old token
+    # never counts against its replacement.
+    sa.Column("generation", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("unauthorized_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_error", sa.String(500)),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# One row per send attempt: what was sent, what HighLevel said, how long it took.
+delivery_log = sa.Table(
+    "delivery_log",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("document_row", BigId, nullable=False),
+    sa.Column("kind", sa.String(8), nullable=False),
+    sa.Column("location_id", sa.String(64), nullable=False),
+    sa.Column("document_id", sa.String(64), nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("outcome", sa.String(20), nullable=False),
+    sa.Column("http_status", sa.Integer),
+    sa.Column("message", sa.String(500)),
+    sa.Column("trace_id", sa.String(64)),
+    sa.Column("latency_ms", sa.Integer),
+    sa.Column("views_covered", sa.Integer, nullable=False),
+    sa.Column("seq_to", sa.Integer, nullable=False),
+    sa.Column("request_id", sa.String(64)),
+    sa.Index("ix_delivery_log_document_row_seq_to", "document_row", "seq_to"),
+    sa.Index("ix_delivery_log_location_id_id", "location_id", "id"),
+    sa.Index("ix_delivery_log_at", "at"),
+)
+
+
+def create_engine(url: str) -> Engine:
+    """Create the engine: SQLite in WAL mode with a busy timeout, or PostgreSQL via psycopg."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url, connect_args={"timeout": 30})
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):
+        # Let SQLAlchemy, not pysqlite, emit BEGIN, so it can be BEGIN IMMEDIATE:
+        # a deferred transaction that later writes can fail with "database is
+        # locked" without waiting; IMMEDIATE takes the write lock up front and
+        # waits for it (busy_timeout), which also serialises claims.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")  # a 202 means the view survives power loss
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn):
+        # Reads (see ``read_only``) need no write lock under WAL.
+        deferred = conn.get_execution_options().get("read_only", False)
+        conn.exec_driver_sql("BEGIN" if deferred else "BEGIN IMMEDIATE")
+
+    return engine
+
+
+def read_only(engine: Engine) -> sa.Connection:
+    """Open a connection for reads only (on SQLite: a deferred, lock-free transaction)."""
+    return engine.connect().execution_options(read_only=True)
+
+
+def alembic_config(engine: Engine):
+    """Alembic config pointing at our migrations and sharing ``engine``."""
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["engine"] = engine
+    return cfg
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Create or migrate the schema to ``revision``."""
+    from alembic import command
+
+    command.upgrade(alembic_config(engine), revision)
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The schema revision the store is at (None if never migrated)."""
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def head_revision() -> str:
+    """The newest revision this code knows."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config(None)).get_current_head()

@@ -1,0 +1,32 @@
+"""The per-app objects views and commands use, kept in ``app.extensions["service"]``."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from flask import current_app
+from sqlalchemy.engine import Engine
+
+from .store import Store
+from .tokens import TokenVault
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+@dataclass
+class Services:
+    config: dict[str, Any]
+    engine: Engine
+    store: Store
+    vault: TokenVault
+    clock: Callable[[], dt.datetime] = utcnow
+
+
+def services() -> Services:
+    """Return the current app's services."""
+    return current_app.extensions["service"]

@@ -1,0 +1,207 @@
+"""The forwarder: claim due documents, tell HighLevel, record what happened.
+
+``Forwarder.forward_once`` is one iteration (tests call it directly with a fake clock
+and an inline executor); ``run`` loops until its ``stop`` event is set. No Flask here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import random
+import threading
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+
+from .highlevel import HighLevel, HighLevelError, Response
+from .store import Claim, Outcome, Store
+from .tokens import Credentials, TokenDecryptError, TokenVault
+
+logger = logging.getLogger(__name__)
+
+UTC = dt.timezone.utc
+PERMANENT = {400, 404, 405, 409, 410, 413, 415, 422}
+AUTH = {401, 403}
+BACKOFF_BASE, BACKOFF_CAP = 2.0, 600.0
+UNBLOCK_EVERY = dt.timedelta(seconds=5)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(UTC)
+
+
+def retry_delay(attempt: int, *, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP,
+                rand: Callable[[], float] = random.random,
+                retry_after: float | None = None) -> float:
+    """Seconds to wait before retry number ``attempt`` + 1: full jitter, capped.
+
+    ``Retry-After`` wins when the server sent one (clamped to ``cap``).
+    """
+    if retry_after is not None:
+        return min(max(retry_after, 0.0), cap)
+    return rand() * min(cap, base * 2 ** min(attempt, 32))
+
+
+def classify(resp: Response | None, claim: Claim, *, now: dt.datetime, max_age: dt.timedelta,
+             error: str | None = None, rand: Callable[[], float] = random.random) -> Outcome:
+    """Map one HighLevel answer (or a transport error) to what happens to the row.
+
+    Auth answers (401/403) are not handled here: they need the token vault.
+    """
+    status = resp.status if resp else None
+    details = {"http_status": status, "latency_ms": resp.latency_ms if resp else None,
+               "trace_id": resp.trace_id if resp else None}
+    message = (resp.message if resp else None) or error
+    if status is not None and 200 <= status < 300:
+        return Outcome("delivered", "delivered", **details)
+    if status in PERMANENT:
+        return Outcome("dead", "permanent", message=message, **details)
+    if now - claim.pending_since >= max_age:
+        return Outcome("dead", "expired", message=message or f"HTTP {status}", **details)
+    if status == 429:
+        # HighLevel's 429 rarely has Retry-After; its headers say when the window ends.
+        wait = resp.retry_after
+        if wait is None and resp.rate_limit.interval_ms:
+            wait = resp.rate_limit.interval_ms / 1000
+        delay = retry_delay(claim.attempts, rand=rand, retry_after=wait)
+        return Outcome("retry", "rate_limited", message=message, spend_attempt=False,
+                       next_due=now + dt.timedelta(seconds=delay), **details)
+    # 5xx, 408, other unexpected statuses, timeouts, connection errors: retry.
+    delay = retry_delay(claim.attempts, rand=rand, retry_after=resp.retry_after if resp else None)
+    outcome = "retry" if resp else "network_error"
+    return Outcome("retry", outcome, message=message or f"HTTP {status}",
+                   next_due=now + dt.timedelta(seconds=delay), **details)
+
+
+class InlineExecutor(Executor):
+    """Run each submitted call at once, in the caller's thread (tests, --once debugging)."""
+
+    def submit(self, fn, /, *args, **kwargs):
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller via the future
+            future.set_exception(exc)
+        return future
+
+
+class Forwarder:
+    """One forwarder process's state: where to read, whom to call, how many at once."""
+
+    def __init__(self, store: Store, vault: TokenVault, client: HighLevel, *,
+                 executor: Executor, concurrency: int = 16, max_age_seconds: int = 86400,
+                 clock: Callable[[], dt.datetime] = utcnow,
+                 rand: Callable[[], float] = random.random,
+                 stop: threading.Event | None = None):
+        self.store = store
+        self.vault = vault
+        self.client = client
+        self.executor = executor
+        self.concurrency = concurrency
+        self.max_age = dt.timedelta(seconds=max_age_seconds)
+        self.clock = clock
+        self.rand = rand
+        self.stop = stop or threading.Event()
+        self._last_unblock: dt.datetime | None = None
+
+    def forward_once(self, *, now: dt.datetime | None = None) -> int:
+        """Claim what is due, send it (up to ``concurrency`` at once), record outcomes."""
+        now = now or self.clock()
+        if self._last_unblock is None or now - self._last_unblock >= UNBLOCK_EVERY:
+            # Heals a race with a token stored while a send was deciding to block.
+            self.store.unblock(now=now)
+            self._last_unblock = now
+        claims = self.store.claim_due(now=now, limit=self.concurrency)
+        futures = [self.executor.submit(self.deliver, claim) for claim in claims]
+        for future in futures:
+            future.result()
+        return len(claims)
+
+    def deliver(self, claim: Claim) -> str:
+        """Send one claimed document and record the outcome; return the outcome label."""
+        if self.stop.is_set():
+            self.store.release([claim], now=self.clock())  # shutting down: not attempted
+            return "released"
+        try:
+            creds = self.vault.credentials(claim.location_id)
+        except TokenDecryptError as exc:
+            return self._finish(claim, Outcome("blocked", "token_unreadable", message=str(exc)))
+        if creds is None:
+            return self._finish(claim, Outcome("blocked", "no_token",
+                                               message="no active token for this location"))
+        try:
+            resp = self.client.mark_viewed(kind=claim.kind, document_id=claim.document_id,
+                                           token=creds.access_token)
+        except HighLevelError as exc:
+            outcome = classify(None, claim, now=self.clock(), max_age=self.max_age,
+                               error=str(exc), rand=self.rand)
+            return self._finish(claim, outcome)
+        if resp.status in AUTH:
+            return self._finish(claim, self._rejected(claim, creds, resp))
+        outcome = classify(resp, claim, now=self.clock(), max_age=self.max_age, rand=self.rand)
+        if outcome.result == "delivered":
+            self.vault.record_success(creds, now=self.clock())
+        return self._finish(claim, outcome)
+
+    def _rejected(self, claim: Claim, creds: Credentials, resp: Response) -> Outcome:
+        now = self.clock()
+        details = {"http_status": resp.status, "message": resp.message,
+                   "trace_id": resp.trace_id, "latency_ms": resp.latency_ms}
+        verdict = self.vault.record_rejection(creds, status=resp.status, message=resp.message,
+                                              now=now)
+        if verdict == "invalid":
+            parked = self.store.block_location(claim.location_id, now=now)
+            logger.warning("token.invalid", extra={"location_id": claim.location_id,
+                                                    "http_status": resp.status,
+                                                    "views_parked": parked})
+            return Outcome("blocked", "token_invalid", **details)
+        # First 401 in a row: maybe a gateway hiccup; try again soon.
+        delay = retry_delay(claim.attempts, rand=self.rand)
+        return Outcome("retry", "unauthorized", next_due=now + dt.timedelta(seconds=delay),
+                       **details)
+
+    def _finish(self, claim: Claim, outcome: Outcome) -> str:
+        kept = self.store.record_outcome(claim, outcome, now=self.clock())
+        level = logging.INFO if outcome.result in ("delivered", "retry") else logging.WARNING
+        logger.log(level, "delivery.attempt", extra={
+            "location_id": claim.location_id, "kind": claim.kind,
+            "document_id": claim.document_id, "views": claim.views,
+            "outcome": outcome.outcome, "http_status": outcome.http_status,
+            "attempt": claim.attempts + 1, "latency_ms": outcome.latency_ms,
+            "message": outcome.message, "trace_id": outcome.trace_id,
+            "request_id": claim.request_id, "lease_kept": kept,
+        })
+        return outcome.outcome
+
+
+def run(forwarder: Forwarder, *, once: bool = False, max_batches: int | None = None,
+        idle_min: float = 0.05, idle_max: float = 1.0) -> int:
+    """Loop ``forward_once`` until ``forwarder.stop`` is set; return rows handled.
+
+    Idle loops back off from ``idle_min`` to ``idle_max`` seconds and reset after work.
+    ``once`` stops when nothing is due; ``max_batches`` after that many iterations.
+    An unexpected error is logged and the loop goes on (after a pause).
+    """
+    handled, batches, idle = 0, 0, idle_min
+    stop = forwarder.stop
+    while not stop.is_set():
+        try:
+            count = forwarder.forward_once()
+        except Exception:
+            logger.exception("forwarder.error")
+            count = 0
+            if once:
+                raise
+            stop.wait(idle_max)
+        handled += count
+        batches += 1
+        if max_batches is not None and batches >= max_batches:
+            break
+        if count:
+            idle = idle_min
+            continue
+        if once:
+            break
+        stop.wait(idle)
+        idle = min(idle * 2, idle_max)
+    return handled

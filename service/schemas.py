@@ -1,0 +1,149 @@
+"""Marshmallow schemas: request validation and the documented responses, in one place."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+
+import marshmallow as ma
+
+UTC = dt.timezone.utc
+ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+MAX_BATCH = 500
+FUTURE_TOLERANCE = dt.timedelta(minutes=5)
+
+Id = ma.validate.Regexp(ID_PATTERN, error="Must be 1-64 characters of A-Z a-z 0-9 _ -.")
+
+
+def _not_in_future(value: dt.datetime) -> None:
+    if value > dt.datetime.now(UTC) + FUTURE_TOLERANCE:
+        raise ma.ValidationError("Must not be more than 5 minutes in the future.")
+
+
+def _ip(value: str) -> None:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ma.ValidationError("Not a valid IP address.") from None
+
+
+class EventSchema(ma.Schema):
+    """One "invoice viewed" (or "estimate viewed") event."""
+
+    class Meta:
+        unknown = ma.RAISE
+
+    locationId = ma.fields.String(required=True, validate=Id)
+    invoiceId = ma.fields.String(validate=Id)
+    estimateId = ma.fields.String(validate=Id)
+    viewedAt = ma.fields.AwareDateTime(default_timezone=UTC, validate=_not_in_future,
+                                       metadata={"description": "ISO 8601; default: now"})
+    eventId = ma.fields.String(validate=Id, metadata={"description": "idempotency key"})
+    source = ma.fields.String(validate=ma.validate.Length(max=64))
+    userAgent = ma.fields.String(validate=ma.validate.Length(max=512))
+    ip = ma.fields.String(validate=_ip)
+
+    @ma.validates_schema
+    def exactly_one_document(self, data, **kwargs):
+        if ("invoiceId" in data) == ("estimateId" in data):
+            raise ma.ValidationError("Give exactly one of invoiceId or estimateId.",
+                                     "invoiceId" if "invoiceId" not in data else "_schema")
+
+
+class IngestSchema(ma.Schema):
+    """A batch ``{"events": [...]}`` of 1-500 events, or one bare event."""
+
+    class Meta:
+        unknown = ma.RAISE
+
+    events = ma.fields.List(ma.fields.Nested(EventSchema), required=True,
+                            validate=ma.validate.Length(min=1, max=MAX_BATCH))
+
+    @ma.pre_load
+    def wrap_single(self, data, **kwargs):
+        if isinstance(data, dict) and "events" not in data:
+            return {"events": [data]}
+        return data
+
+    def handle_error(self, error, data, *, many, **kwargs):
+        # A bare event's errors are reported per field, not under events.0.
+        if isinstance(data, dict) and "events" not in data:
+            nested = error.messages.get("events", {}) if isinstance(error.messages, dict) else {}
+            if isinstance(nested, dict) and 0 in nested:
+                raise ma.ValidationError(nested[0]) from error
+        raise error
+
+
+class AcceptedSchema(ma.Schema):
+    id = ma.fields.String(metadata={"description": "the event's id, for GET /v1/events/<id>"})
+    status = ma.fields.String(metadata={"description": "queued, duplicate or filtered"})
+
+
+class IngestResponseSchema(AcceptedSchema):
+    """A single event's ``id`` and ``status``, or ``events`` for a batch (same order)."""
+
+    events = ma.fields.List(ma.fields.Nested(AcceptedSchema))
+
+
+class EventStatusSchema(ma.Schema):
+    id = ma.fields.String()
+    eventId = ma.fields.String(allow_none=True)
+    kind = ma.fields.String()
+    locationId = ma.fields.String()
+    documentId = ma.fields.String()
+    status = ma.fields.String(
+        metadata={"description": "queued, delivered, failed, duplicate or filtered"})
+    reason = ma.fields.String(allow_none=True)
+    message = ma.fields.String(allow_none=True)
+    verdict = ma.fields.String()
+    source = ma.fields.String(allow_none=True)
+    viewedAt = ma.fields.AwareDateTime()
+    receivedAt = ma.fields.AwareDateTime()
+    deliveredAt = ma.fields.AwareDateTime(allow_none=True)
+
+
+class TokenSchema(ma.Schema):
+    """A location's HighLevel token: a Private Integration Token, or OAuth tokens."""
+
+    class Meta:
+        unknown = ma.RAISE
+
+    accessToken = ma.fields.String(required=True, load_only=True,
+                                   validate=ma.validate.Length(min=8, max=4096))
+    refreshToken = ma.fields.String(load_only=True, validate=ma.validate.Length(min=8, max=4096))
+    expiresIn = ma.fields.Integer(validate=ma.validate.Range(min=1, max=10 * 365 * 86400))
+    expiresAt = ma.fields.AwareDateTime(default_timezone=UTC)
+    companyId = ma.fields.String(validate=Id)
+
+    @ma.validates_schema
+    def one_expiry(self, data, **kwargs):
+        if "expiresIn" in data and "expiresAt" in data:
+            raise ma.ValidationError("Give expiresIn or expiresAt, not both.", "expiresAt")
+
+
+class LocationSchema(ma.Schema):
+    """A location's token summary: never the token itself."""
+
+    locationId = ma.fields.String()
+    tokenKind = ma.fields.String(metadata={"description": "pit or oauth"})
+    status = ma.fields.String(metadata={"description": "active or invalid"})
+    expiresAt = ma.fields.AwareDateTime(allow_none=True)
+    companyId = ma.fields.String(allow_none=True)
+    hasRefreshToken = ma.fields.Boolean()
+    lastError = ma.fields.String(allow_none=True)
+    createdAt = ma.fields.AwareDateTime()
+    updatedAt = ma.fields.AwareDateTime()
+    queue = ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.Integer(),
+                           metadata={"description": "documents by status"})
+    verdicts = ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.Integer(),
+                              metadata={"description": "views by verdict"})
+
+
+class LocationListSchema(ma.Schema):
+    locations = ma.fields.List(ma.fields.Nested(LocationSchema))
+
+
+class ErrorSchema(ma.Schema):
+    statusCode = ma.fields.Integer()
+    message = ma.fields.String()
+    errors = ma.fields.Dict()

@@ -1,0 +1,358 @@
+"""The durable queue: record views (coalesced per document), claim due ones, record outcomes.
+
+Every state change is one transaction (``with engine.begin()``). Nothing here knows
+about Flask or HTTP. Times are passed in (``now``) so tests drive the clock.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+
+from .db import delivery_log, documents, events, locations, read_only
+
+# Document row states.
+PENDING, IDLE, BLOCKED, DEAD = "pending", "idle", "blocked", "dead"
+
+
+@dataclass(frozen=True)
+class View:
+    """One "document viewed" event, validated, as the store takes it."""
+
+    kind: str  # invoice | estimate
+    location_id: str
+    document_id: str
+    viewed_at: dt.datetime
+    event_key: str | None = None
+    source: str | None = None
+    user_agent: str | None = None
+    ip: str | None = None
+    verdict: str = "human"
+    forward: bool = True
+    request_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Accepted:
+    id: str
+    status: str  # queued | duplicate | filtered
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A leased document: send one PATCH covering views (seq_from, seq_to]."""
+
+    row_id: int
+    kind: str
+    location_id: str
+    document_id: str
+    seq_from: int
+    seq_to: int
+    attempts: int
+    pending_since: dt.datetime
+    lease_token: str
+    request_id: str | None = None
+
+    @property
+    def views(self) -> int:
+        return self.seq_to - self.seq_from
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the forwarder decided after one attempt; the store applies it."""
+
+    result: str  # delivered | retry | dead | blocked
+    outcome: str  # the delivery-log label: delivered, retry, rate_limited, permanent, ...
+    http_status: int | None = None
+    message: str | None = None
+    trace_id: str | None = None
+    latency_ms: int | None = None
+    next_due: dt.datetime | None = None  # for retry
+    spend_attempt: bool = True  # a 429 does not spend the retry budget
+    extra: dict = field(default_factory=dict)
+
+
+class Store:
+    """Queue operations over one SQLAlchemy engine (SQLite or PostgreSQL)."""
+
+    def __init__(self, engine: Engine, *, coalesce_window: int = 60, lease_seconds: int = 120):
+        self.engine = engine
+        self.window = dt.timedelta(seconds=coalesce_window)
+        self.lease = dt.timedelta(seconds=lease_seconds)
+        self.dialect = engine.dialect.name
+
+    # -- ingest ---------------------------------------------------------------
+
+    def record_views(self, views: Sequence[View], *, now: dt.datetime) -> list[Accepted]:
+        """Store ``views`` in one transaction (all or nothing); return an id and status each.
+
+        A view whose ``event_key`` was seen before is answered ``duplicate`` with the
+        first event's id and changes nothing.
+        """
+        for attempt in range(3):
+            try:
+                seen: dict[str, str] = {}  # eventId -> id, for repeats inside one batch
+                with self.engine.begin() as conn:
+                    return [self._record(conn, view, now, seen) for view in views]
+            except IntegrityError:
+                # Two requests raced on one new eventId (PostgreSQL): the loser's
+                # transaction is rolled back whole; on retry it finds the winner's row.
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _record(self, conn, view: View, now: dt.datetime, seen: dict) -> Accepted:
+        if view.event_key is not None:
+            if view.event_key in seen:
+                return Accepted(seen[view.event_key], "duplicate")
+            existing = conn.execute(
+                sa.select(events.c.id).where(events.c.event_key == view.event_key)
+            ).scalar()
+            if existing:
+                return Accepted(existing, "duplicate")
+        row_id = seq = None
+        if view.forward:
+            row_id, seq = self._bump_document(conn, view, now)
+        event_id = str(uuid.uuid4())
+        conn.execute(
+            events.insert().values(
+                id=event_id, event_key=view.event_key, document_row=row_id, seq=seq,
+                kind=view.kind, location_id=view.location_id, document_id=view.document_id,
+                viewed_at=view.viewed_at, received_at=now, source=view.source,
+                user_agent=view.user_agent, ip=view.ip, verdict=view.verdict,
+                forward=view.forward, request_id=view.request_id,
+            )
+        )
+        if view.event_key is not None:
+            seen[view.event_key] = event_id
+        return Accepted(event_id, "queued" if view.forward else "filtered")
+
+    def _bump_document(self, conn, view: View, now: dt.datetime) -> tuple[int, int]:
+        """Upsert the document's row, counting one more view; return (row id, view seq).
+
+        A single INSERT .. ON CONFLICT DO UPDATE, so concurrent views of one document
+        never lose a count. An idle or dead row becomes pending, due at once or at
+        the end of the coalescing window after the last send.
+        """
+        insert = (postgresql if self.dialect == "postgresql" else sqlite).insert(documents)
+        d = documents.c
+        reopen = d.status.in_([IDLE, DEAD])
+        not_before = sa.case(
+            (sa.and_(d.quiet_until.is_not(None), d.quiet_until > now), d.quiet_until),
+            else_=now,
+        )
+        stmt = insert.values(
+            kind=view.kind, location_id=view.location_id, document_id=view.document_id,
+            status=PENDING, views_seq=1, due_at=now, pending_since=now, updated_at=now,
+            last_request_id=view.request_id,
+        ).on_conflict_do_update(
+            index_elements=[d.kind, d.location_id, d.document_id],
+            set_={
+                "views_seq": d.views_seq + 1,
+                "status": sa.case((reopen, PENDING), else_=d.status),
+                "due_at": sa.case((reopen, not_before), else_=d.due_at),
+                "pending_since": sa.case((reopen, now), else_=d.pending_since),
+                "attempts": sa.case((reopen, 0), else_=d.attempts),
+                "dead_reason": sa.case((reopen, None), else_=d.dead_reason),
+                "last_request_id": view.request_id,
+                "updated_at": now,
+            },
+        ).returning(d.id, d.views_seq)
+        row = conn.execute(stmt).one()
+        return row.id, row.views_seq
+
+    # -- forwarding -----------------------------------------------------------
+
+    def claim_due(self, *, now: dt.datetime, limit: int) -> list[Claim]:
+        """Lease up to ``limit`` due documents; others skip them until the lease ends."""
+        d = documents.c
+        due = (
+            sa.select(d.id)
+            .where(d.status == PENDING, d.due_at <= now)
+            .where(sa.or_(d.locked_until.is_(None), d.locked_until <= now))
+            .order_by(d.due_at)
+            .limit(limit)
+        )
+        if self.dialect == "postgresql":
+            due = due.with_for_update(skip_locked=True)  # SQLite: BEGIN IMMEDIATE serialises
+        token = secrets.token_hex(16)
+        with self.engine.begin() as conn:
+            ids = conn.execute(due).scalars().all()
+            if not ids:
+                return []
+            conn.execute(
+                documents.update()
+                .where(d.id.in_(ids))
+                .values(locked_until=now + self.lease, lease_token=token,
+                        claimed_seq=d.views_seq, updated_at=now)
+            )
+            rows = conn.execute(sa.select(documents).where(d.id.in_(ids)).order_by(d.due_at))
+            return [
+                Claim(row_id=r.id, kind=r.kind, location_id=r.location_id,
+                      document_id=r.document_id, seq_from=max(r.sent_seq, r.failed_seq),
+                      seq_to=r.claimed_seq, attempts=r.attempts,
+                      pending_since=r.pending_since or now, lease_token=token,
+                      request_id=r.last_request_id)
+                for r in rows
+            ]
+
+    def record_outcome(self, claim: Claim, outcome: Outcome, *, now: dt.datetime) -> bool:
+        """Apply one attempt's outcome and log it; False if the lease was lost meanwhile."""
+        d = documents.c
+        values: dict = {"locked_until": None, "lease_token": None, "updated_at": now,
+                        "last_attempt_at": now, "last_status": outcome.http_status,
+                        "last_error": _clip(outcome.message) if outcome.result != "delivered"
+                        else None}
+        newer = d.views_seq > claim.seq_to  # views arrived while the send was in flight
+        if outcome.result == "delivered":
+            values.update(
+                sent_seq=claim.seq_to, attempts=0, last_sent_at=now, dead_reason=None,
+                quiet_until=now + self.window,
+                status=sa.case((newer, PENDING), else_=IDLE),
+                due_at=now + self.window,
+                pending_since=sa.case((newer, now), else_=None),
+            )
+        elif outcome.result == "retry":
+            values.update(status=PENDING, due_at=outcome.next_due or now,
+                          attempts=d.attempts + (1 if outcome.spend_attempt else 0))
+        elif outcome.result == "dead":
+            values.update(
+                failed_seq=claim.seq_to, dead_reason=outcome.outcome, attempts=0,
+                quiet_until=now + self.window,
+                status=sa.case((newer, PENDING), else_=DEAD),
+                due_at=now + self.window,
+                pending_since=sa.case((newer, now), else_=d.pending_since),
+            )
+        elif outcome.result == "blocked":
+            values.update(status=BLOCKED, due_at=now)
+        else:
+            raise ValueError(f"unknown result {outcome.result!r}")
+        with self.engine.begin() as conn:
+            updated = conn.execute(
+                documents.update()
+                .where(d.id == claim.row_id, d.lease_token == claim.lease_token)
+                .values(**values)
+            ).rowcount
+            conn.execute(
+                delivery_log.insert().values(
+                    at=now, document_row=claim.row_id, kind=claim.kind,
+                    location_id=claim.location_id, document_id=claim.document_id,
+                    attempt=claim.attempts + 1, outcome=outcome.outcome,
+                    http_status=outcome.http_status, message=_clip(outcome.message),
+                    trace_id=outcome.trace_id, latency_ms=outcome.latency_ms,
+                    views_covered=claim.views, seq_to=claim.seq_to,
+                    request_id=claim.request_id,
+                )
+            )
+        return bool(updated)
+
+    def release(self, claims: Iterable[Claim], *, now: dt.datetime) -> None:
+        """Give back leases that were not attempted (shutdown), due at once."""
+        d = documents.c
+        with self.engine.begin() as conn:
+            for claim in claims:
+                conn.execute(
+                    documents.update()
+                    .where(d.id == claim.row_id, d.lease_token == claim.lease_token)
+                    .values(locked_until=None, lease_token=None, updated_at=now)
+                )
+
+    def block_location(self, location_id: str, *, now: dt.datetime) -> int:
+        """Park a location's pending views (token missing or invalid); return how many."""
+        d = documents.c
+        with self.engine.begin() as conn:
+            return conn.execute(
+                documents.update()
+                .where(d.location_id == location_id, d.status == PENDING)
+                .where(sa.or_(d.locked_until.is_(None), d.locked_until <= now))
+                .values(status=BLOCKED, updated_at=now)
+            ).rowcount
+
+    def unblock(self, *, now: dt.datetime, location_id: str | None = None) -> int:
+        """Make blocked views due again where the location now has an active token."""
+        d = documents.c
+        usable = sa.select(locations.c.location_id).where(locations.c.status == "active")
+        stmt = documents.update().where(d.status == BLOCKED, d.location_id.in_(usable))
+        if location_id is not None:
+            stmt = stmt.where(d.location_id == location_id)
+        with self.engine.begin() as conn:
+            return conn.execute(stmt.values(status=PENDING, due_at=now, updated_at=now)).rowcount
+
+    # -- reads ----------------------------------------------------------------
+
+    def event_status(self, event_id: str) -> dict | None:
+        """Return one event and where its view stands (queued, delivered, failed, filtered)."""
+        e, d = events.c, documents.c
+        with read_only(self.engine) as conn:
+            row = conn.execute(
+                sa.select(events, d.status.label("doc_status"), d.sent_seq, d.failed_seq,
+                          d.dead_reason, d.last_error)
+                .select_from(events.outerjoin(documents, e.document_row == d.id))
+                .where(e.id == event_id)
+            ).first()
+            if row is None:
+                return None
+            result = {
+                "id": row.id, "eventId": row.event_key, "kind": row.kind,
+                "locationId": row.location_id, "documentId": row.document_id,
+                "viewedAt": row.viewed_at, "receivedAt": row.received_at,
+                "source": row.source, "verdict": row.verdict, "deliveredAt": None,
+            }
+            if not row.forward:
+                result["status"] = "filtered"
+            elif row.seq <= row.sent_seq:
+                result["status"] = "delivered"
+                result["deliveredAt"] = conn.execute(
+                    sa.select(sa.func.min(delivery_log.c.at)).where(
+                        delivery_log.c.document_row == row.document_row,
+                        delivery_log.c.outcome == "delivered",
+                        delivery_log.c.seq_to >= row.seq,
+                    )
+                ).scalar()
+            elif row.seq <= row.failed_seq:
+                result["status"] = "failed"
+                result["reason"] = row.dead_reason
+                result["message"] = row.last_error
+            else:
+                result["status"] = "queued"
+                result["reason"] = "blocked" if row.doc_status == BLOCKED else None
+            return result
+
+    def queue_depth(self) -> dict[str, int]:
+        """Count document rows by status."""
+        d = documents.c
+        with read_only(self.engine) as conn:
+            rows = conn.execute(sa.select(d.status, sa.func.count()).group_by(d.status))
+            return {status: count for status, count in rows}
+
+    def location_stats(self, location_id: str) -> dict[str, dict[str, int]]:
+        """Count a location's documents by status and its views by verdict."""
+        d, e = documents.c, events.c
+        with read_only(self.engine) as conn:
+            docs = conn.execute(
+                sa.select(d.status, sa.func.count())
+                .where(d.location_id == location_id).group_by(d.status)
+            )
+            verdicts = conn.execute(
+                sa.select(e.verdict, sa.func.count())
+                .where(e.location_id == location_id).group_by(e.verdict)
+            )
+            return {"documents": dict(docs.all()), "verdicts": dict(verdicts.all())}
+
+    def ping(self) -> None:
+        """Raise if the store cannot be reached."""
+        with read_only(self.engine) as conn:
+            conn.execute(sa.text("SELECT 1"))
+
+
+def _clip(message: str | None, limit: int = 500) -> str | None:
+    return message if message is None or len(message) <= limit else message[: limit - 1] + "…"

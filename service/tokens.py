@@ -1,0 +1,162 @@
+"""The token vault: HighLevel tokens per location, encrypted at rest with MultiFernet.
+
+The first of ``TOKEN_ENCRYPTION_KEYS`` encrypts; every key decrypts, so keys rotate
+without downtime (``flask --app service tokens reencrypt`` moves old ciphertexts to
+the current key; every write already uses it). No function here returns a secret
+except ``credentials``, whose result hides the token from ``repr``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from sqlalchemy.engine import Engine
+
+from .db import locations, read_only
+
+ACTIVE, INVALID = "active", "invalid"
+
+
+class TokenDecryptError(RuntimeError):
+    """A stored token cannot be decrypted with any configured key."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    location_id: str
+    token_kind: str
+    generation: int
+    unauthorized_count: int
+    access_token: str = field(repr=False)
+
+
+class TokenVault:
+    """Store, fetch and retire tokens; every secret crosses here encrypted."""
+
+    def __init__(self, engine: Engine, keys: list[str]):
+        self.engine = engine
+        self.fernet = MultiFernet([Fernet(k) for k in keys])
+
+    def _encrypt(self, value: str | None) -> str | None:
+        return None if value is None else self.fernet.encrypt(value.encode()).decode()
+
+    def _decrypt(self, value: str) -> str:
+        try:
+            return self.fernet.decrypt(value.encode()).decode()
+        except InvalidToken:
+            raise TokenDecryptError(
+                "stored token does not decrypt with TOKEN_ENCRYPTION_KEYS (a key was removed?)"
+            ) from None
+
+    def set_token(self, location_id: str, *, access_token: str, now: dt.datetime,
+                  refresh_token: str | None = None, expires_at: dt.datetime | None = None,
+                  company_id: str | None = None) -> dict:
+        """Store (or replace) a location's token and return its public summary."""
+        values = {
+            "token_kind": "oauth" if refresh_token else "pit",
+            "access_token": self._encrypt(access_token),
+            "refresh_token": self._encrypt(refresh_token),
+            "expires_at": expires_at, "company_id": company_id, "status": ACTIVE,
+            "unauthorized_count": 0, "last_error": None, "updated_at": now,
+        }
+        c = locations.c
+        with self.engine.begin() as conn:
+            updated = conn.execute(
+                locations.update().where(c.location_id == location_id)
+                .values(generation=c.generation + 1, **values)
+            ).rowcount
+            if not updated:
+                conn.execute(locations.insert().values(
+                    location_id=location_id, created_at=now, generation=1, **values))
+        return self.describe(location_id)
+
+    def delete_token(self, location_id: str) -> bool:
+        """Remove a location's token; return whether there was one."""
+        with self.engine.begin() as conn:
+            return bool(conn.execute(
+                locations.delete().where(locations.c.location_id == location_id)).rowcount)
+
+    def credentials(self, location_id: str) -> Credentials | None:
+        """Return the usable token for a location, or None if it has none or it is invalid."""
+        c = locations.c
+        with read_only(self.engine) as conn:
+            row = conn.execute(sa.select(locations).where(c.location_id == location_id)).first()
+        if row is None or row.status != ACTIVE:
+            return None
+        return Credentials(location_id=location_id, token_kind=row.token_kind,
+                           generation=row.generation,
+                           unauthorized_count=row.unauthorized_count,
+                           access_token=self._decrypt(row.access_token))
+
+    def record_rejection(self, creds: Credentials, *, status: int, message: str | None,
+                         now: dt.datetime) -> str:
+        """Count a 401/403 for this token; return ``retry`` or ``invalid``.
+
+        A 403 means the token lacks access: invalid at once. A 401 can be a gateway
+        hiccup, so the token is invalid only after a second 401 in a row.
+        """
+        c = locations.c
+        same_token = sa.and_(c.location_id == creds.location_id,
+                             c.generation == creds.generation)
+        with self.engine.begin() as conn:
+            conn.execute(locations.update().where(same_token).values(
+                unauthorized_count=c.unauthorized_count + 1,
+                last_error=(message or f"HTTP {status}")[:500], updated_at=now))
+            count = conn.execute(sa.select(c.unauthorized_count).where(same_token)).scalar()
+            if count is None:
+                return "retry"  # replaced meanwhile: the new token gets its own chance
+            if status == 403 or count >= 2:
+                conn.execute(locations.update().where(same_token).values(status=INVALID))
+                return "invalid"
+            return "retry"
+
+    def record_success(self, creds: Credentials, *, now: dt.datetime) -> None:
+        """Reset the 401 count after a success (writes only when there was one)."""
+        if not creds.unauthorized_count:
+            return
+        c = locations.c
+        with self.engine.begin() as conn:
+            conn.execute(locations.update().where(
+                c.location_id == creds.location_id, c.generation == creds.generation
+            ).values(unauthorized_count=0, last_error=None, updated_at=now))
+
+    def describe(self, location_id: str) -> dict | None:
+        """Return a location's token summary (kind, status, expiry, last error): no secret."""
+        c = locations.c
+        with read_only(self.engine) as conn:
+            row = conn.execute(sa.select(locations).where(c.location_id == location_id)).first()
+        return None if row is None else _summary(row)
+
+    def list(self) -> list[dict]:
+        """Return every location's token summary, ordered by id."""
+        with read_only(self.engine) as conn:
+            rows = conn.execute(sa.select(locations).order_by(locations.c.location_id))
+            return [_summary(row) for row in rows]
+
+    def reencrypt(self) -> int:
+        """Re-encrypt every stored token with the current (first) key; return rows done."""
+        done = 0
+        with self.engine.begin() as conn:
+            rows = conn.execute(sa.select(locations.c.location_id, locations.c.access_token,
+                                          locations.c.refresh_token)).all()
+            for row in rows:
+                values = {"access_token": self.fernet.rotate(row.access_token.encode()).decode()}
+                if row.refresh_token:
+                    values["refresh_token"] = self.fernet.rotate(
+                        row.refresh_token.encode()).decode()
+                conn.execute(locations.update()
+                             .where(locations.c.location_id == row.location_id).values(**values))
+                done += 1
+        return done
+
+
+def _summary(row) -> dict:
+    return {
+        "locationId": row.location_id, "tokenKind": row.token_kind, "status": row.status,
+        "expiresAt": row.expires_at, "companyId": row.company_id,
+        "hasRefreshToken": row.refresh_token is not None, "lastError": row.last_error,
+        "createdAt": row.created_at, "updatedAt": row.updated_at,
+    }

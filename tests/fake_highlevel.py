@@ -1,0 +1,376 @@
+"""A fake HighLevel API on loopback for end-to-end tests, benchmarks and a local demo.
+
+Answers ``PATCH /invoices/stats/last-visited-at`` and
+``PATCH /invoices/estimate/stats/last-visited-at`` the way HighLevel does (status codes, error
+bodies, rate-limit headers) and, when ``../shared/highlevel-openapi`` exists next to the project,
+validates every request against HighLevel's own OpenAPI document (``apps/invoices.json``).
+
+Demo: ``python -m tests.fake_highlevel --port 9100 [--latency 0.1] [--no-rate-limit]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+
+from werkzeug.serving import WSGIRequestHandler, make_server
+from werkzeug.wrappers import Request, Response
+
+from .highlevel_openapi import (
+    AUTH_ERRORS,
+    NOT_FOUND_ERRORS,
+    SPEC_AVAILABLE,
+    SPEC_DIR,
+    load_openapi,
+    openapi_violation,
+)
+
+__all__ = ["SPEC_AVAILABLE", "SPEC_DIR", "FakeHighLevel", "ReceivedRequest"]
+
+API_VERSION = "2021-07-28"
+ENDPOINTS = {  # path -> (kind, body field holding the document id)
+    "/invoices/stats/last-visited-at": ("invoice", "invoiceId"),
+    "/invoices/estimate/stats/last-visited-at": ("estimate", "estimateId"),
+}
+UNAUTHORIZED = {
+    "statusCode": 401,
+    "message": "Invalid token: access token is invalid",
+    "error": "Unauthorized",
+}
+CANNED_MESSAGES = {
+    400: "Bad Request",
+    403: "The token does not have access to this location.",
+    404: "Invoice not found",
+    422: "Unprocessable Entity",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+}
+
+
+@dataclass
+class ReceivedRequest:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    json: object | None
+    status: int  # 0 until decided (set before any latency sleep)
+    at: float  # time.monotonic() when received
+    token: str | None
+    document_id: str | None
+    kind: str | None  # "invoice" | "estimate"
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        pass
+
+
+class FakeHighLevel:
+    def __init__(
+        self,
+        *,
+        tokens: set[str] | None = None,
+        latency: float = 0.0,
+        rate_limit_max: int = 100,
+        rate_limit_interval_ms: int = 10_000,
+        daily_limit: int = 200_000,
+        enforce_rate_limit: bool = True,
+        validate_openapi: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+        on_request: Callable[[ReceivedRequest], None] | None = None,
+    ) -> None:
+        self.tokens = tokens
+        self.latency = latency
+        self.rate_limit_max = rate_limit_max
+        self.rate_limit_interval_ms = rate_limit_interval_ms
+        self.daily_limit = daily_limit
+        self.enforce_rate_limit = enforce_rate_limit
+        self.validate_openapi = validate_openapi and SPEC_AVAILABLE
+        self.clock = clock
+        self.on_request = on_request  # called after each answer (demo printing)
+        self.timeout_sleep = 3.0
+        self.requests: list[ReceivedRequest] = []
+        self.violations: list[str] = []
+        self.url = ""
+        self._down = False
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._in_flight = 0
+        self._stopping = threading.Event()
+        self._script: list[tuple[int | str | tuple, str | None, str | None]] = []
+        self._windows: dict[str | None, list[float]] = {}  # token -> [burst start, count]
+        self._daily: dict[str | None, list[float]] = {}  # token -> [day start, count]
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+        if self.validate_openapi:
+            load_openapi()  # load now so the first request isn't slow
+
+    # ---- lifecycle ---------------------------------------------------------------------
+    def start(self, host: str = "127.0.0.1", port: int = 0) -> FakeHighLevel:
+        self._stopping.clear()
+        self._server = make_server(
+            host, port, self._wsgi, threaded=True, request_handler=_QuietHandler
+        )
+        self.url = f"http://{host}:{self._server.server_port}"
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            args=(0.02,),
+            daemon=True,
+            name=f"fake-highlevel-{self.url}",
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is None:
+            return
+        self._stopping.set()  # cuts latency / "timeout" sleeps short
+        self._server.shutdown()
+        with self._idle:  # handler threads are daemons: wait for them so sockets close cleanly
+            self._idle.wait_for(lambda: self._in_flight == 0, timeout=5)
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._server = self._thread = None
+
+    def __enter__(self) -> FakeHighLevel:
+        return self if self._server is not None else self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ---- test controls -----------------------------------------------------------------
+    def patches(self) -> list[ReceivedRequest]:
+        return [r for r in list(self.requests) if r.method == "PATCH" and r.status == 200]
+
+    def script(
+        self,
+        *statuses_or_responses: int | str | tuple,
+        document_id: str | None = None,
+        token: str | None = None,
+    ) -> None:
+        with self._lock:
+            self._script.extend((s, document_id, token) for s in statuses_or_responses)
+
+    def set_down(self, down: bool) -> None:
+        self._down = down
+
+    # ---- request handling --------------------------------------------------------------
+    def _wsgi(self, environ: dict, start_response: Callable) -> Any:
+        with self._lock:
+            self._in_flight += 1
+        try:
+            return self._handle(Request(environ))(environ, start_response)
+        finally:
+            with self._idle:
+                self._in_flight -= 1
+                self._idle.notify_all()
+
+    def _handle(self, request: Request) -> Response:
+        body = request.get_data(cache=True)
+        auth = request.headers.get("Authorization", "")
+        scheme, _, token = auth.partition(" ")
+        token = token.strip() if scheme.lower() == "bearer" and token.strip() else None
+        parsed: object | None = None
+        try:
+            parsed = json.loads(body) if body else None
+        except ValueError:
+            pass
+        kind, field = ENDPOINTS.get(request.path, (None, None))
+        doc_id = parsed.get(field) if isinstance(parsed, dict) and field else None
+        rec = ReceivedRequest(
+            request.method,
+            request.path,
+            dict(request.headers),
+            body,
+            parsed,
+            0,
+            time.monotonic(),
+            token,
+            doc_id if isinstance(doc_id, str) else None,
+            kind,
+        )
+        with self._lock:
+            self.requests.append(rec)
+        violation = self._violation(request, rec)
+        # The status is known (and patches() sees the request) before the answer is sent,
+        # like HighLevel having applied a PATCH whose response is slow or never arrives.
+        rec.status, payload, headers, delay = self._decide(rec, violation)
+        if self.latency > 0 or delay > 0:
+            self._stopping.wait(self.latency + delay)  # outside any lock: requests overlap
+        if payload is not None and not isinstance(payload, (bytes, str)):
+            payload = json.dumps(payload)
+        response = Response(payload or b"", status=rec.status, mimetype="application/json")
+        if not payload:
+            del response.headers["Content-Type"]
+        response.headers.update(headers)
+        if self.on_request is not None:
+            self.on_request(rec)
+        return response
+
+    def _violation(self, request: Request, rec: ReceivedRequest) -> tuple[int, str] | None:
+        """Check the request against the contract (and OpenAPI document); record any breach."""
+        found, source = contract_error(rec), "contract"
+        oa = openapi_violation(request) if self.validate_openapi else None
+        if oa is not None:
+            kind, text = oa
+            status = 404 if kind in NOT_FOUND_ERRORS else 401 if kind in AUTH_ERRORS else 400
+            found, source = (status, text), "openapi"
+        if found is not None:
+            with self._lock:
+                self.violations.append(f"{source}: {rec.method} {rec.path}: {found[1]}")
+        return found
+
+    def _decide(
+        self, rec: ReceivedRequest, violation: tuple[int, str] | None
+    ) -> tuple[int, object | None, dict[str, str], float]:
+        with self._lock:
+            if self._down:
+                return 503, _error(503), self._limits(rec.token, spend=False), 0.0
+            for i, (entry, doc, tok) in enumerate(self._script):
+                if doc in (None, rec.document_id) and tok in (None, rec.token):
+                    del self._script[i]
+                    return self._canned(entry, rec.token)
+            if violation is not None and violation[0] == 404:
+                body = {
+                    "statusCode": 404,
+                    "message": f"Cannot {rec.method} {rec.path}",
+                    "error": "Not Found",
+                }
+                return 404, _traced(body), self._limits(rec.token, spend=False), 0.0
+            tokens = self.tokens
+            if rec.token is None or (tokens is not None and rec.token not in tokens):
+                return 401, _traced(dict(UNAUTHORIZED)), self._limits(rec.token, False), 0.0
+            limited = self.enforce_rate_limit and self._spent(rec.token)
+            headers = self._limits(rec.token, spend=not limited)
+            if limited:
+                return 429, _error(429), headers, 0.0
+            if violation is not None:
+                return 400, _error(400, violation[1]), headers, 0.0
+            return 200, None, headers, 0.0
+
+    def _canned(
+        self, entry: int | str | tuple, token: str | None
+    ) -> tuple[int, object | None, dict[str, str], float]:
+        headers = self._limits(token, spend=False)
+        if entry == "timeout":
+            return 200, None, headers, self.timeout_sleep
+        if isinstance(entry, tuple):
+            status, body, extra = (tuple(entry) + (None, None))[:3]
+            return int(status), body, {**headers, **(extra or {})}, 0.0
+        if entry == 429:
+            headers["X-RateLimit-Remaining"] = "0"
+        body = _traced(dict(UNAUTHORIZED)) if entry == 401 else _error(int(entry))
+        return int(entry), body, headers, 0.0
+
+    # ---- rate limiting (caller holds self._lock) ---------------------------------------
+    def _window(self, table: dict, token: str | None, length: float) -> list[float]:
+        now = self.clock()
+        win = table.setdefault(token, [now, 0])
+        if now - win[0] >= length:
+            win[:] = [now, 0]
+        return win
+
+    def _spent(self, token: str | None) -> bool:
+        burst = self._window(self._windows, token, self.rate_limit_interval_ms / 1000)
+        daily = self._window(self._daily, token, 86_400.0)
+        return burst[1] >= self.rate_limit_max or daily[1] >= self.daily_limit
+
+    def _limits(self, token: str | None, spend: bool) -> dict[str, str]:
+        burst = self._window(self._windows, token, self.rate_limit_interval_ms / 1000)
+        daily = self._window(self._daily, token, 86_400.0)
+        if spend:
+            burst[1] += 1
+            daily[1] += 1
+        return {
+            "X-RateLimit-Max": str(self.rate_limit_max),
+            "X-RateLimit-Remaining": str(max(0, self.rate_limit_max - int(burst[1]))),
+            "X-RateLimit-Interval-Milliseconds": str(self.rate_limit_interval_ms),
+            "X-RateLimit-Limit-Daily": str(self.daily_limit),
+            "X-RateLimit-Daily-Remaining": str(max(0, self.daily_limit - int(daily[1]))),
+        }
+
+
+def contract_error(rec: ReceivedRequest) -> tuple[int, str] | None:
+    """The hand-written HighLevel contract (used with or without the OpenAPI documents)."""
+    if rec.kind is None or rec.method != "PATCH":
+        return 404, f"Cannot {rec.method} {rec.path}"
+    if rec.token is None:
+        return 401, UNAUTHORIZED["message"]
+    version = rec.headers.get("Version")
+    if version != API_VERSION:
+        return 400, (
+            "Version header was not found"
+            if version is None
+            else f"Version header must be {API_VERSION}, got {version!r}"
+        )
+    if rec.headers.get("Content-Type", "").split(";")[0].strip().lower() != "application/json":
+        return 400, "Content-Type must be application/json"
+    field = ENDPOINTS[rec.path][1]
+    if not isinstance(rec.json, dict):
+        return 400, "Request body must be a JSON object"
+    if field not in rec.json:
+        return 400, f"{field} is required"
+    if not isinstance(rec.json[field], str):
+        return 400, f"{field} must be a string"
+    return None
+
+
+def _traced(body: dict) -> dict:
+    body["traceId"] = str(uuid.uuid4())
+    return body
+
+
+def _error(status: int, message: str | None = None) -> dict:
+    if message is None:
+        message = CANNED_MESSAGES.get(status) or HTTPStatus(status).phrase
+    return _traced({"statusCode": status, "message": message})
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Fake HighLevel API for local demos.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9100)
+    parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--no-rate-limit", action="store_true")
+    parser.add_argument("--token", action="append", help="accepted token (default: any)")
+    args = parser.parse_args(argv)
+
+    def show(r: ReceivedRequest) -> None:
+        tail = f"...{r.token[-4:]}" if r.token and len(r.token) > 8 else "****" if r.token else "-"
+        print(
+            f"{r.method} {r.path} -> {r.status} {r.kind or '-'} {r.document_id or '-'} "
+            f"token={tail}",
+            flush=True,
+        )
+
+    hl = FakeHighLevel(
+        tokens=set(args.token) if args.token else None,
+        latency=args.latency,
+        enforce_rate_limit=not args.no_rate_limit,
+        on_request=show,
+    )
+    done = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    with hl.start(args.host, args.port):
+        openapi = "on" if hl.validate_openapi else f"off ({SPEC_DIR} not present)"
+        print(f"fake HighLevel listening on {hl.url} (openapi validation {openapi})", flush=True)
+        while not done.wait(0.5):
+            pass
+    print("fake HighLevel stopped", flush=True)
+
+
+if __name__ == "__main__":
+    main()
