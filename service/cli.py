@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import click
 from flask import Flask
-from flask.cli import AppGroup
+from flask.cli import AppGroup, with_appcontext
 
 from .deps import services
 
@@ -52,6 +52,7 @@ def build_forwarder(stop=None, executor=None):
 @click.command("forwarder")
 @click.option("--once", is_flag=True, help="Handle what is due now, then exit.")
 @click.option("--max-batches", type=int, default=None, help="Exit after N iterations.")
+@with_appcontext
 def forwarder_command(once: bool, max_batches: int | None) -> None:
     """Send due views to HighLevel until SIGTERM (or, with --once, until none is due)."""
     from .forwarder import run
@@ -62,13 +63,14 @@ def forwarder_command(once: bool, max_batches: int | None) -> None:
         logger.info("forwarder.stopping", extra={"signal": signal.Signals(signum).name})
         forwarder.stop.set()  # only a flag: the loop finishes its batch and exits
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     logger.info("forwarder.started", extra={"concurrency": forwarder.concurrency})
     try:
         handled = run(forwarder, once=once, max_batches=max_batches)
     finally:
         forwarder.executor.shutdown(wait=True)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     logger.info("forwarder.stopped", extra={"handled": handled})
     click.echo(f"forwarder handled {handled} document(s)")
 

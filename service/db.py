@@ -8,7 +8,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 

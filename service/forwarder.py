@@ -19,7 +19,7 @@ from .tokens import Credentials, TokenDecryptError, TokenVault
 
 logger = logging.getLogger(__name__)
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 PERMANENT = {400, 404, 405, 409, 410, 413, 415, 422}
 AUTH = {401, 403}
 BACKOFF_BASE, BACKOFF_CAP = 2.0, 600.0
@@ -168,7 +168,7 @@ class Forwarder:
             "document_id": claim.document_id, "views": claim.views,
             "outcome": outcome.outcome, "http_status": outcome.http_status,
             "attempt": claim.attempts + 1, "latency_ms": outcome.latency_ms,
-            "message": outcome.message, "trace_id": outcome.trace_id,
+            "hl_message": outcome.message, "trace_id": outcome.trace_id,
             "request_id": claim.request_id, "lease_kept": kept,
         })
         return outcome.outcome

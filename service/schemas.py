@@ -7,7 +7,7 @@ import ipaddress
 
 import marshmallow as ma
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 MAX_BATCH = 500
 FUTURE_TOLERANCE = dt.timedelta(minutes=5)

@@ -1,0 +1,38 @@
+# Two commands for a fresh machine: `make run` and `make test` (see README).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PORT   ?= 8000
+export FLASK_APP := service
+
+.PHONY: run test demo lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Reinstall whenever a requirements file changes.
+$(VENV)/.installed: requirements.txt requirements-dev.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	touch $@
+
+run: $(VENV)/.installed  ## migrate, print the dev keys, start web + forwarder on $(PORT)
+	$(BIN)/flask db upgrade
+	@$(BIN)/flask keys show
+	PORT=$(PORT) PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start web worker
+
+test: $(VENV)/.installed  ## the whole suite (PostgreSQL too when TEST_DATABASE_URL is set)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+demo: $(VENV)/.installed  ## the service against a local HighLevel stand-in
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check service tests bench config
+
+bench: $(VENV)/.installed
+	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/forward.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

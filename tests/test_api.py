@@ -1,0 +1,246 @@
+"""The HTTP interface: ingest, event status, errors, request ids, OpenAPI."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+import sqlalchemy as sa
+
+from service.db import events
+
+from .conftest import ADMIN_KEY, admin_headers, ingest_headers, make_event
+
+
+def stored_events(services) -> int:
+    with services.engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(events)).scalar()
+
+
+def test_single_event_is_accepted_and_queued(client, services):
+    resp = client.post("/v1/events", json=make_event(), headers=ingest_headers())
+    assert resp.status_code == 202
+    assert resp.json["status"] == "queued"
+    status = client.get(f"/v1/events/{resp.json['id']}", headers=ingest_headers()).json
+    assert (status["status"], status["kind"], status["locationId"], status["documentId"]) == (
+        "queued", "invoice", "loc_1", "inv_1")
+    assert services.store.queue_depth() == {"pending": 1}
+
+
+def test_estimate_event(client):
+    resp = client.post("/v1/events", json=make_event(invoiceId=None, estimateId="est_9"),
+                       headers=ingest_headers())
+    status = client.get(f"/v1/events/{resp.json['id']}", headers=ingest_headers()).json
+    assert (status["kind"], status["documentId"]) == ("estimate", "est_9")
+
+
+def test_batch_is_accepted_in_order(client, services):
+    batch = {"events": [make_event(invoiceId=f"inv_{i}") for i in range(500)]}
+    resp = client.post("/v1/events", json=batch, headers=ingest_headers())
+    assert resp.status_code == 202
+    assert len(resp.json["events"]) == 500
+    assert {e["status"] for e in resp.json["events"]} == {"queued"}
+    assert services.store.queue_depth() == {"pending": 500}
+
+
+def test_repeated_event_id_answers_duplicate_and_is_not_sent_twice(client, services):
+    first = client.post("/v1/events", json=make_event(eventId="evt_1"), headers=ingest_headers())
+    again = client.post("/v1/events", json=make_event(eventId="evt_1"), headers=ingest_headers())
+    assert again.status_code == 202
+    assert again.json == {"id": first.json["id"], "status": "duplicate"}
+    assert stored_events(services) == 1
+    assert len(services.store.claim_due(now=services.clock(), limit=10)) == 1
+
+
+def test_viewed_at_is_kept(client, clock):
+    viewed = "2026-01-05T11:58:00+00:00"
+    resp = client.post("/v1/events", json=make_event(viewedAt=viewed), headers=ingest_headers())
+    status = client.get(f"/v1/events/{resp.json['id']}", headers=ingest_headers()).json
+    assert status["viewedAt"] == viewed
+
+
+@pytest.mark.parametrize("headers", [
+    {},
+    {"Authorization": "Bearer wrong"},
+    {"Authorization": f"Bearer {ADMIN_KEY}"},  # an admin key is not an ingest key
+    {"Authorization": "Basic abc"},
+    {"Authorization": "Bearer"},
+])
+def test_ingest_needs_an_ingest_key(client, services, headers):
+    resp = client.post("/v1/events", json=make_event(), headers=headers)
+    assert resp.status_code == 401
+    assert resp.json == {"statusCode": 401, "message": "Missing or invalid API key"}
+    assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+    assert stored_events(services) == 0
+
+
+def test_event_status_needs_a_key_and_an_existing_id(client):
+    assert client.get("/v1/events/whatever").status_code == 401
+    resp = client.get("/v1/events/whatever", headers=ingest_headers())
+    assert resp.status_code == 404
+    assert resp.json["message"] == "No event with that id"
+    assert client.get("/v1/events/" + "x" * 300, headers=ingest_headers()).status_code == 404
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded",
+                                          "multipart/form-data; boundary=x", None])
+def test_non_json_body_is_415(client, services, content_type):
+    resp = client.post("/v1/events", data=json.dumps(make_event()), content_type=content_type,
+                       headers=ingest_headers())
+    assert resp.status_code == 415
+    assert resp.json["statusCode"] == 415
+    assert stored_events(services) == 0
+
+
+@pytest.mark.parametrize("body", [b"{", b"\xff\xfe", b'{"locationId": "a",}', b"nul"])
+def test_malformed_json_is_400(client, services, body):
+    resp = client.post("/v1/events", data=body, content_type="application/json",
+                       headers=ingest_headers())
+    assert resp.status_code == 400
+    assert resp.json == {"statusCode": 400, "message": "The body is not valid JSON"}
+    assert stored_events(services) == 0
+
+
+def test_oversized_body_is_413(app, client, services):
+    app.config["MAX_CONTENT_LENGTH"] = 10_000
+    body = {"events": [make_event(invoiceId=f"inv_{i}", source="s" * 60) for i in range(200)]}
+    resp = client.post("/v1/events", json=body, headers=ingest_headers())
+    assert resp.status_code == 413
+    assert resp.json["statusCode"] == 413
+    assert stored_events(services) == 0
+
+
+FUTURE = (dt.datetime(2026, 1, 5, tzinfo=dt.UTC) + dt.timedelta(days=3650)).isoformat()
+
+
+@pytest.mark.parametrize(("event", "field"), [
+    (make_event(locationId=None), "locationId"),
+    (make_event(locationId=""), "locationId"),
+    (make_event(locationId="has space"), "locationId"),
+    (make_event(locationId="x" * 65), "locationId"),
+    (make_event(locationId=12), "locationId"),
+    (make_event(invoiceId=None), "invoiceId"),
+    (make_event(estimateId="est_1"), "_schema"),
+    (make_event(invoiceId="inv/1"), "invoiceId"),
+    (make_event(viewedAt="yesterday"), "viewedAt"),
+    (make_event(viewedAt=FUTURE), "viewedAt"),
+    (make_event(eventId="e" * 65), "eventId"),
+    (make_event(ip="999.1.1.1"), "ip"),
+    (make_event(userAgent="u" * 513), "userAgent"),
+    (make_event(extra="field"), "extra"),
+    (make_event(locationId=None, invoiceId=None), "locationId"),
+])
+def test_invalid_event_is_422_with_the_field(client, services, event, field):
+    resp = client.post("/v1/events", json=event, headers=ingest_headers())
+    assert resp.status_code == 422, resp.json
+    assert resp.json["statusCode"] == 422
+    assert field in resp.json["errors"], resp.json
+    assert stored_events(services) == 0
+
+
+def test_a_bad_event_in_a_batch_rejects_the_whole_batch_with_its_index(client, services):
+    batch = {"events": [make_event(invoiceId="ok_1"), make_event(invoiceId="bad id"),
+                        make_event(invoiceId="ok_2"), make_event(locationId=None)]}
+    resp = client.post("/v1/events", json=batch, headers=ingest_headers())
+    assert resp.status_code == 422
+    errors = resp.json["errors"]["events"]
+    assert set(errors) == {"1", "3"}
+    assert "invoiceId" in errors["1"] and "locationId" in errors["3"]
+    assert stored_events(services) == 0
+
+
+@pytest.mark.parametrize("body", [{"events": []}, {"events": [make_event()] * 501},
+                                  {"events": "x"}, {"events": None}, [make_event()], "text", 5,
+                                  {"events": [make_event()], "extra": 1}])
+def test_bad_batch_shapes_are_422(client, services, body):
+    resp = client.post("/v1/events", json=body, headers=ingest_headers())
+    assert resp.status_code == 422, resp.json
+    assert resp.json["errors"]
+    assert stored_events(services) == 0
+
+
+def test_store_down_is_503_with_retry_after(app, client, monkeypatch):
+    def down(*args, **kwargs):
+        raise sa.exc.OperationalError("INSERT", {}, Exception("connection refused"))
+
+    monkeypatch.setattr(app.extensions["service"].store, "record_views", down)
+    resp = client.post("/v1/events", json=make_event(), headers=ingest_headers())
+    assert resp.status_code == 503
+    assert resp.headers["Retry-After"] == "5"
+    assert resp.json["statusCode"] == 503
+
+
+def test_unknown_route_and_method_are_json(client):
+    resp = client.get("/nope")
+    assert resp.status_code == 404 and resp.json["statusCode"] == 404
+    resp = client.put("/v1/events", json={}, headers=ingest_headers())
+    assert resp.status_code == 405 and resp.json["statusCode"] == 405
+    assert "POST" in resp.headers["Allow"]
+
+
+def test_request_id_is_echoed_or_generated(client):
+    resp = client.get("/healthz", headers={"X-Request-ID": "abc-123"})
+    assert resp.headers["X-Request-ID"] == "abc-123"
+    generated = client.get("/healthz").headers["X-Request-ID"]
+    assert len(generated) == 32
+    # A hostile id (log injection) is replaced, not echoed.
+    assert client.get("/healthz", headers={"X-Request-ID": "a\tb"}).headers[
+        "X-Request-ID"] != "a\tb"
+
+
+def test_request_id_reaches_the_stored_view(client, services):
+    client.post("/v1/events", json=make_event(), headers=ingest_headers(**{"X-Request-ID": "r-9"}))
+    [claim] = services.store.claim_due(now=services.clock(), limit=1)
+    assert claim.request_id == "r-9"
+
+
+def test_health_and_readiness(client):
+    assert client.get("/healthz").json == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json["status"] == "ready"
+
+
+def test_readiness_fails_before_migration(db_url, tmp_path):
+    from service import create_app
+
+    from .conftest import test_config
+
+    app = create_app(test_config(db_url))
+    resp = app.test_client().get("/readyz")
+    assert resp.status_code == 503
+    assert "not migrated" in resp.json["message"]
+    app.extensions["service"].engine.dispose()
+
+
+def test_readiness_fails_when_the_store_is_unreachable(tmp_path):
+    from service import create_app
+
+    from .conftest import test_config
+
+    url = "postgresql://nobody@127.0.0.1:1/none?connect_timeout=1"
+    app = create_app(test_config(url))
+    resp = app.test_client().get("/readyz")
+    assert resp.status_code == 503
+    assert resp.json["message"].startswith("store unreachable")
+    assert "nobody" not in resp.json["message"]
+
+
+def test_openapi_describes_every_route_from_the_schemas(client):
+    spec = client.get("/openapi.json").json
+    assert spec["info"]["title"] == "Invoice view relay"
+    assert {"/v1/events", "/v1/events/{event_id}", "/v1/locations",
+            "/v1/locations/{location_id}", "/v1/locations/{location_id}/token"} <= set(
+        spec["paths"])
+    post = spec["paths"]["/v1/events"]["post"]
+    assert "202" in post["responses"] and "422" in post["responses"]
+    schema = spec["components"]["schemas"]["Event"]
+    assert {"locationId", "invoiceId", "estimateId", "eventId", "viewedAt"} <= set(
+        schema["properties"])
+    assert set(spec["components"]["securitySchemes"]) >= {"ingestKey", "adminKey"}
+    assert client.get("/docs").status_code == 200
+
+
+def test_admin_routes_need_the_admin_key(client):
+    assert client.get("/v1/locations", headers=ingest_headers()).status_code == 401
+    assert client.get("/v1/locations", headers=admin_headers()).status_code == 200

@@ -1,0 +1,163 @@
+"""Location tokens: admin API, CLI, encryption at rest, key rotation; never a secret out."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+import pytest
+import sqlalchemy as sa
+from cryptography.fernet import Fernet
+
+from service.db import locations
+from service.tokens import TokenDecryptError, TokenVault
+
+from .conftest import T0, admin_headers, ingest_headers, make_event
+
+SECRET = "pit-8c1f7d0e-secret-value"
+REFRESH = "refresh-0a9b8c7d-secret"
+
+
+def put_token(client, location="loc_1", **body):
+    body = {"accessToken": SECRET, **body}
+    return client.put(f"/v1/locations/{location}/token", json=body, headers=admin_headers())
+
+
+def test_put_token_stores_it_and_answers_without_the_secret(client, vault):
+    resp = put_token(client, companyId="comp_1")
+    assert resp.status_code == 200
+    assert resp.json["locationId"] == "loc_1"
+    assert (resp.json["tokenKind"], resp.json["status"]) == ("pit", "active")
+    assert resp.json["companyId"] == "comp_1"
+    assert SECRET not in resp.get_data(as_text=True)
+    assert vault.credentials("loc_1").access_token == SECRET
+
+
+def test_oauth_token_with_expiry(client, clock):
+    resp = put_token(client, refreshToken=REFRESH, expiresIn=86399)
+    assert resp.json["tokenKind"] == "oauth" and resp.json["hasRefreshToken"] is True
+    expected = clock() + dt.timedelta(seconds=86399)
+    assert dt.datetime.fromisoformat(resp.json["expiresAt"]) == expected
+    assert REFRESH not in resp.get_data(as_text=True)
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"accessToken": ""}, "accessToken"),
+    ({"accessToken": "short"}, "accessToken"),
+    ({"refreshToken": REFRESH}, "accessToken"),
+    ({"accessToken": SECRET, "expiresIn": -1}, "expiresIn"),
+    ({"accessToken": SECRET, "expiresIn": 10, "expiresAt": "2027-01-01T00:00:00Z"}, "expiresAt"),
+    ({"accessToken": SECRET, "companyId": "bad id"}, "companyId"),
+    ({"accessToken": SECRET, "other": 1}, "other"),
+])
+def test_bad_token_bodies_are_422_and_echo_no_secret(client, vault, body, field):
+    resp = client.put("/v1/locations/loc_1/token", json=body, headers=admin_headers())
+    assert resp.status_code == 422
+    assert field in resp.json["errors"]
+    assert SECRET not in resp.get_data(as_text=True)
+    assert vault.describe("loc_1") is None
+
+
+def test_bad_location_id_is_rejected(client):
+    resp = put_token(client, location="a" * 65)
+    assert resp.status_code == 400
+    assert "locationId" in resp.json["errors"]
+
+
+def test_token_routes_need_the_admin_key(client):
+    resp = client.put("/v1/locations/loc_1/token", json={"accessToken": SECRET},
+                      headers=ingest_headers())
+    assert resp.status_code == 401
+    assert client.delete("/v1/locations/loc_1/token").status_code == 401
+
+
+def test_list_and_get_locations(client):
+    put_token(client, "loc_b")
+    put_token(client, "loc_a")
+    listed = client.get("/v1/locations", headers=admin_headers())
+    assert [loc["locationId"] for loc in listed.json["locations"]] == ["loc_a", "loc_b"]
+    assert SECRET not in listed.get_data(as_text=True)
+    client.post("/v1/events", json=make_event(locationId="loc_a"), headers=ingest_headers())
+    one = client.get("/v1/locations/loc_a", headers=admin_headers()).json
+    assert one["queue"] == {"pending": 1} and one["verdicts"] == {"human": 1}
+    assert client.get("/v1/locations/nope", headers=admin_headers()).status_code == 404
+
+
+def test_delete_token_parks_views_and_put_releases_them(client, services):
+    put_token(client)
+    client.post("/v1/events", json=make_event(), headers=ingest_headers())
+    assert client.delete("/v1/locations/loc_1/token", headers=admin_headers()).status_code == 204
+    assert services.store.queue_depth() == {"blocked": 1}
+    assert services.vault.credentials("loc_1") is None
+    assert client.delete("/v1/locations/loc_1/token",
+                         headers=admin_headers()).status_code == 404
+    put_token(client)
+    assert services.store.queue_depth() == {"pending": 1}
+
+
+def test_tokens_are_encrypted_at_rest(vault, services):
+    vault.set_token("loc_1", access_token=SECRET, refresh_token=REFRESH, now=T0)
+    with services.engine.connect() as conn:
+        row = conn.execute(sa.select(locations)).one()
+    assert SECRET not in row.access_token and REFRESH not in row.refresh_token
+    assert Fernet(services.config["TOKEN_ENCRYPTION_KEYS"][0]).decrypt(
+        row.access_token.encode()).decode() == SECRET
+
+
+def test_key_rotation_old_ciphertexts_decrypt_and_reencrypt_moves_them(services):
+    old_key = services.config["TOKEN_ENCRYPTION_KEYS"][0]
+    TokenVault(services.engine, [old_key]).set_token("loc_1", access_token=SECRET, now=T0)
+    new_key = Fernet.generate_key().decode()
+    rotated = TokenVault(services.engine, [new_key, old_key])
+    assert rotated.credentials("loc_1").access_token == SECRET  # still readable
+    assert rotated.reencrypt() == 1
+    only_new = TokenVault(services.engine, [new_key])
+    assert only_new.credentials("loc_1").access_token == SECRET
+    with pytest.raises(TokenDecryptError) as err:
+        TokenVault(services.engine, [old_key]).credentials("loc_1")
+    assert SECRET not in str(err.value)
+
+
+def test_credentials_repr_hides_the_token(vault):
+    vault.set_token("loc_1", access_token=SECRET, now=T0)
+    assert SECRET not in repr(vault.credentials("loc_1"))
+
+
+def test_replacing_a_token_bumps_its_generation_and_resets_state(vault):
+    vault.set_token("loc_1", access_token=SECRET, now=T0)
+    first = vault.credentials("loc_1")
+    assert vault.record_rejection(first, status=401, message="x", now=T0) == "retry"
+    vault.set_token("loc_1", access_token=SECRET + "2", now=T0)
+    second = vault.credentials("loc_1")
+    assert second.generation == first.generation + 1
+    assert second.unauthorized_count == 0
+    # A late 401 for the old token does not count against the new one.
+    assert vault.record_rejection(first, status=401, message="x", now=T0) == "retry"
+    assert vault.record_rejection(first, status=401, message="x", now=T0) == "retry"
+    assert vault.describe("loc_1")["status"] == "active"
+
+
+def test_cli_tokens_set_list_delete(runner, vault):
+    result = runner.invoke(args=["tokens", "set", "loc_9"], input=SECRET + "\n")
+    assert result.exit_code == 0, result.output
+    assert vault.credentials("loc_9").access_token == SECRET
+    listed = runner.invoke(args=["tokens", "list"])
+    assert "loc_9\tpit\tactive" in listed.output and SECRET not in listed.output
+    result = runner.invoke(args=["tokens", "set", "loc_9", "--access-token", "x"])
+    assert result.exit_code != 0 and "accessToken" in result.output
+    assert runner.invoke(args=["tokens", "delete", "loc_9"]).exit_code == 0
+    assert vault.describe("loc_9") is None
+    assert runner.invoke(args=["tokens", "delete", "loc_9"]).exit_code != 0
+
+
+def test_cli_reencrypt(runner, vault):
+    vault.set_token("loc_1", access_token=SECRET, now=T0)
+    result = runner.invoke(args=["tokens", "reencrypt"])
+    assert result.exit_code == 0 and "re-encrypted 1" in result.output
+
+
+def test_no_secret_in_logs(client, caplog):
+    caplog.set_level(logging.DEBUG)
+    put_token(client, refreshToken=REFRESH)
+    client.get("/v1/locations", headers=admin_headers())
+    assert SECRET not in caplog.text and REFRESH not in caplog.text
