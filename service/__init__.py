@@ -16,14 +16,16 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app: config, logging, store, API, CLI. ``config`` overrides the environment."""
-    from . import admin, api, cli, errors, health
+    from . import admin, api, cli, errors, health, pixel_api
     from .config import load_config
     from .db import create_engine
     from .deps import Services
     from .logging import configure_logging
     from .openapi import init_api
+    from .pixels import PixelSigner
     from .store import Store
     from .tokens import TokenVault
+    from .verdicts import Classifier
 
     app = Flask(__name__, instance_relative_config=True)
     settings = load_config(os.environ, config, instance_path=app.instance_path)
@@ -37,6 +39,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         store=Store(engine, coalesce_window=settings["COALESCE_WINDOW_SECONDS"],
                     lease_seconds=settings["LEASE_SECONDS"]),
         vault=TokenVault(engine, settings["TOKEN_ENCRYPTION_KEYS"]),
+        pixel_signer=PixelSigner(settings["PIXEL_SIGNING_KEYS"]),
+        classifier=Classifier.load(settings["MACHINE_OPEN_RULES"]),
     )
     if settings["TRUSTED_PROXIES"]:
         n = settings["TRUSTED_PROXIES"]
@@ -47,6 +51,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     api_ = init_api(app)
     api_.register_blueprint(api.bp)
     api_.register_blueprint(admin.bp)
+    api_.register_blueprint(pixel_api.bp)
     app.register_blueprint(health.bp)
     errors.init_app(app)
     cli.init_app(app)

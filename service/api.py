@@ -12,6 +12,7 @@ from .deps import services
 from .errors import NotFoundError, ServiceError
 from .schemas import EventStatusSchema, IngestResponseSchema, IngestSchema
 from .store import View
+from .verdicts import should_forward
 
 bp = Blueprint("events", __name__, url_prefix="/v1/events",
                description="Invoice and estimate views from internal services")
@@ -38,12 +39,16 @@ def require_json(view):
 def to_view(event: dict) -> View:
     """Turn one validated event into the store's ``View``."""
     kind = "invoice" if "invoiceId" in event else "estimate"
-    now = services().clock()
+    svc = services()
+    now = svc.clock()
+    verdict = svc.classifier.classify(user_agent=event.get("userAgent"), ip=event.get("ip"))
     return View(
         kind=kind, location_id=event["locationId"],
         document_id=event.get("invoiceId") or event["estimateId"],
         viewed_at=event.get("viewedAt") or now, event_key=event.get("eventId"),
         source=event.get("source"), user_agent=event.get("userAgent"), ip=event.get("ip"),
+        verdict=verdict.verdict, verdict_reason=verdict.reason,
+        forward=should_forward(verdict.verdict, svc.config["MACHINE_OPENS"]),
         request_id=g.get("request_id"),
     )
 

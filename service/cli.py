@@ -75,6 +75,26 @@ def forwarder_command(once: bool, max_batches: int | None) -> None:
     click.echo(f"forwarder handled {handled} document(s)")
 
 
+@click.command("pixel-url")
+@click.argument("location_id")
+@click.argument("document_id")
+@click.option("--estimate", is_flag=True, help="The document is an estimate, not an invoice.")
+@click.option("--expires-in", type=int, default=None, help="Seconds until the URL stops counting.")
+@with_appcontext
+def pixel_url_command(location_id: str, document_id: str, estimate: bool,
+                      expires_in: int | None) -> None:
+    """Print a signed pixel URL and a ready <img> tag for an invoice (or estimate) email."""
+    from .pixel_api import mint
+
+    try:
+        minted = mint(location_id, document_id, kind="estimate" if estimate else "invoice",
+                      expires_in=expires_in)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    click.echo(minted["url"])
+    click.echo(minted["html"])
+
+
 @tokens_cli.command("set")
 @click.argument("location_id")
 @click.option("--access-token", prompt=True, hide_input=True, envvar="HL_ACCESS_TOKEN",
@@ -155,7 +175,7 @@ def keys_show() -> None:
 
 def init_app(app: Flask) -> None:
     """Register the commands."""
-    for command in (db_cli, tokens_cli, keys_cli, forwarder_command):
+    for command in (db_cli, tokens_cli, keys_cli, forwarder_command, pixel_url_command):
         app.cli.add_command(command)
 
 

@@ -97,6 +97,7 @@ events = sa.Table(
     sa.Column("user_agent", sa.String(512)),
     sa.Column("ip", sa.String(64)),
     sa.Column("verdict", sa.String(20), nullable=False, server_default="human"),
+    sa.Column("verdict_reason", sa.String(100)),
     sa.Column("forward", sa.Boolean, nullable=False, server_default=sa.true()),
     sa.Column("request_id", sa.String(64)),
     sa.Index("ix_events_document_row_seq", "document_row", "seq"),

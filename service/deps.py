@@ -10,8 +10,10 @@ from typing import Any
 from flask import current_app
 from sqlalchemy.engine import Engine
 
+from .pixels import PixelSigner
 from .store import Store
 from .tokens import TokenVault
+from .verdicts import Classifier
 
 
 def utcnow() -> dt.datetime:
@@ -24,6 +26,8 @@ class Services:
     engine: Engine
     store: Store
     vault: TokenVault
+    pixel_signer: PixelSigner
+    classifier: Classifier
     clock: Callable[[], dt.datetime] = utcnow
 
 

@@ -95,7 +95,9 @@ class EventStatusSchema(ma.Schema):
         metadata={"description": "queued, delivered, failed, duplicate or filtered"})
     reason = ma.fields.String(allow_none=True)
     message = ma.fields.String(allow_none=True)
-    verdict = ma.fields.String()
+    verdict = ma.fields.String(
+        metadata={"description": "human, proxy_open, machine_prefetch, scanner or bot"})
+    verdictReason = ma.fields.String(allow_none=True)
     source = ma.fields.String(allow_none=True)
     viewedAt = ma.fields.AwareDateTime()
     receivedAt = ma.fields.AwareDateTime()
@@ -147,3 +149,28 @@ class ErrorSchema(ma.Schema):
     statusCode = ma.fields.Integer()
     message = ma.fields.String()
     errors = ma.fields.Dict()
+
+
+class PixelUrlRequestSchema(ma.Schema):
+    """What to mint a pixel for: one invoice or one estimate of a location."""
+
+    class Meta:
+        unknown = ma.RAISE
+
+    locationId = ma.fields.String(required=True, validate=Id)
+    invoiceId = ma.fields.String(validate=Id)
+    estimateId = ma.fields.String(validate=Id)
+    expiresIn = ma.fields.Integer(validate=ma.validate.Range(min=60, max=10 * 365 * 86400),
+                                  metadata={"description": "seconds; default: never expires"})
+
+    @ma.validates_schema
+    def exactly_one_document(self, data, **kwargs):
+        EventSchema.exactly_one_document(self, data)
+
+
+class PixelUrlSchema(ma.Schema):
+    url = ma.fields.String()
+    html = ma.fields.String(metadata={"description": "a ready <img> tag for the email"})
+    token = ma.fields.String()
+    beaconUrl = ma.fields.String(metadata={"description": "for navigator.sendBeacon"})
+    expiresAt = ma.fields.AwareDateTime(allow_none=True)

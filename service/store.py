@@ -36,6 +36,7 @@ class View:
     user_agent: str | None = None
     ip: str | None = None
     verdict: str = "human"
+    verdict_reason: str | None = None
     forward: bool = True
     request_id: str | None = None
 
@@ -129,6 +130,7 @@ class Store:
                 kind=view.kind, location_id=view.location_id, document_id=view.document_id,
                 viewed_at=view.viewed_at, received_at=now, source=view.source,
                 user_agent=view.user_agent, ip=view.ip, verdict=view.verdict,
+                verdict_reason=view.verdict_reason,
                 forward=view.forward, request_id=view.request_id,
             )
         )
@@ -305,7 +307,8 @@ class Store:
                 "id": row.id, "eventId": row.event_key, "kind": row.kind,
                 "locationId": row.location_id, "documentId": row.document_id,
                 "viewedAt": row.viewed_at, "receivedAt": row.received_at,
-                "source": row.source, "verdict": row.verdict, "deliveredAt": None,
+                "source": row.source, "verdict": row.verdict,
+                "verdictReason": row.verdict_reason, "deliveredAt": None,
             }
             if not row.forward:
                 result["status"] = "filtered"

@@ -1,0 +1,227 @@
+"""The tracking pixel and beacon: always the GIF, a view only for a valid GET."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+import pytest
+import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from service.db import events
+from service.pixels import GIF, PixelSigner, PixelTarget
+
+from .conftest import PIXEL_KEY, T0, admin_headers
+
+GIF_HEADERS = {
+    "Content-Type": "image/gif",
+    "Content-Length": "43",
+    "Cache-Control": "no-cache, no-store, must-revalidate, private",
+    "Pragma": "no-cache",
+    "Expires": "0",
+    "X-Robots-Tag": "noindex",
+}
+LOC, INV = "6578278e879ad2646715ba9c", "6578278e879ad2646715ba9d"
+CHROME = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+          "Chrome/126.0.0.0 Safari/537.36")
+
+
+def token_for(kind="invoice", location=LOC, document=INV, *, keys=(PIXEL_KEY,), expires=None):
+    return PixelSigner(list(keys)).sign(PixelTarget(kind, location, document, expires))
+
+
+def view_count(services) -> int:
+    with services.engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(events)).scalar()
+
+
+def assert_gif(resp):
+    assert resp.status_code == 200
+    for name, value in GIF_HEADERS.items():
+        assert resp.headers[name] == value, name
+    if resp.request.method == "GET":
+        assert resp.data == GIF
+
+
+def test_gif_is_the_43_byte_transparent_gif():
+    assert len(GIF) == 43 and GIF.startswith(b"GIF89a") and GIF.endswith(b";")
+
+
+def test_valid_get_records_one_view(client, services):
+    resp = client.get(f"/v1/pixel/{token_for()}.gif", headers={"User-Agent": CHROME})
+    assert_gif(resp)
+    with services.engine.connect() as conn:
+        row = conn.execute(sa.select(events)).one()
+    assert (row.kind, row.location_id, row.document_id, row.source, row.verdict) == (
+        "invoice", LOC, INV, "pixel", "human")
+    assert row.user_agent == CHROME and row.ip == "127.0.0.1"
+    assert services.store.queue_depth() == {"pending": 1}
+
+
+def test_estimate_pixel(client, services):
+    assert_gif(client.get(f"/v1/pixel/{token_for('estimate')}.gif"))
+    [claim] = services.store.claim_due(now=services.clock(), limit=5)
+    assert (claim.kind, claim.document_id) == ("estimate", INV)
+
+
+def forged():
+    good = token_for()
+    return good[:-3] + ("AAA" if not good.endswith("AAA") else "BBB")
+
+
+@pytest.mark.parametrize("path", [
+    "/v1/pixel/{forged}.gif",
+    "/v1/pixel/{other_key}.gif",
+    "/v1/pixel/{truncated}.gif",
+    "/v1/pixel/{expired}.gif",
+    "/v1/pixel/{valid}",  # no .gif
+    "/v1/pixel/{valid}.png",
+    "/v1/pixel/.gif",
+    "/v1/pixel/x.gif",
+    "/v1/pixel/a/b/c.gif",
+    "/v1/pixel/%00%ff.gif",
+    "/v1/pixel/" + "A" * 5000 + ".gif",
+    "/v1/pixel/i.loc.doc.gif",  # right shape, no signature
+])
+def test_bad_tokens_still_get_the_gif_and_record_nothing(client, services, path):
+    url = path.format(
+        forged=forged(), valid=token_for(),
+        other_key=token_for(keys=("some-other-key",)),
+        truncated=token_for()[:40],
+        expired=token_for(expires=T0 - dt.timedelta(seconds=1)),
+    )
+    assert_gif(client.get(url))
+    assert view_count(services) == 0
+
+
+@pytest.mark.parametrize("headers", [
+    {"Purpose": "prefetch"},
+    {"Sec-Purpose": "prefetch"},
+    {"Sec-Purpose": "prefetch;prerender"},
+    {"X-Purpose": "preview"},
+    {"X-Moz": "prefetch"},
+])
+def test_prefetches_get_the_gif_and_record_nothing(client, services, headers):
+    assert_gif(client.get(f"/v1/pixel/{token_for()}.gif", headers=headers))
+    assert view_count(services) == 0
+
+
+def test_head_gets_the_same_headers_and_records_nothing(client, services):
+    resp = client.head(f"/v1/pixel/{token_for()}.gif")
+    assert_gif(resp)
+    assert resp.data == b""
+    assert view_count(services) == 0
+
+
+def test_store_down_still_answers_the_gif(app, client, monkeypatch, caplog):
+    def down(*args, **kwargs):
+        raise sa.exc.OperationalError("INSERT", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(app.extensions["service"].store, "record_views", down)
+    assert_gif(client.get(f"/v1/pixel/{token_for()}.gif"))
+    assert "pixel.record_failed" in caplog.text
+
+
+def test_unexpired_token_counts(client, services):
+    assert_gif(client.get(f"/v1/pixel/{token_for(expires=T0 + dt.timedelta(days=1))}.gif"))
+    assert view_count(services) == 1
+
+
+def test_key_rotation_old_emails_keep_working(app, client, services):
+    old = token_for(keys=("old-key",))
+    services.pixel_signer = PixelSigner(["new-key", "old-key"])  # rotated: new signs
+    assert_gif(client.get(f"/v1/pixel/{old}.gif"))
+    assert view_count(services) == 1
+    minted = client.post("/v1/pixel-urls", json={"locationId": LOC, "invoiceId": INV},
+                         headers=admin_headers()).json["token"]
+    assert PixelSigner(["new-key"]).verify(minted, now=T0) is not None
+    assert PixelSigner(["old-key"]).verify(minted, now=T0) is None
+    services.pixel_signer = PixelSigner(["new-key"])  # old key retired
+    assert_gif(client.get(f"/v1/pixel/{old}.gif"))
+    assert view_count(services) == 1
+
+
+def test_tokens_are_short_and_url_safe():
+    token = token_for(expires=T0 + dt.timedelta(days=365))
+    assert len(token_for()) < 120 and len(token) < 120
+    assert re.fullmatch(r"[A-Za-z0-9_.-]+", token)
+
+
+@pytest.mark.parametrize("body, content_type", [
+    (b"", None), (b"{}", "application/json"), (b"x=1", "application/x-www-form-urlencoded"),
+    (b"\x00\x01binary", "application/octet-stream"), (b"hello", "text/plain;charset=UTF-8"),
+])
+def test_beacon_records_with_any_body(client, services, body, content_type):
+    resp = client.post(f"/v1/beacon/{token_for()}", data=body, content_type=content_type)
+    assert resp.status_code == 204 and resp.data == b""
+    with services.engine.connect() as conn:
+        assert conn.execute(sa.select(events.c.source)).scalar() == "beacon"
+
+
+def test_beacon_with_a_bad_token_is_204_and_records_nothing(client, services):
+    assert client.post(f"/v1/beacon/{forged()}", data=b"x").status_code == 204
+    assert view_count(services) == 0
+
+
+def test_mint_pixel_url_api(client, services):
+    resp = client.post("/v1/pixel-urls", json={"locationId": LOC, "invoiceId": INV,
+                                               "expiresIn": 3600}, headers=admin_headers())
+    assert resp.status_code == 200
+    body = resp.json
+    assert body["url"].startswith("http://localhost:8000/v1/pixel/") and body["url"].endswith(
+        ".gif")
+    assert f'src="{body["url"]}"' in body["html"]
+    for attr in ('width="1"', 'height="1"', 'alt=""', "style="):
+        assert attr in body["html"]
+    assert dt.datetime.fromisoformat(body["expiresAt"]) == T0 + dt.timedelta(hours=1)
+    # The minted URL works.
+    assert_gif(client.get(body["url"].removeprefix("http://localhost:8000")))
+    assert view_count(services) == 1
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"locationId": LOC}, "invoiceId"),
+    ({"locationId": LOC, "invoiceId": INV, "estimateId": INV}, "_schema"),
+    ({"locationId": "bad id", "invoiceId": INV}, "locationId"),
+    ({"locationId": LOC, "invoiceId": INV, "expiresIn": 0}, "expiresIn"),
+])
+def test_mint_rejects_bad_input(client, body, field):
+    resp = client.post("/v1/pixel-urls", json=body, headers=admin_headers())
+    assert resp.status_code == 422 and field in resp.json["errors"]
+
+
+def test_mint_needs_the_admin_key(client):
+    resp = client.post("/v1/pixel-urls", json={"locationId": LOC, "invoiceId": INV})
+    assert resp.status_code == 401
+
+
+def test_cli_pixel_url(runner, client, services):
+    result = runner.invoke(args=["pixel-url", LOC, INV, "--estimate", "--expires-in", "600"])
+    assert result.exit_code == 0, result.output
+    url, html = result.output.strip().splitlines()
+    assert url in html and html.startswith("<img ")
+    assert_gif(client.get(url.removeprefix("http://localhost:8000")))
+    [claim] = services.store.claim_due(now=services.clock(), limit=5)
+    assert claim.kind == "estimate"
+    bad = runner.invoke(args=["pixel-url", "bad id", INV])
+    assert bad.exit_code != 0
+
+
+def test_verdict_counts_are_visible_per_location(client, services):
+    services.vault.set_token(LOC, access_token="pit-token-000000", now=T0)
+    client.get(f"/v1/pixel/{token_for()}.gif", headers={"User-Agent": CHROME})
+    client.get(f"/v1/pixel/{token_for()}.gif", headers={"User-Agent": CHROME})
+    stats = client.get(f"/v1/locations/{LOC}", headers=admin_headers()).json
+    assert stats["verdicts"]["human"] == 2
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rest=st.text(min_size=0, max_size=300), method=st.sampled_from(["GET", "HEAD"]))
+def test_fuzz_any_path_under_pixel_is_the_gif(client, rest, method):
+    from urllib.parse import quote
+
+    resp = client.open("/v1/pixel/" + quote(rest, safe="/.~-_"), method=method)
+    assert_gif(resp)  # empty segments, slashes, newlines, NULs: always the GIF
