@@ -82,8 +82,13 @@ class HighLevelClient:
         except requests.Timeout as exc:
             raise HighLevelError(f"timeout: {type(exc).__name__}") from None
         except requests.RequestException as exc:
-            # str(exc) of a connection error names host and port, never the token.
-            raise HighLevelError(f"{type(exc).__name__}: {_first_line(exc)}") from None
+            # str(exc) of a connection error names host and port; an InvalidHeader (a token
+            # with a stray newline) quotes the header value, i.e. the token: redact it.
+            if isinstance(exc, requests.exceptions.InvalidHeader):
+                text = "invalid header value (check the stored token)"
+            else:
+                text = _first_line(exc)
+            raise HighLevelError(f"{type(exc).__name__}: {text}") from None
         latency_ms = int((time.monotonic() - started) * 1000)
         message, trace_id = _error_details(resp) if resp.status_code >= 300 else (None, None)
         return Response(

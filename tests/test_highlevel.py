@@ -1,0 +1,258 @@
+"""The real HighLevelClient over real HTTP to the fake HighLevel server on loopback."""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import socket
+import uuid
+
+import pytest
+import sqlalchemy as sa
+from requests.structures import CaseInsensitiveDict
+
+from service.db import delivery_log
+from service.forwarder import Forwarder, InlineExecutor
+from service.highlevel import (
+    HighLevelClient,
+    HighLevelError,
+    RateLimit,
+    build_session,
+    parse_rate_limit,
+    parse_retry_after,
+)
+
+from .conftest import make_view
+from .fake_highlevel import SPEC_AVAILABLE, SPEC_DIR, FakeHighLevel
+
+TOKEN = "pit-7e6d5c4b-secret-token-3a2f"
+INVOICE_ID = "6578278e879ad2646715ba9c"
+ENDPOINTS = {
+    "invoice": ("/invoices/stats/last-visited-at", "invoiceId"),
+    "estimate": ("/invoices/estimate/stats/last-visited-at", "estimateId"),
+}
+
+
+@pytest.fixture
+def session():
+    with build_session(4) as session:
+        yield session
+
+
+@pytest.fixture
+def hl_client(fake_highlevel, session):
+    return HighLevelClient(session, fake_highlevel.url, timeout=(2.0, 5.0))
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# -- requests ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["invoice", "estimate"])
+def test_patch_reaches_highlevel_as_documented(fake_highlevel, hl_client, kind):
+    resp = hl_client.mark_viewed(kind=kind, document_id=INVOICE_ID, token=TOKEN)
+
+    assert (resp.status, resp.message, resp.trace_id) == (200, None, None)
+    [received] = fake_highlevel.patches()
+    path, field = ENDPOINTS[kind]
+    assert (received.method, received.path, received.kind) == ("PATCH", path, kind)
+    assert received.headers["Version"] == "2021-07-28"
+    assert received.headers["Authorization"] == f"Bearer {TOKEN}"
+    assert received.headers["Content-Type"] == "application/json"
+    assert received.json == {field: INVOICE_ID}
+    assert resp.latency_ms >= 0
+
+
+def test_rate_limit_headers_are_parsed_from_every_answer(fake_highlevel, hl_client):
+    first = hl_client.mark_viewed(kind="invoice", document_id="inv_1", token=TOKEN)
+    second = hl_client.mark_viewed(kind="invoice", document_id="inv_2", token=TOKEN)
+
+    assert first.rate_limit == RateLimit(max=100, remaining=99, interval_ms=10_000,
+                                         daily_limit=200_000, daily_remaining=199_999)
+    assert (second.rate_limit.remaining, second.rate_limit.daily_remaining) == (98, 199_998)
+
+
+@pytest.mark.parametrize(("status", "message"), [
+    (401, "Invalid token: access token is invalid"),
+    (403, "The token does not have access to this location."),
+    (404, "Invoice not found"),
+    (422, "Unprocessable Entity"),
+    (429, "Too Many Requests"),
+    (503, "Service Unavailable"),
+])
+def test_error_answers_carry_highlevels_message_and_trace_id(fake_highlevel, hl_client, status,
+                                                             message):
+    fake_highlevel.script(status)
+
+    resp = hl_client.mark_viewed(kind="invoice", document_id="inv_1", token=TOKEN)
+
+    assert (resp.status, resp.message) == (status, message)
+    assert uuid.UUID(resp.trace_id)
+    if status == 429:
+        assert resp.rate_limit.remaining == 0
+        assert resp.rate_limit.interval_ms == 10_000
+
+
+@pytest.mark.parametrize(("answer", "status", "message"), [
+    ((400, {"statusCode": 400, "message": ["invoiceId must be a string", "x is invalid"]}),
+     400, "invoiceId must be a string; x is invalid"),
+    ((404, {"statusCode": 200, "message": "ok?"}), 404, "ok?"),  # the HTTP status decides
+    ((502, "<html>Bad Gateway</html>"), 502, "<html>Bad Gateway</html>"),
+    ((503, None), 503, "SERVICE UNAVAILABLE"),  # no body: the reason phrase
+])
+def test_odd_error_bodies_are_read_safely(fake_highlevel, hl_client, answer, status, message):
+    fake_highlevel.script(answer)
+
+    resp = hl_client.mark_viewed(kind="invoice", document_id="inv_1", token=TOKEN)
+
+    assert (resp.status, resp.message, resp.trace_id) == (status, message, None)
+
+
+def test_retry_after_header_is_read(fake_highlevel, hl_client):
+    fake_highlevel.script((503, None, {"Retry-After": "7"}))
+
+    resp = hl_client.mark_viewed(kind="invoice", document_id="inv_1", token=TOKEN)
+
+    assert (resp.status, resp.retry_after) == (503, 7.0)
+
+
+def test_wrong_version_header_is_refused_by_the_fake(session):
+    with FakeHighLevel(enforce_rate_limit=False) as server:
+        client = HighLevelClient(session, server.url, version="2019-01-01", timeout=2.0)
+        resp = client.mark_viewed(kind="invoice", document_id="inv_1", token=TOKEN)
+
+    assert resp.status == 400
+    assert "Version" in resp.message
+    assert len(server.violations) == 1
+
+
+@pytest.mark.skipif(not SPEC_AVAILABLE, reason=f"HighLevel's OpenAPI documents not at {SPEC_DIR}")
+def test_requests_are_checked_against_highlevels_openapi(fake_highlevel, hl_client):
+    assert fake_highlevel.validate_openapi
+    for kind in ENDPOINTS:
+        hl_client.mark_viewed(kind=kind, document_id=INVOICE_ID, token=TOKEN)
+    assert len(fake_highlevel.patches()) == 2
+    # The fixture's teardown asserts that neither request violated the documents.
+
+
+# -- transport failures --------------------------------------------------------------------
+
+
+def test_read_timeout_raises_highlevel_error(fake_highlevel, session):
+    fake_highlevel.timeout_sleep = 2.0
+    fake_highlevel.script("timeout")
+    client = HighLevelClient(session, fake_highlevel.url, timeout=0.3)
+
+    with pytest.raises(HighLevelError, match="timeout") as caught:
+        client.mark_viewed(kind="invoice", document_id="inv_1", token=TOKEN)
+
+    assert TOKEN not in str(caught.value)
+    assert len(fake_highlevel.requests) == 1  # it arrived; the answer never did
+
+
+def test_connection_refused_raises_highlevel_error_without_the_token(session):
+    client = HighLevelClient(session, f"http://127.0.0.1:{closed_port()}", timeout=1.0)
+
+    with pytest.raises(HighLevelError) as caught:
+        client.mark_viewed(kind="invoice", document_id="inv_1", token=TOKEN)
+
+    assert str(caught.value).startswith("ConnectionError")
+    assert TOKEN not in str(caught.value)
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
+@pytest.mark.parametrize("bad_token", [TOKEN + "\n", TOKEN + "\r\n", TOKEN[:8] + "\r" + TOKEN[8:]])
+def test_a_token_unfit_for_a_header_fails_without_echoing_it(fake_highlevel, hl_client,
+                                                             bad_token):
+    # requests' InvalidHeader quotes the header value; that message is logged and stored.
+    with pytest.raises(HighLevelError, match="InvalidHeader") as caught:
+        hl_client.mark_viewed(kind="invoice", document_id="inv_1", token=bad_token)
+
+    assert TOKEN[:8] not in str(caught.value)
+    assert TOKEN[8:] not in str(caught.value)
+    assert fake_highlevel.requests == []
+
+
+# -- header parsing ------------------------------------------------------------------------
+
+FULL = {"X-RateLimit-Max": "25", "X-RateLimit-Remaining": "3",
+        "X-RateLimit-Interval-Milliseconds": "10000", "X-RateLimit-Limit-Daily": "200000",
+        "X-RateLimit-Daily-Remaining": "1234"}
+PARSED = RateLimit(max=25, remaining=3, interval_ms=10_000, daily_limit=200_000,
+                   daily_remaining=1234)
+
+
+@pytest.mark.parametrize("headers", [
+    FULL,
+    CaseInsensitiveDict({k.lower(): v for k, v in FULL.items()}),
+    CaseInsensitiveDict({k.upper(): v for k, v in FULL.items()}),
+])
+def test_parse_rate_limit_in_any_case(headers):
+    assert parse_rate_limit(headers) == PARSED
+
+
+@pytest.mark.parametrize(("headers", "expected"), [
+    ({}, RateLimit()),
+    ({"X-RateLimit-Max": "100.0", "X-RateLimit-Remaining": "lots"}, RateLimit(max=100)),
+    ({"x-ratelimit-max": "25"}, RateLimit()),  # a plain dict is case-sensitive: requests' isn't
+])
+def test_parse_rate_limit_tolerates_missing_and_junk_values(headers, expected):
+    assert parse_rate_limit(headers) == expected
+
+
+@pytest.mark.parametrize(("value", "seconds"), [
+    ("120", 120.0), ("0", 0.0), ("1.5", 1.5), ("-5", 0.0),
+    (None, None), ("", None), ("soon", None),
+    ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),  # in the past: now
+])
+def test_parse_retry_after(value, seconds):
+    assert parse_retry_after(value) == seconds
+
+
+def test_parse_retry_after_http_date_in_the_future():
+    when = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=30)
+    value = email.utils.format_datetime(when, usegmt=True)
+    assert parse_retry_after(value) == pytest.approx(30, abs=1.5)
+
+
+# -- end to end: store -> forwarder -> HTTP -> fake ----------------------------------------
+
+
+def test_forwarder_delivers_through_the_real_client(store, vault, clock, fake_highlevel,
+                                                    session):
+    client = HighLevelClient(session, fake_highlevel.url, timeout=(2.0, 5.0))
+    forwarder = Forwarder(store, vault, client, executor=InlineExecutor(), clock=clock,
+                          rand=lambda: 1.0)
+    vault.set_token("loc_1", access_token=TOKEN, now=clock())
+    views = [make_view(clock()), make_view(clock()),
+             make_view(clock(), kind="estimate", document_id="est_1"),
+             make_view(clock(), document_id="inv_gone"), make_view(clock(), document_id="inv_busy")]
+    accepted = store.record_views(views, now=clock())
+    fake_highlevel.script(404, document_id="inv_gone")
+    fake_highlevel.script(429, document_id="inv_busy")
+
+    assert forwarder.forward_once(now=clock()) == 4
+
+    sent = sorted((r.path, r.json[ENDPOINTS[r.kind][1]], r.token) for r in fake_highlevel.patches())
+    assert sent == [(ENDPOINTS["estimate"][0], "est_1", TOKEN),
+                    (ENDPOINTS["invoice"][0], "inv_1", TOKEN)]
+    statuses = [store.event_status(a.id) for a in accepted]
+    assert [s["status"] for s in statuses] == ["delivered", "delivered", "delivered", "failed",
+                                               "queued"]
+    assert (statuses[3]["reason"], statuses[3]["message"]) == ("permanent", "Invoice not found")
+    with store.engine.connect() as conn:
+        log = {row.document_id: row for row in conn.execute(sa.select(delivery_log))}
+    assert (log["inv_1"].outcome, log["inv_1"].views_covered) == ("delivered", 2)
+    assert log["inv_gone"].trace_id
+    assert (log["inv_busy"].outcome, log["inv_busy"].http_status) == ("rate_limited", 429)
+
+    clock.advance(10)  # the 429's X-RateLimit-Interval-Milliseconds
+    assert forwarder.forward_once(now=clock()) == 1
+    assert store.event_status(accepted[4].id)["status"] == "delivered"
+    assert len(fake_highlevel.patches()) == 3
