@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import shutil
 import uuid
 from urllib.parse import quote
 
@@ -13,7 +14,7 @@ from cryptography.fernet import Fernet
 
 from service import create_app
 from service.config import normalize_database_url
-from service.db import upgrade
+from service.db import create_engine, head_revision, metadata, upgrade
 from service.store import View
 
 from .fake_highlevel import FakeHighLevel
@@ -44,14 +45,19 @@ class Clock:
 
 
 @pytest.fixture(params=BACKENDS)
-def db_url(request, tmp_path):
+def backend(request):
+    return request.param
+
+
+@pytest.fixture
+def db_url(backend, tmp_path):
     """A fresh, empty database: a SQLite file, or a private PostgreSQL schema."""
-    if request.param == "sqlite":
+    if backend == "sqlite":
         yield f"sqlite:///{tmp_path}/relay.db"
         return
     url = normalize_database_url(PG_URL)
     schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(url)
+    admin = sa.create_engine(url, poolclass=sa.pool.NullPool)
     with admin.begin() as conn:
         conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
     sep = "&" if "?" in url else "?"
@@ -59,6 +65,34 @@ def db_url(request, tmp_path):
     with admin.begin() as conn:
         conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
     admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory):
+    """One SQLite file migrated by Alembic per session; each test gets a copy (fast)."""
+    path = tmp_path_factory.mktemp("template") / "relay.db"
+    engine = create_engine(f"sqlite:///{path}")
+    upgrade(engine)
+    engine.dispose()
+    return path
+
+
+@pytest.fixture
+def migrated_db_url(backend, db_url, sqlite_template, tmp_path):
+    """A database at the head revision. SQLite: a copy of the migrated template;
+    PostgreSQL: the tables created from the metadata and stamped (test_migrations
+    proves the migrations produce exactly that schema)."""
+    if backend == "sqlite":
+        shutil.copy(sqlite_template, tmp_path / "relay.db")
+        return db_url
+    engine = create_engine(db_url)
+    with engine.begin() as conn:
+        metadata.create_all(conn)
+        conn.exec_driver_sql(
+            "CREATE TABLE alembic_version (version_num VARCHAR(32) PRIMARY KEY)")
+        conn.exec_driver_sql(f"INSERT INTO alembic_version VALUES ('{head_revision()}')")
+    engine.dispose()
+    return db_url
 
 
 def test_config(db_url: str, **overrides) -> dict:
@@ -85,11 +119,10 @@ def clock():
 
 
 @pytest.fixture
-def app(db_url, clock):
-    app = create_app(test_config(db_url))
+def app(migrated_db_url, clock):
+    app = create_app(test_config(migrated_db_url))
     svc = app.extensions["service"]
     svc.clock = clock
-    upgrade(svc.engine)
     yield app
     svc.engine.dispose()
 

@@ -1,0 +1,318 @@
+"""Verdicts: mail proxies are opens; prefetchers, scanners and bots are not; operators override."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+import tomllib
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
+
+import pytest
+from crawlerdetect import CrawlerDetect
+
+from service.verdicts import (
+    FORWARDED_BY_DEFAULT,
+    MAX_REASON,
+    VERDICTS,
+    Classifier,
+    Verdict,
+    should_forward,
+)
+
+GMAIL = "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)"
+YAHOO = "YahooMailProxy; https://help.yahoo.com/kb/yahoo-mail-proxy-SLN28749.html"
+OUTLOOK = "Microsoft Office/16.0 (Windows NT 10.0; Microsoft Outlook 16.0.4266; Pro)"
+GMAIL_PREFETCH = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 "
+                  "(KHTML, like Gecko) Chrome/42.0.2311.135 Safari/537.36 Edge/12.246 Mozilla/5.0")
+CHROME = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+          "Chrome/124.0.0.0 Safari/537.36")
+SAFARI = ("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 "
+          "(KHTML, like Gecko) Version/17.4 Safari/605.1.15")
+FIREFOX = "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:125.0) Gecko/20100101 Firefox/125.0"
+IPHONE = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 "
+          "(KHTML, like Gecko) Version/17.4 Mobile/15E148 Safari/604.1")
+ANDROID = ("Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) "
+           "Chrome/124.0.0.0 Mobile Safari/537.36")
+APPLE_MAIL = ("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 "
+              "(KHTML, like Gecko)")  # Apple Mail itself, MPP off: a person
+HEADLESS = ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+            "HeadlessChrome/124.0.6367.60 Safari/537.36")
+
+
+@pytest.fixture(scope="module")
+def classifier() -> Classifier:
+    return Classifier.load()
+
+
+def check(classifier: Classifier, *, user_agent, ip) -> Verdict:
+    verdict = classifier.classify(user_agent=user_agent, ip=ip)
+    assert verdict.verdict in VERDICTS and len(verdict.reason) <= MAX_REASON
+    return verdict
+
+
+@pytest.mark.parametrize(("user_agent", "verdict", "reason"), [
+    (GMAIL, "proxy_open", "ua:GoogleImageProxy"),
+    (YAHOO, "proxy_open", "ua:YahooMailProxy"),
+    (OUTLOOK, "proxy_open", "ua:Outlook"),
+    ("Mozilla/4.0 (compatible; ms-office; MSOffice 16)", "proxy_open", "ua:Outlook"),
+    ("MacOutlook/16.84.24041420 (Intelx64 Mac OS X 14.4.1 (Build 23E224))", "proxy_open",
+     "ua:Outlook"),
+    (GMAIL_PREFETCH, "machine_prefetch", "ua:gmail-prefetch"),
+    ("Mozilla/5.0", "machine_prefetch", "ua:bare-mozilla"),
+    ("Barracuda Sentinel (EE)", "scanner", "ua:barracuda-sentinel"),
+    ("Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)", "bot", "ua:Slackbot"),
+    ("facebookexternalhit/1.1 (+http://www.facebook.com/externalhit_uatext.php)", "bot",
+     "ua:facebookexternalhit"),
+    ("Twitterbot/1.0", "bot", "ua:Twitterbot"),
+    ("TelegramBot (like TwitterBot)", "bot", "ua:TelegramBot"),
+    ("Mozilla/5.0 (compatible; Discordbot/2.0; +https://discordapp.com)", "bot", "ua:Discordbot"),
+    ("WhatsApp/2.23.20.0 A", "bot", "ua:WhatsApp"),
+    ("LinkedInBot/1.0 (compatible; Mozilla/5.0; Apache-HttpClient +http://www.linkedin.com)",
+     "bot", "ua:LinkedInBot"),
+    ("Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)", "bot",
+     "ua:Googlebot"),
+    ("Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko; compatible; bingbot/2.0; "
+     "+http://www.bing.com/bingbot.htm) Chrome/116.0.1938.76 Safari/537.36", "bot", "ua:bingbot"),
+    ("curl/8.5.0", "bot", "ua:curl"),
+    ("Wget/1.21.4", "bot", "ua:Wget"),
+    ("python-requests/2.32.3", "bot", "ua:python-requests"),
+    ("Go-http-client/2.0", "bot", "ua:Go-http-client"),
+    (HEADLESS, "bot", "ua:HeadlessChrome"),
+    # The long tail comes from crawlerdetect.
+    ("Mozilla/5.0 (compatible; AhrefsBot/7.0; +http://ahrefs.com/robot/)", "bot",
+     "crawlerdetect:Ahrefs"),
+    ("okhttp/4.10.0", "bot", "crawlerdetect:okhttp"),
+    (CHROME, "human", "no-match"),
+    (SAFARI, "human", "no-match"),
+    (FIREFOX, "human", "no-match"),
+    (IPHONE, "human", "no-match"),
+    (ANDROID, "human", "no-match"),
+    (APPLE_MAIL, "human", "no-match"),
+])
+def test_user_agents(classifier, user_agent, verdict, reason):
+    assert check(classifier, user_agent=user_agent, ip=None) == Verdict(verdict, reason)
+
+
+@pytest.mark.parametrize(("ip", "verdict", "reason"), [
+    # Microsoft 365 EOP, each range at its edges, IPv4 and IPv6.
+    ("40.92.0.1", "scanner", "ip:microsoft-eop 40.92.0.0/15"),
+    ("40.93.255.254", "scanner", "ip:microsoft-eop 40.92.0.0/15"),
+    ("40.94.0.1", "human", "no-match"),
+    ("40.107.12.34", "scanner", "ip:microsoft-eop 40.107.0.0/16"),
+    ("40.108.0.1", "human", "no-match"),
+    ("52.100.0.1", "scanner", "ip:microsoft-eop 52.100.0.0/14"),
+    ("52.103.255.254", "scanner", "ip:microsoft-eop 52.100.0.0/14"),
+    ("52.104.0.1", "human", "no-match"),
+    ("104.47.127.254", "scanner", "ip:microsoft-eop 104.47.0.0/17"),
+    ("104.47.128.1", "human", "no-match"),
+    ("2a01:111:f400:7c00::1", "scanner", "ip:microsoft-eop 2a01:111:f400::/48"),
+    ("2A01:111:F403:C000::25", "scanner", "ip:microsoft-eop 2a01:111:f403::/48"),
+    ("2a01:111:f401::1", "human", "no-match"),
+    ("::ffff:40.107.1.1", "scanner", "ip:microsoft-eop 40.107.0.0/16"),  # IPv4-mapped
+    (" 40.107.1.1 ", "scanner", "ip:microsoft-eop 40.107.0.0/16"),
+    # Barracuda, Proofpoint, Mimecast.
+    ("209.222.80.5", "scanner", "ip:barracuda 209.222.80.0/21"),
+    ("209.222.88.1", "human", "no-match"),
+    ("64.235.150.1", "scanner", "ip:barracuda 64.235.144.0/20"),
+    ("67.231.152.10", "scanner", "ip:proofpoint 67.231.144.0/20"),
+    ("148.163.150.1", "scanner", "ip:proofpoint 148.163.128.0/19"),
+    ("148.163.160.1", "human", "no-match"),
+    ("205.139.110.40", "scanner", "ip:mimecast 205.139.110.0/24"),
+    ("170.10.133.7", "scanner", "ip:mimecast 170.10.132.0/23"),
+    ("91.220.42.9", "scanner", "ip:mimecast 91.220.42.0/24"),
+    ("91.220.43.9", "human", "no-match"),
+    # Apple's 17.0.0.0/8 alone is not enough: a person on an Apple network is a person.
+    ("17.58.1.1", "human", "no-match"),
+    ("127.0.0.1", "human", "no-match"),
+    ("2001:db8::1", "human", "no-match"),
+])
+def test_ips_with_a_browser_user_agent(classifier, ip, verdict, reason):
+    assert check(classifier, user_agent=CHROME, ip=ip) == Verdict(verdict, reason)
+
+
+@pytest.mark.parametrize(("user_agent", "ip", "verdict", "reason"), [
+    ("Mozilla/5.0", "17.58.1.1", "machine_prefetch", "ip+ua:apple-mpp 17.0.0.0/8"),
+    ("Mozilla/5.0", "16.255.255.254", "machine_prefetch", "ua:bare-mozilla"),
+    ("Mozilla/5.0", "2620:149::1", "machine_prefetch", "ua:bare-mozilla"),
+    (None, "40.107.1.1", "scanner", "ip:microsoft-eop 40.107.0.0/16"),
+    (None, "8.8.8.8", "human", "no-match"),
+    # A mail proxy's UA wins over any network rule: real opens are checked first.
+    (GMAIL, "40.107.1.1", "proxy_open", "ua:GoogleImageProxy"),
+    (OUTLOOK, "52.100.9.9", "proxy_open", "ua:Outlook"),
+])
+def test_user_agent_and_ip_together(classifier, user_agent, ip, verdict, reason):
+    assert check(classifier, user_agent=user_agent, ip=ip) == Verdict(verdict, reason)
+
+
+@pytest.mark.parametrize("user_agent", [GMAIL, OUTLOOK])
+def test_mail_proxies_are_opens_although_crawler_lists_call_them_bots(classifier, user_agent):
+    assert CrawlerDetect().is_crawler(user_agent)  # the trap: crawlerdetect alone says bot
+    verdict = check(classifier, user_agent=user_agent, ip="66.249.84.1")
+    assert verdict.verdict == "proxy_open"
+    assert should_forward(verdict.verdict, "skip")
+
+
+def test_shipped_rules_check_mail_proxies_first_and_name_a_source_each(classifier):
+    ranks = [VERDICTS.index(rule.verdict) for rule in classifier.rules]
+    assert ranks == sorted(ranks) and classifier.rules[0].verdict == "proxy_open"
+    shipped = resources.files("service") / "data" / "machine_opens.toml"
+    rules = tomllib.loads(shipped.read_text(encoding="utf-8"))["rules"]
+    assert len(rules) == len(classifier.rules) and len(rules) < 200
+    assert all(rule["source"].startswith("https://") for rule in rules)
+
+
+@pytest.mark.parametrize(("user_agent", "ip"), [
+    (None, None), ("", ""), ("   ", None), (None, "not-an-ip"), ("", "999.1.1.1"),
+])
+def test_no_usable_signal_is_a_human_view(classifier, user_agent, ip):
+    assert check(classifier, user_agent=user_agent, ip=ip) == Verdict("human", "no-signal")
+
+
+@pytest.mark.parametrize(("user_agent", "ip"), [
+    (CHROME, "999.1.1.1"), (CHROME, "1.2.3.4:8080"), (CHROME, "1.2.3"), (CHROME, "::::"),
+    (CHROME, "fe80::1%eth0"), (CHROME, "40.107.1.1/32"), (CHROME, "\x00"), (CHROME, "1" * 10_000),
+    ("A" * 1_000_000, "1.2.3.4"), ("1" * 1_000_000, None), (("word" * 20 + " ") * 5000, None),
+    ("\x00\uffff\ud800 bot", None), ("é" * 600, "::1"), (b"curl/8.0", 12345), (42, ["1.2.3.4"]),
+])
+def test_garbage_never_raises_and_stays_cheap(classifier, user_agent, ip):
+    started = time.perf_counter()
+    check(classifier, user_agent=user_agent, ip=ip)
+    assert time.perf_counter() - started < 0.5
+
+
+def test_a_huge_user_agent_is_still_classified_by_its_start(classifier):
+    verdict = check(classifier, user_agent=GMAIL + " x" * 500_000, ip=None)
+    assert verdict == Verdict("proxy_open", "ua:GoogleImageProxy")
+
+
+def write(tmp_path, text: str) -> str:
+    path = tmp_path / "rules.toml"
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+OPERATOR_RULES = """
+# Our uptime monitor sends a bare UA: it is us, not Apple.
+[[rules]]
+name = "our-monitor"
+verdict = "human"
+user_agents = ['^Mozilla/5\\.0$']
+networks = ["198.51.100.0/24"]
+source = "https://wiki.example.com/monitoring"
+
+# We treat Gmail's proxy as a machine (our choice).
+[[rules]]
+name = "gmail-as-machine"
+verdict = "machine_prefetch"
+user_agents = ['GoogleImageProxy']
+
+[[rules]]
+name = "acme-gateway"
+verdict = "scanner"
+networks = ["203.0.113.0/24", "2001:db8:ace::/48"]
+"""
+
+
+@pytest.mark.parametrize(("user_agent", "ip", "verdict", "reason"), [
+    ("Mozilla/5.0", "198.51.100.7", "human", "ip+ua:our-monitor 198.51.100.0/24"),
+    ("Mozilla/5.0", "198.51.101.7", "machine_prefetch", "ua:bare-mozilla"),  # both must match
+    (GMAIL, None, "machine_prefetch", "ua:gmail-as-machine"),
+    (CHROME, "203.0.113.9", "scanner", "ip:acme-gateway 203.0.113.0/24"),
+    (CHROME, "2001:db8:ace:1::5", "scanner", "ip:acme-gateway 2001:db8:ace::/48"),
+    # The shipped rules still apply after the operator's.
+    (YAHOO, None, "proxy_open", "ua:YahooMailProxy"),
+    (CHROME, "40.107.1.1", "scanner", "ip:microsoft-eop 40.107.0.0/16"),
+    ("curl/8.5.0", None, "bot", "ua:curl"),
+])
+def test_operator_rules_override_and_add(tmp_path, user_agent, ip, verdict, reason):
+    operator = Classifier.load(write(tmp_path, OPERATOR_RULES))
+    assert check(operator, user_agent=user_agent, ip=ip) == Verdict(verdict, reason)
+
+
+@pytest.mark.parametrize("path", [None, ""])
+def test_no_operator_file_means_the_shipped_rules(classifier, path):
+    assert Classifier.load(path).rules == classifier.rules
+
+
+def test_an_empty_operator_file_adds_nothing(tmp_path, classifier):
+    assert Classifier.load(write(tmp_path, "# nothing yet\n")).rules == classifier.rules
+
+
+RULE = '[[rules]]\nname = "x"\nverdict = "bot"\n'
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("rules = [", "not valid TOML"),
+    ('[[rule]]\nname = "x"\n', "unknown top-level key(s) ['rule']"),
+    ('rules = "curl"\n', "'rules' must be an array of tables"),
+    ('[[rules]]\nverdict = "bot"\nuser_agents = ["x"]\n', "rules[0]: 'name' must be"),
+    ('[[rules]]\nname = "has space"\nverdict = "bot"\nuser_agents = ["x"]\n', "'name' must be"),
+    ('[[rules]]\nname = "x"\nverdict = "robot"\nuser_agents = ["x"]\n',
+     "rules[0] (x): 'verdict' must be one of human, proxy_open"),
+    (RULE, "rules[0] (x): needs 'user_agents' or 'networks'"),
+    (RULE + 'user_agents = "curl"\n', "'user_agents' must be a list of strings"),
+    (RULE + "user_agents = ['(']\n", "user_agents[0] '(' is not a valid regular expression"),
+    (RULE + "user_agents = ['']\n", "user_agents[0] is empty"),
+    (RULE + 'networks = ["10.0.0.999/8"]\n', "networks[0] '10.0.0.999/8' is not an IP network"),
+    (RULE + 'networks = ["10.0.0.1/8"]\n', "has host bits set"),
+    (RULE + 'networks = [1]\n', "'networks' must be a list of strings"),
+    (RULE + 'user_agents = ["x"]\nverdicts = "bot"\n', "unknown key(s) ['verdicts']"),
+    (RULE + 'user_agents = ["x"]\nsource = 5\n', "'source' must be a string"),
+    ('[[rules]]\nname = "ok"\nverdict = "bot"\nuser_agents = ["x"]\n\n' + RULE,
+     "rules[1] (x): needs"),
+])
+def test_a_malformed_operator_file_is_refused_naming_the_problem(tmp_path, text, problem):
+    path = write(tmp_path, text)
+    with pytest.raises(ValueError) as excinfo:
+        Classifier.load(path)
+    assert problem in str(excinfo.value)
+    assert str(excinfo.value).startswith(f"MACHINE_OPEN_RULES file {path}: ")
+
+
+def test_an_unreadable_operator_file_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="cannot read it"):
+        Classifier.load(str(tmp_path / "missing.toml"))
+    (tmp_path / "latin1.toml").write_bytes(b"# caf\xe9\n")
+    with pytest.raises(ValueError, match="not UTF-8"):
+        Classifier.load(str(tmp_path / "latin1.toml"))
+
+
+@pytest.mark.parametrize(("verdict", "skip", "forward"), [
+    ("human", True, True),
+    ("proxy_open", True, True),
+    ("machine_prefetch", False, True),
+    ("scanner", False, True),
+    ("bot", False, True),
+])
+def test_should_forward(verdict, skip, forward):
+    assert should_forward(verdict, "skip") is skip
+    assert should_forward(verdict, "forward") is forward
+
+
+def test_should_forward_refuses_an_unknown_mode():
+    assert FORWARDED_BY_DEFAULT == {"human", "proxy_open"}
+    with pytest.raises(ValueError, match="MACHINE_OPENS"):
+        should_forward("human", "sometimes")
+
+
+def test_a_verdict_is_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Verdict("human", "no-signal").verdict = "bot"  # type: ignore[misc]
+
+
+def test_one_classifier_is_safe_to_share_between_threads():
+    """A smoke test: one CrawlerDetect shared by all threads fails it now and then."""
+    shared = Classifier.load()  # a cold cache, so crawlerdetect runs in every thread
+    cases = [(f"Mozilla/5.0 (compatible; AhrefsBot/{i}.0)", "crawlerdetect:Ahrefs") if i % 2
+             else (f"okhttp/4.{i}.0", "crawlerdetect:okhttp") for i in range(1000)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            reasons = list(pool.map(
+                lambda case: shared.classify(user_agent=case[0], ip=None).reason, cases))
+    finally:
+        sys.setswitchinterval(interval)
+    assert reasons == [reason for _, reason in cases]
