@@ -23,6 +23,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from .logging import configure_logging
     from .openapi import init_api
     from .pixels import PixelSigner
+    from .ratelimit import StoreLimiter
     from .store import Store
     from .tokens import TokenVault
     from .verdicts import Classifier
@@ -37,7 +38,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         config=settings,
         engine=engine,
         store=Store(engine, coalesce_window=settings["COALESCE_WINDOW_SECONDS"],
-                    lease_seconds=settings["LEASE_SECONDS"]),
+                    lease_seconds=settings["LEASE_SECONDS"],
+                    limiter=StoreLimiter(engine.dialect.name, burst=settings["RATE_LIMIT_BURST"],
+                                         daily=settings["RATE_LIMIT_DAILY"])),
         vault=TokenVault(engine, settings["TOKEN_ENCRYPTION_KEYS"]),
         pixel_signer=PixelSigner(settings["PIXEL_SIGNING_KEYS"]),
         classifier=Classifier.load(settings["MACHINE_OPEN_RULES"]),

@@ -150,6 +150,26 @@ delivery_log = sa.Table(
 )
 
 
+# One row per rate-limited resource (a location, or a company for agency tokens):
+# the budget every forwarder process draws from (service/ratelimit.py).
+rate_limits = sa.Table(
+    "rate_limits",
+    metadata,
+    sa.Column("resource", sa.String(64), primary_key=True),
+    sa.Column("burst_max", sa.Integer, nullable=False),
+    sa.Column("interval_ms", sa.Integer, nullable=False),
+    sa.Column("daily_max", sa.Integer, nullable=False),
+    sa.Column("used", sa.Integer, nullable=False),
+    sa.Column("window_ends_at", UTCDateTime),
+    sa.Column("daily_used", sa.Integer, nullable=False),
+    sa.Column("day_ends_at", UTCDateTime),
+    sa.Column("paused_until", UTCDateTime),
+    sa.Column("pause_reason", sa.String(10)),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Index("ix_rate_limits_paused_until", "paused_until"),
+)
+
+
 def create_engine(url: str) -> Engine:
     """Create the engine: SQLite in WAL mode with a busy timeout, or PostgreSQL via psycopg."""
     parsed = make_url(url)

@@ -24,6 +24,7 @@ PERMANENT = {400, 404, 405, 409, 410, 413, 415, 422}
 AUTH = {401, 403}
 BACKOFF_BASE, BACKOFF_CAP = 2.0, 600.0
 UNBLOCK_EVERY = dt.timedelta(seconds=5)
+DEFAULT_RATE_INTERVAL_MS = 10_000  # HighLevel's burst window when a 429 says nothing
 
 
 def utcnow() -> dt.datetime:
@@ -51,6 +52,8 @@ def classify(resp: Response | None, claim: Claim, *, now: dt.datetime, max_age: 
     status = resp.status if resp else None
     details = {"http_status": status, "latency_ms": resp.latency_ms if resp else None,
                "trace_id": resp.trace_id if resp else None}
+    if resp:
+        details.update(rate_limit=resp.rate_limit, retry_after=resp.retry_after)
     message = (resp.message if resp else None) or error
     if status is not None and 200 <= status < 300:
         return Outcome("delivered", "delivered", **details)
@@ -61,8 +64,8 @@ def classify(resp: Response | None, claim: Claim, *, now: dt.datetime, max_age: 
     if status == 429:
         # HighLevel's 429 rarely has Retry-After; its headers say when the window ends.
         wait = resp.retry_after
-        if wait is None and resp.rate_limit.interval_ms:
-            wait = resp.rate_limit.interval_ms / 1000
+        if wait is None:
+            wait = (resp.rate_limit.interval_ms or DEFAULT_RATE_INTERVAL_MS) / 1000
         delay = retry_delay(claim.attempts, rand=rand, retry_after=wait)
         return Outcome("retry", "rate_limited", message=message, spend_attempt=False,
                        next_due=now + dt.timedelta(seconds=delay), **details)
@@ -125,6 +128,10 @@ class Forwarder:
         try:
             creds = self.vault.credentials(claim.location_id)
         except TokenDecryptError as exc:
+            # Retrying cannot help until an operator restores the key or stores a new
+            # token: mark it invalid so the unblock sweep leaves its views parked.
+            self.vault.mark_invalid(claim.location_id, message=str(exc), now=self.clock())
+            self.store.block_location(claim.location_id, now=self.clock())
             return self._finish(claim, Outcome("blocked", "token_unreadable", message=str(exc)))
         if creds is None:
             return self._finish(claim, Outcome("blocked", "no_token",
@@ -146,7 +153,8 @@ class Forwarder:
     def _rejected(self, claim: Claim, creds: Credentials, resp: Response) -> Outcome:
         now = self.clock()
         details = {"http_status": resp.status, "message": resp.message,
-                   "trace_id": resp.trace_id, "latency_ms": resp.latency_ms}
+                   "trace_id": resp.trace_id, "latency_ms": resp.latency_ms,
+                   "rate_limit": resp.rate_limit, "retry_after": resp.retry_after}
         verdict = self.vault.record_rejection(creds, status=resp.status, message=resp.message,
                                               now=now)
         if verdict == "invalid":

@@ -13,6 +13,9 @@ MAX_BATCH = 500
 FUTURE_TOLERANCE = dt.timedelta(minutes=5)
 
 Id = ma.validate.Regexp(ID_PATTERN, error="Must be 1-64 characters of A-Z a-z 0-9 _ -.")
+# Tokens go into an HTTP header: printable ASCII, no spaces or line breaks.
+Printable = ma.validate.Regexp(r"^[\x21-\x7e]+$",
+                               error="Must be printable ASCII without spaces or line breaks.")
 
 
 def _not_in_future(value: dt.datetime) -> None:
@@ -110,9 +113,18 @@ class TokenSchema(ma.Schema):
     class Meta:
         unknown = ma.RAISE
 
-    accessToken = ma.fields.String(required=True, load_only=True,
-                                   validate=ma.validate.Length(min=8, max=4096))
-    refreshToken = ma.fields.String(load_only=True, validate=ma.validate.Length(min=8, max=4096))
+    accessToken = ma.fields.String(required=True, load_only=True, validate=[
+        ma.validate.Length(min=8, max=4096), Printable])
+    refreshToken = ma.fields.String(load_only=True, validate=[
+        ma.validate.Length(min=8, max=4096), Printable])
+
+    @ma.pre_load
+    def strip_pasted_whitespace(self, data, **kwargs):
+        if isinstance(data, dict):
+            for name in ("accessToken", "refreshToken"):
+                if isinstance(data.get(name), str):
+                    data = {**data, name: data[name].strip()}
+        return data
     expiresIn = ma.fields.Integer(validate=ma.validate.Range(min=1, max=10 * 365 * 86400))
     expiresAt = ma.fields.AwareDateTime(default_timezone=UTC)
     companyId = ma.fields.String(validate=Id)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -18,6 +19,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from .db import delivery_log, documents, events, locations, read_only
+from .highlevel import RateLimit
+from .ratelimit import NoLimit
 
 # Document row states.
 PENDING, IDLE, BLOCKED, DEAD = "pending", "idle", "blocked", "dead"
@@ -79,14 +82,17 @@ class Outcome:
     latency_ms: int | None = None
     next_due: dt.datetime | None = None  # for retry
     spend_attempt: bool = True  # a 429 does not spend the retry budget
-    extra: dict = field(default_factory=dict)
+    rate_limit: RateLimit = field(default_factory=RateLimit)  # what HighLevel's headers said
+    retry_after: float | None = None
 
 
 class Store:
     """Queue operations over one SQLAlchemy engine (SQLite or PostgreSQL)."""
 
-    def __init__(self, engine: Engine, *, coalesce_window: int = 60, lease_seconds: int = 120):
+    def __init__(self, engine: Engine, *, coalesce_window: int = 60, lease_seconds: int = 120,
+                 limiter=None):
         self.engine = engine
+        self.limiter = limiter or NoLimit()
         self.window = dt.timedelta(seconds=coalesce_window)
         self.lease = dt.timedelta(seconds=lease_seconds)
         self.dialect = engine.dialect.name
@@ -175,20 +181,36 @@ class Store:
     # -- forwarding -----------------------------------------------------------
 
     def claim_due(self, *, now: dt.datetime, limit: int) -> list[Claim]:
-        """Lease up to ``limit`` due documents; others skip them until the lease ends."""
+        """Lease up to ``limit`` due documents; others skip them until the lease ends.
+
+        Documents of a resource whose rate-limit budget is spent are skipped, and each
+        claimed document takes one send from its resource's budget.
+        """
         d = documents.c
         due = (
-            sa.select(d.id)
+            sa.select(d.id, d.location_id)
             .where(d.status == PENDING, d.due_at <= now)
             .where(sa.or_(d.locked_until.is_(None), d.locked_until <= now))
             .order_by(d.due_at)
             .limit(limit)
         )
+        paused = self.limiter.paused_resources(now)
+        if paused is not None:
+            due = due.where(d.location_id.not_in(paused))
         if self.dialect == "postgresql":
-            due = due.with_for_update(skip_locked=True)  # SQLite: BEGIN IMMEDIATE serialises
+            # SKIP LOCKED: forwarders never wait on each other's rows. SQLite's
+            # BEGIN IMMEDIATE serialises claims instead.
+            due = due.with_for_update(of=documents, skip_locked=True)
         token = secrets.token_hex(16)
         with self.engine.begin() as conn:
-            ids = conn.execute(due).scalars().all()
+            rows = conn.execute(due).all()
+            budget = self.limiter.reserve_many(
+                conn, Counter(r.location_id for r in rows), now=now)
+            ids = []
+            for row in rows:
+                if budget.get(row.location_id, 0) > 0:
+                    budget[row.location_id] -= 1
+                    ids.append(row.id)
             if not ids:
                 return []
             conn.execute(
@@ -244,6 +266,9 @@ class Store:
                 .where(d.id == claim.row_id, d.lease_token == claim.lease_token)
                 .values(**values)
             ).rowcount
+            self.limiter.observe(conn, claim.location_id, outcome.rate_limit,
+                                 status=outcome.http_status, now=now,
+                                 retry_after=outcome.retry_after)
             conn.execute(
                 delivery_log.insert().values(
                     at=now, document_row=claim.row_id, kind=claim.kind,
@@ -286,8 +311,11 @@ class Store:
         stmt = documents.update().where(d.status == BLOCKED, d.location_id.in_(usable))
         if location_id is not None:
             stmt = stmt.where(d.location_id == location_id)
+        # Parking must not skip the coalescing window: due at its end at the earliest.
+        due = sa.case((sa.and_(d.quiet_until.is_not(None), d.quiet_until > now), d.quiet_until),
+                      else_=now)
         with self.engine.begin() as conn:
-            return conn.execute(stmt.values(status=PENDING, due_at=now, updated_at=now)).rowcount
+            return conn.execute(stmt.values(status=PENDING, due_at=due, updated_at=now)).rowcount
 
     # -- reads ----------------------------------------------------------------
 

@@ -113,6 +113,12 @@ class TokenVault:
                 return "invalid"
             return "retry"
 
+    def mark_invalid(self, location_id: str, *, message: str, now: dt.datetime) -> None:
+        """Mark a location's token unusable (its views stay parked until a new one)."""
+        with self.engine.begin() as conn:
+            conn.execute(locations.update().where(locations.c.location_id == location_id)
+                         .values(status=INVALID, last_error=message[:500], updated_at=now))
+
     def record_success(self, creds: Credentials, *, now: dt.datetime) -> None:
         """Reset the 401 count after a success (writes only when there was one)."""
         if not creds.unauthorized_count:

@@ -157,7 +157,7 @@ def test_classify_server_error_honours_retry_after():
     (Response(429, message="Too Many Requests",
               rate_limit=RateLimit(max=100, remaining=0, interval_ms=10_000)), 10),
     (Response(429, retry_after=3.0, rate_limit=RateLimit(interval_ms=10_000)), 3),
-    (Response(429), 2 * 2 ** 4 * 0.5),  # neither: the usual backoff
+    (Response(429), 10),  # neither: HighLevel's 10 s window, not a jittered backoff
 ])
 def test_classify_429_waits_without_spending_an_attempt(resp, wait):
     outcome = outcome_of(resp, attempts=4, rand=lambda: 0.5)

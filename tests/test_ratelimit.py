@@ -1,0 +1,97 @@
+"""Rate limits: the pure window arithmetic as tables, and the store-backed limiter."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from service.highlevel import RateLimit
+from service.ratelimit import LimitState, StoreLimiter, learn, reserve
+
+from .conftest import T0
+
+S = dt.timedelta(seconds=1)
+
+
+def state(**overrides) -> LimitState:
+    fields = {"resource": "loc_1", "burst_max": 100, "interval": 10 * S, "daily_max": 200_000}
+    fields.update(overrides)
+    return LimitState(**fields)
+
+
+def test_reserve_grants_up_to_the_burst_then_pauses_until_the_window_ends():
+    st = state()
+    assert reserve(st, 60, T0) == 60
+    assert reserve(st, 60, T0 + S) == 40
+    assert (st.paused_until, st.pause_reason) == (T0 + 10 * S, "burst")
+    assert reserve(st, 1, T0 + 9 * S) == 0
+    assert reserve(st, 5, T0 + 10 * S) == 5  # a new window
+    assert st.paused_until is None and st.window_ends_at == T0 + 20 * S
+
+
+def test_daily_budget_pauses_until_the_next_day():
+    st = state(daily_max=150)
+    assert reserve(st, 100, T0) == 100
+    assert reserve(st, 100, T0 + 11 * S) == 50
+    assert st.pause_reason == "daily"
+    assert st.paused_until == dt.datetime(2026, 1, 6, tzinfo=dt.timezone.utc)
+    assert reserve(st, 10, T0 + dt.timedelta(hours=11)) == 0
+    assert reserve(st, 10, dt.datetime(2026, 1, 6, 0, 0, 1, tzinfo=dt.timezone.utc)) == 10
+
+
+@pytest.mark.parametrize(("rate", "status", "expect"), [
+    # headers lower the limit: followed at once
+    (RateLimit(max=25, remaining=20, interval_ms=10_000), 200,
+     {"burst_max": 25, "used": 5, "paused_until": None}),
+    # HighLevel says the budget is spent: pause one whole interval
+    (RateLimit(max=100, remaining=0, interval_ms=10_000), 200,
+     {"used": 100, "paused_until": T0 + 10 * S, "pause_reason": "burst"}),
+    # a 429 without headers: pause for the interval we know
+    (RateLimit(), 429, {"paused_until": T0 + 10 * S, "pause_reason": "429"}),
+    # a different interval is learned
+    (RateLimit(max=100, remaining=50, interval_ms=60_000), 200,
+     {"interval": 60 * S, "used": 50}),
+    # daily budget spent: pause until midnight UTC
+    (RateLimit(daily_limit=1000, daily_remaining=0), 200,
+     {"daily_used": 1000, "pause_reason": "daily",
+      "paused_until": dt.datetime(2026, 1, 6, tzinfo=dt.timezone.utc)}),
+])
+def test_learn_from_headers(rate, status, expect):
+    st = state()
+    learn(st, rate, status=status, now=T0)
+    for name, value in expect.items():
+        assert getattr(st, name) == value, name
+
+
+def test_retry_after_on_429_is_honoured_but_clamped():
+    st = state()
+    learn(st, RateLimit(), status=429, now=T0, retry_after=30)
+    assert st.paused_until == T0 + 30 * S
+    st = state()
+    learn(st, RateLimit(), status=429, now=T0, retry_after=10_000)
+    assert st.paused_until == T0 + dt.timedelta(minutes=10)
+
+
+def test_headers_never_shorten_our_own_count():
+    st = state()
+    reserve(st, 30, T0)
+    learn(st, RateLimit(max=100, remaining=95), status=200, now=T0)
+    assert st.used == 30  # in-flight sends HighLevel has not counted yet still count
+
+
+def test_store_limiter_shares_budget_and_pauses(store):
+    limiter = StoreLimiter(store.dialect, burst=(10, 10.0), daily=1000)
+    with store.engine.begin() as conn:
+        assert limiter.reserve_many(conn, {"loc_a": 8, "loc_b": 3}, now=T0) == {
+            "loc_a": 8, "loc_b": 3}
+    with store.engine.begin() as conn:  # another forwarder, same store
+        assert limiter.reserve_many(conn, {"loc_a": 8}, now=T0) == {"loc_a": 2}
+        paused = set(conn.execute(limiter.paused_resources(T0)).scalars())
+    assert paused == {"loc_a"}
+    with store.engine.begin() as conn:
+        limiter.observe(conn, "loc_b", RateLimit(max=5, remaining=0, interval_ms=10_000),
+                        status=200, now=T0)
+        assert limiter.describe(conn, "loc_b")["burstMax"] == 5
+        assert set(conn.execute(limiter.paused_resources(T0)).scalars()) == {"loc_a", "loc_b"}
+        assert set(conn.execute(limiter.paused_resources(T0 + 11 * S)).scalars()) == set()
