@@ -16,7 +16,7 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app: config, logging, store, API, CLI. ``config`` overrides the environment."""
-    from . import admin, api, cli, errors, health, pixel_api
+    from . import admin, api, cli, deliveries_api, errors, health, pixel_api
     from .config import load_config
     from .db import create_engine
     from .deps import Services
@@ -55,6 +55,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     api_.register_blueprint(api.bp)
     api_.register_blueprint(admin.bp)
     api_.register_blueprint(pixel_api.bp)
+    api_.register_blueprint(deliveries_api.bp)
     app.register_blueprint(health.bp)
     errors.init_app(app)
     cli.init_app(app)

@@ -46,7 +46,7 @@ def build_forwarder(stop=None, executor=None):
     return Forwarder(svc.store, svc.vault, client,
                      executor=executor or ThreadPoolExecutor(concurrency, "send"),
                      concurrency=concurrency, max_age_seconds=cfg["MAX_EVENT_AGE_SECONDS"],
-                     clock=svc.clock, stop=stop)
+                     log_days=cfg["DELIVERY_LOG_DAYS"], clock=svc.clock, stop=stop)
 
 
 @click.command("forwarder")
@@ -173,9 +173,73 @@ def keys_show() -> None:
     click.echo(f"ADMIN_API_KEYS={','.join(cfg['ADMIN_API_KEYS'])}")
 
 
+def _filter_options(command):
+    for option in reversed([
+        click.option("--location", "location_id", default=None),
+        click.option("--document", "document_id", default=None),
+        click.option("--outcome", default=None),
+        click.option("--since", type=click.DateTime(), default=None, help="UTC"),
+        click.option("--until", type=click.DateTime(), default=None, help="UTC"),
+    ]):
+        command = option(command)
+    return command
+
+
+def _log_filter(location_id, document_id, outcome, since, until):
+    from .deliverylog import LogFilter
+
+    def utc(value):
+        return value.replace(tzinfo=dt.UTC) if value else None
+
+    return LogFilter(location_id=location_id, document_id=document_id, outcome=outcome,
+                     since=utc(since), until=utc(until))
+
+
+@click.command("deliveries")
+@_filter_options
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@with_appcontext
+def deliveries_command(location_id, document_id, outcome, since, until, limit) -> None:
+    """Print the delivery log (newest first) as a table."""
+    from .deliverylog import list_deliveries
+
+    rows, _ = list_deliveries(services().engine,
+                              _log_filter(location_id, document_id, outcome, since, until),
+                              limit=limit)
+    header = ("at", "location", "kind", "document", "try", "outcome", "http", "ms", "views",
+              "message")
+    table = [header] + [(
+        r["at"].strftime("%Y-%m-%d %H:%M:%S"), r["locationId"], r["kind"], r["documentId"],
+        str(r["attempt"]), r["outcome"], str(r["httpStatus"] or "-"),
+        str(r["latencyMs"] if r["latencyMs"] is not None else "-"), str(r["viewsCovered"]),
+        (r["message"] or "")[:60]) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
+    for row in table:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False))
+                   + "  " + row[-1])
+    if not rows:
+        click.echo("no deliveries match")
+
+
+@click.command("replay")
+@_filter_options
+@click.option("--all", "replay_all", is_flag=True, help="Replay every dead view.")
+@with_appcontext
+def replay_command(location_id, document_id, outcome, since, until, replay_all) -> None:
+    """Re-queue dead views (by location, document, outcome or time); say how many."""
+    from .deliverylog import replay
+
+    filters = _log_filter(location_id, document_id, outcome, since, until)
+    if filters.empty() and not replay_all:
+        raise click.UsageError("give a filter, or --all to replay every dead view")
+    svc = services()
+    click.echo(f"replayed {replay(svc.engine, filters, now=svc.clock())} document(s)")
+
+
 def init_app(app: Flask) -> None:
     """Register the commands."""
-    for command in (db_cli, tokens_cli, keys_cli, forwarder_command, pixel_url_command):
+    for command in (db_cli, tokens_cli, keys_cli, forwarder_command, pixel_url_command,
+                    deliveries_command, replay_command):
         app.cli.add_command(command)
 
 

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 
+from .deliverylog import prune
 from .highlevel import HighLevel, HighLevelError, Response
 from .store import Claim, Outcome, Store
 from .tokens import Credentials, TokenDecryptError, TokenVault
@@ -24,6 +25,7 @@ PERMANENT = {400, 404, 405, 409, 410, 413, 415, 422}
 AUTH = {401, 403}
 BACKOFF_BASE, BACKOFF_CAP = 2.0, 600.0
 UNBLOCK_EVERY = dt.timedelta(seconds=5)
+PRUNE_EVERY = dt.timedelta(hours=1)
 DEFAULT_RATE_INTERVAL_MS = 10_000  # HighLevel's burst window when a 429 says nothing
 
 
@@ -95,7 +97,7 @@ class Forwarder:
                  executor: Executor, concurrency: int = 16, max_age_seconds: int = 86400,
                  clock: Callable[[], dt.datetime] = utcnow,
                  rand: Callable[[], float] = random.random,
-                 stop: threading.Event | None = None):
+                 stop: threading.Event | None = None, log_days: int = 30):
         self.store = store
         self.vault = vault
         self.client = client
@@ -105,7 +107,9 @@ class Forwarder:
         self.clock = clock
         self.rand = rand
         self.stop = stop or threading.Event()
+        self.log_days = dt.timedelta(days=log_days)
         self._last_unblock: dt.datetime | None = None
+        self._last_prune: dt.datetime | None = None
 
     def forward_once(self, *, now: dt.datetime | None = None) -> int:
         """Claim what is due, send it (up to ``concurrency`` at once), record outcomes."""
@@ -114,6 +118,11 @@ class Forwarder:
             # Heals a race with a token stored while a send was deciding to block.
             self.store.unblock(now=now)
             self._last_unblock = now
+        if self._last_prune is None or now - self._last_prune >= PRUNE_EVERY:
+            self._last_prune = now
+            pruned = prune(self.store.engine, older_than=now - self.log_days)
+            if pruned:
+                logger.info("delivery_log.pruned", extra={"rows": pruned})
         claims = self.store.claim_due(now=now, limit=self.concurrency)
         futures = [self.executor.submit(self.deliver, claim) for claim in claims]
         for future in futures:

@@ -25,7 +25,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from .db import rate_limits
 from .highlevel import RateLimit
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 MAX_PAUSE = dt.timedelta(minutes=10)  # a Retry-After is honoured up to this
 
 
