@@ -19,6 +19,9 @@ max_requests = int(_env("GUNICORN_MAX_REQUESTS", "0"))
 max_requests_jitter = 100 if max_requests else 0
 # TRUSTED_PROXIES > 0: the app's ProxyFix reads X-Forwarded-*; let gunicorn accept them too.
 forwarded_allow_ips = "*" if int(_env("TRUSTED_PROXIES", "0")) > 0 else "127.0.0.1,::1"
+# Gunicorn 24+ opens a control socket at one fixed path per user; several web
+# processes on a host (or tests) would delete each other's. The relay needs none.
+control_socket_disable = True
 accesslog = "-"
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}o)s'
 _fmt = _env("LOG_FORMAT") or ("json" if _env("RELAY_ENV") == "production" else "text")

@@ -60,10 +60,15 @@ def forwarder_command(once: bool, max_batches: int | None) -> None:
     forwarder = build_forwarder()
 
     def on_signal(signum, _frame):
-        logger.info("forwarder.stopping", extra={"signal": signal.Signals(signum).name})
         forwarder.stop.set()  # only a flag: the loop finishes its batch and exits
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    cfg = services().config
+    if cfg["LEASE_SECONDS"] <= 5 + cfg["HIGHLEVEL_TIMEOUT_SECONDS"]:
+        # A lease shorter than the slowest send lets another forwarder send it again.
+        logger.warning("forwarder.lease_shorter_than_timeout", extra={
+            "lease_seconds": cfg["LEASE_SECONDS"],
+            "timeout_seconds": 5 + cfg["HIGHLEVEL_TIMEOUT_SECONDS"]})
     logger.info("forwarder.started", extra={"concurrency": forwarder.concurrency})
     try:
         handled = run(forwarder, once=once, max_batches=max_batches)

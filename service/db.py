@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -232,8 +233,9 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
+@functools.cache
 def head_revision() -> str:
-    """The newest revision this code knows."""
+    """The newest revision this code knows (read from the scripts once per process)."""
     from alembic.script import ScriptDirectory
 
     return ScriptDirectory.from_config(alembic_config(None)).get_current_head()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import marshmallow as ma
 from flask_smorest import Blueprint
 
 from .auth import require_admin_key
@@ -23,7 +24,7 @@ def to_filter(args: dict) -> LogFilter:
 @bp.route("", methods=["GET"])
 @bp.doc(security=SECURITY)
 @require_admin_key
-@bp.arguments(DeliveryQuerySchema, location="query")
+@bp.arguments(DeliveryQuerySchema, location="query", unknown=ma.RAISE)
 @bp.response(200, DeliveryPageSchema)
 def get_deliveries(args):
     """Every send attempt, newest first: status, HighLevel's message, latency, views."""

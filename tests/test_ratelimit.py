@@ -35,9 +35,9 @@ def test_daily_budget_pauses_until_the_next_day():
     assert reserve(st, 100, T0) == 100
     assert reserve(st, 100, T0 + 11 * S) == 50
     assert st.pause_reason == "daily"
-    assert st.paused_until == dt.datetime(2026, 1, 6, tzinfo=dt.timezone.utc)
+    assert st.paused_until == dt.datetime(2026, 1, 6, tzinfo=dt.UTC)
     assert reserve(st, 10, T0 + dt.timedelta(hours=11)) == 0
-    assert reserve(st, 10, dt.datetime(2026, 1, 6, 0, 0, 1, tzinfo=dt.timezone.utc)) == 10
+    assert reserve(st, 10, dt.datetime(2026, 1, 6, 0, 0, 1, tzinfo=dt.UTC)) == 10
 
 
 @pytest.mark.parametrize(("rate", "status", "expect"), [
@@ -55,7 +55,7 @@ def test_daily_budget_pauses_until_the_next_day():
     # daily budget spent: pause until midnight UTC
     (RateLimit(daily_limit=1000, daily_remaining=0), 200,
      {"daily_used": 1000, "pause_reason": "daily",
-      "paused_until": dt.datetime(2026, 1, 6, tzinfo=dt.timezone.utc)}),
+      "paused_until": dt.datetime(2026, 1, 6, tzinfo=dt.UTC)}),
 ])
 def test_learn_from_headers(rate, status, expect):
     st = state()
