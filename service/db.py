@@ -122,6 +122,9 @@ locations = sa.Table(
     sa.Column("generation", sa.Integer, nullable=False, server_default="1"),
     sa.Column("unauthorized_count", sa.Integer, nullable=False, server_default="0"),
     sa.Column("last_error", sa.String(500)),
+    # An OAuth refresh answered "Location is not active": keep the refresh token, and
+    # try again after this time (views stay parked meanwhile).
+    sa.Column("retry_at", UTCDateTime),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
 )
@@ -168,6 +171,29 @@ rate_limits = sa.Table(
     sa.Column("pause_reason", sa.String(10)),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Index("ix_rate_limits_paused_until", "paused_until"),
+)
+
+
+# Where the HighLevel app is installed (from OAuth installs and INSTALL webhooks): a
+# location's company lets an agency token mint a token for it.
+installs = sa.Table(
+    "installs",
+    metadata,
+    sa.Column("target_type", sa.String(10), primary_key=True),  # location | company
+    sa.Column("target_id", sa.String(64), primary_key=True),
+    sa.Column("company_id", sa.String(64)),
+    sa.Column("status", sa.String(12), nullable=False),  # installed | uninstalled
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Index("ix_installs_company_id", "company_id"),
+)
+
+# HighLevel webhook ids already handled (replay protection), pruned after a day.
+webhook_receipts = sa.Table(
+    "webhook_receipts",
+    metadata,
+    sa.Column("webhook_id", sa.String(100), primary_key=True),
+    sa.Column("received_at", UTCDateTime, nullable=False),
+    sa.Index("ix_webhook_receipts_received_at", "received_at"),
 )
 
 
