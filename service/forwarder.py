@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 
+from .credentials import TokenProvider
 from .deliverylog import prune
 from .highlevel import HighLevel, HighLevelError, Response
 from .store import Claim, Outcome, Store
@@ -97,9 +98,11 @@ class Forwarder:
                  executor: Executor, concurrency: int = 16, max_age_seconds: int = 86400,
                  clock: Callable[[], dt.datetime] = utcnow,
                  rand: Callable[[], float] = random.random,
-                 stop: threading.Event | None = None, log_days: int = 30):
+                 stop: threading.Event | None = None, log_days: int = 30,
+                 tokens: TokenProvider | None = None):
         self.store = store
         self.vault = vault
+        self.tokens = tokens or TokenProvider(vault)
         self.client = client
         self.executor = executor
         self.concurrency = concurrency
@@ -116,6 +119,8 @@ class Forwarder:
         now = now or self.clock()
         if self._last_unblock is None or now - self._last_unblock >= UNBLOCK_EVERY:
             # Heals a race with a token stored while a send was deciding to block.
+            for location_id in self.tokens.retry_inactive(now=now):
+                logger.info("token.reactivated", extra={"location_id": location_id})
             self.store.unblock(now=now)
             self._last_unblock = now
         if self._last_prune is None or now - self._last_prune >= PRUNE_EVERY:
@@ -135,7 +140,7 @@ class Forwarder:
             self.store.release([claim], now=self.clock())  # shutting down: not attempted
             return "released"
         try:
-            creds = self.vault.credentials(claim.location_id)
+            creds = self.tokens.get(claim.location_id, now=self.clock())
         except TokenDecryptError as exc:
             # Retrying cannot help until an operator restores the key or stores a new
             # token: mark it invalid so the unblock sweep leaves its views parked.
@@ -148,6 +153,15 @@ class Forwarder:
         try:
             resp = self.client.mark_viewed(kind=claim.kind, document_id=claim.document_id,
                                            token=creds.access_token)
+            if resp.status == 401:
+                # An OAuth token may have expired early: refresh (single-flight across
+                # processes) and send once more with the new one.
+                renewed = self.tokens.renew(creds, now=self.clock())
+                if renewed is not None:
+                    creds = renewed
+                    resp = self.client.mark_viewed(kind=claim.kind,
+                                                   document_id=claim.document_id,
+                                                   token=creds.access_token)
         except HighLevelError as exc:
             outcome = classify(None, claim, now=self.clock(), max_age=self.max_age,
                                error=str(exc), rand=self.rand)

@@ -17,7 +17,11 @@ from sqlalchemy.engine import Engine
 
 from .db import locations, read_only
 
-ACTIVE, INVALID = "active", "invalid"
+ACTIVE, INVALID, INACTIVE = "active", "invalid", "inactive"
+# pit: Private Integration Token (static); oauth: a location's OAuth pair;
+# oauth_company: an agency's OAuth pair; minted: a location token made with it.
+TOKEN_KINDS = ("pit", "oauth", "oauth_company", "minted")
+INACTIVE_RETRY = dt.timedelta(hours=1)
 
 
 class TokenDecryptError(RuntimeError):
@@ -31,6 +35,12 @@ class Credentials:
     generation: int
     unauthorized_count: int
     access_token: str = field(repr=False)
+    expires_at: dt.datetime | None = None
+    company_id: str | None = None
+    refreshable: bool = False
+
+    def expiring(self, now: dt.datetime, margin: dt.timedelta) -> bool:
+        return self.expires_at is not None and self.expires_at - now <= margin
 
 
 class TokenVault:
@@ -53,14 +63,14 @@ class TokenVault:
 
     def set_token(self, location_id: str, *, access_token: str, now: dt.datetime,
                   refresh_token: str | None = None, expires_at: dt.datetime | None = None,
-                  company_id: str | None = None) -> dict:
-        """Store (or replace) a location's token and return its public summary."""
+                  company_id: str | None = None, token_kind: str | None = None) -> dict:
+        """Store (or replace) a location's (or company's) token; return its public summary."""
         values = {
-            "token_kind": "oauth" if refresh_token else "pit",
+            "token_kind": token_kind or ("oauth" if refresh_token else "pit"),
             "access_token": self._encrypt(access_token),
             "refresh_token": self._encrypt(refresh_token),
             "expires_at": expires_at, "company_id": company_id, "status": ACTIVE,
-            "unauthorized_count": 0, "last_error": None, "updated_at": now,
+            "unauthorized_count": 0, "last_error": None, "retry_at": None, "updated_at": now,
         }
         c = locations.c
         with self.engine.begin() as conn:
@@ -86,10 +96,76 @@ class TokenVault:
             row = conn.execute(sa.select(locations).where(c.location_id == location_id)).first()
         if row is None or row.status != ACTIVE:
             return None
-        return Credentials(location_id=location_id, token_kind=row.token_kind,
+        return self._credentials(row)
+
+    def _credentials(self, row) -> Credentials:
+        return Credentials(location_id=row.location_id, token_kind=row.token_kind,
                            generation=row.generation,
                            unauthorized_count=row.unauthorized_count,
-                           access_token=self._decrypt(row.access_token))
+                           access_token=self._decrypt(row.access_token),
+                           expires_at=row.expires_at, company_id=row.company_id,
+                           refreshable=row.refresh_token is not None)
+
+    def refresh(self, location_id: str, *, now: dt.datetime, refresher,
+                stale_generation: int | None = None,
+                margin: dt.timedelta = dt.timedelta(minutes=5)) -> Credentials | None:
+        """Refresh an OAuth token once, across every process; return usable credentials.
+
+        Single-flight: the location's row is locked (PostgreSQL ``FOR UPDATE``; SQLite's
+        write transaction), re-read, and refreshed only if it is still the stale one
+        (``stale_generation``, after a 401) or still due (ahead of expiry). The new
+        access and refresh tokens are stored in the same transaction, so no process
+        ever uses or refreshes the dead refresh token. ``refresher(refresh_token)``
+        returns a ``TokenGrant`` or raises ``OAuthError``.
+        """
+        from .oauth import INVALID_GRANT, LOCATION_INACTIVE, OAuthError
+
+        c = locations.c
+        query = sa.select(locations).where(c.location_id == location_id)
+        if self.engine.dialect.name == "postgresql":
+            query = query.with_for_update()
+        with self.engine.begin() as conn:
+            row = conn.execute(query).first()
+            if row is None or row.status == INVALID or not row.refresh_token:
+                return None
+            if row.status == INACTIVE and row.retry_at is not None and row.retry_at > now:
+                return None
+            current = self._credentials(row)
+            if row.status == ACTIVE and (
+                    (stale_generation is not None and row.generation != stale_generation)
+                    or (stale_generation is None and not current.expiring(now, margin))):
+                return current  # another process refreshed it meanwhile
+            user_type = "Company" if row.token_kind == "oauth_company" else "Location"
+            try:
+                grant = refresher(self._decrypt(row.refresh_token), user_type=user_type)
+            except OAuthError as exc:
+                values = {"last_error": exc.message[:500], "updated_at": now}
+                if exc.kind == INVALID_GRANT:
+                    values["status"] = INVALID
+                elif exc.kind == LOCATION_INACTIVE:
+                    values.update(status=INACTIVE, retry_at=now + INACTIVE_RETRY)
+                conn.execute(locations.update().where(c.location_id == location_id)
+                             .values(**values))
+                # Still usable until it expires when the failure was passing.
+                if row.status != ACTIVE or "status" in values or current.expiring(now, 0 * margin):
+                    return None
+                return current
+            conn.execute(locations.update().where(c.location_id == location_id).values(
+                access_token=self._encrypt(grant.access_token),
+                refresh_token=self._encrypt(grant.refresh_token or
+                                            self._decrypt(row.refresh_token)),
+                expires_at=_expiry(grant.expires_in, now), status=ACTIVE, retry_at=None,
+                unauthorized_count=0, last_error=None, generation=c.generation + 1,
+                updated_at=now))
+            row = conn.execute(sa.select(locations).where(c.location_id == location_id)).one()
+            return self._credentials(row)
+
+    def inactive_due(self, now: dt.datetime) -> list[str]:
+        """Locations parked as "not active" whose retry time has come."""
+        c = locations.c
+        with read_only(self.engine) as conn:
+            return list(conn.execute(sa.select(c.location_id).where(
+                c.status == INACTIVE, c.retry_at <= now)).scalars())
 
     def record_rejection(self, creds: Credentials, *, status: int, message: str | None,
                          now: dt.datetime) -> str:
@@ -159,10 +235,14 @@ class TokenVault:
         return done
 
 
+def _expiry(expires_in: int | None, now: dt.datetime) -> dt.datetime | None:
+    return now + dt.timedelta(seconds=expires_in) if expires_in else None
+
+
 def _summary(row) -> dict:
     return {
         "locationId": row.location_id, "tokenKind": row.token_kind, "status": row.status,
         "expiresAt": row.expires_at, "companyId": row.company_id,
         "hasRefreshToken": row.refresh_token is not None, "lastError": row.last_error,
-        "createdAt": row.created_at, "updatedAt": row.updated_at,
+        "retryAt": row.retry_at, "createdAt": row.created_at, "updatedAt": row.updated_at,
     }
