@@ -113,6 +113,7 @@ class Forwarder:
         self.log_days = dt.timedelta(days=log_days)
         self._last_unblock: dt.datetime | None = None
         self._last_prune: dt.datetime | None = None
+        self._invalidated: set[tuple[str, int]] = set()  # (location, token generation)
 
     def forward_once(self, *, now: dt.datetime | None = None) -> int:
         """Claim what is due, send it (up to ``concurrency`` at once), record outcomes."""
@@ -129,27 +130,53 @@ class Forwarder:
             if pruned:
                 logger.info("delivery_log.pruned", extra={"rows": pruned})
         claims = self.store.claim_due(now=now, limit=self.concurrency)
-        futures = [self.executor.submit(self.deliver, claim) for claim in claims]
-        for future in futures:
-            future.result()
+        if not claims:
+            return 0
+        # One token look-up (and refresh, if due) per location per batch, not per send.
+        tokens = {loc: self._credentials(loc) for loc in dict.fromkeys(
+            claim.location_id for claim in claims)}
+        futures = [self.executor.submit(self.attempt, claim, tokens[claim.location_id])
+                   for claim in claims]
+        results = [(claim, future.result()) for claim, future in zip(claims, futures,
+                                                                     strict=True)]
+        self._record([(claim, outcome) for claim, outcome in results if outcome is not None])
+        released = [claim for claim, outcome in results if outcome is None]
+        if released:
+            self.store.release(released, now=self.clock())  # shutting down: not attempted
         return len(claims)
 
     def deliver(self, claim: Claim) -> str:
         """Send one claimed document and record the outcome; return the outcome label."""
-        if self.stop.is_set():
-            self.store.release([claim], now=self.clock())  # shutting down: not attempted
+        outcome = self.attempt(claim, self._credentials(claim.location_id))
+        if outcome is None:
+            self.store.release([claim], now=self.clock())
             return "released"
+        self._record([(claim, outcome)])
+        return outcome.outcome
+
+    def _credentials(self, location_id: str) -> Credentials | Outcome:
+        """The token to send with, or the outcome that parks the location's views."""
         try:
-            creds = self.tokens.get(claim.location_id, now=self.clock())
+            creds = self.tokens.get(location_id, now=self.clock())
         except TokenDecryptError as exc:
             # Retrying cannot help until an operator restores the key or stores a new
             # token: mark it invalid so the unblock sweep leaves its views parked.
-            self.vault.mark_invalid(claim.location_id, message=str(exc), now=self.clock())
-            self.store.block_location(claim.location_id, now=self.clock())
-            return self._finish(claim, Outcome("blocked", "token_unreadable", message=str(exc)))
+            self.vault.mark_invalid(location_id, message=str(exc), now=self.clock())
+            self.store.block_location(location_id, now=self.clock())
+            return Outcome("blocked", "token_unreadable", message=str(exc))
         if creds is None:
-            return self._finish(claim, Outcome("blocked", "no_token",
-                                               message="no active token for this location"))
+            return Outcome("blocked", "no_token", message="no active token for this location")
+        return creds
+
+    def attempt(self, claim: Claim, creds: Credentials | Outcome) -> Outcome | None:
+        """Send one claimed document; return what happened (None: stopping, not sent)."""
+        if self.stop.is_set():
+            return None
+        if isinstance(creds, Outcome):
+            return creds
+        if (creds.location_id, creds.generation) in self._invalidated:
+            # Found invalid by another send of this batch: park, don't send with it.
+            return Outcome("blocked", "token_invalid", message="token found invalid")
         try:
             resp = self.client.mark_viewed(kind=claim.kind, document_id=claim.document_id,
                                            token=creds.access_token)
@@ -163,15 +190,14 @@ class Forwarder:
                                                    document_id=claim.document_id,
                                                    token=creds.access_token)
         except HighLevelError as exc:
-            outcome = classify(None, claim, now=self.clock(), max_age=self.max_age,
-                               error=str(exc), rand=self.rand)
-            return self._finish(claim, outcome)
+            return classify(None, claim, now=self.clock(), max_age=self.max_age,
+                            error=str(exc), rand=self.rand)
         if resp.status in AUTH:
-            return self._finish(claim, self._rejected(claim, creds, resp))
+            return self._rejected(claim, creds, resp)
         outcome = classify(resp, claim, now=self.clock(), max_age=self.max_age, rand=self.rand)
         if outcome.result == "delivered":
             self.vault.record_success(creds, now=self.clock())
-        return self._finish(claim, outcome)
+        return outcome
 
     def _rejected(self, claim: Claim, creds: Credentials, resp: Response) -> Outcome:
         now = self.clock()
@@ -181,6 +207,7 @@ class Forwarder:
         verdict = self.vault.record_rejection(creds, status=resp.status, message=resp.message,
                                               now=now)
         if verdict == "invalid":
+            self._invalidated.add((creds.location_id, creds.generation))
             parked = self.store.block_location(claim.location_id, now=now)
             logger.warning("token.invalid", extra={"location_id": claim.location_id,
                                                     "http_status": resp.status,
@@ -191,18 +218,21 @@ class Forwarder:
         return Outcome("retry", "unauthorized", next_due=now + dt.timedelta(seconds=delay),
                        **details)
 
-    def _finish(self, claim: Claim, outcome: Outcome) -> str:
-        kept = self.store.record_outcome(claim, outcome, now=self.clock())
-        level = logging.INFO if outcome.result in ("delivered", "retry") else logging.WARNING
-        logger.log(level, "delivery.attempt", extra={
-            "location_id": claim.location_id, "kind": claim.kind,
-            "document_id": claim.document_id, "views": claim.views,
-            "outcome": outcome.outcome, "http_status": outcome.http_status,
-            "attempt": claim.attempts + 1, "latency_ms": outcome.latency_ms,
-            "hl_message": outcome.message, "trace_id": outcome.trace_id,
-            "request_id": claim.request_id, "lease_kept": kept,
-        })
-        return outcome.outcome
+    def _record(self, results: list[tuple[Claim, Outcome]]) -> None:
+        """Record a batch of outcomes in one transaction, then log one line per attempt."""
+        if not results:
+            return
+        kept = self.store.record_outcomes(results, now=self.clock())
+        for (claim, outcome), lease_kept in zip(results, kept, strict=True):
+            level = logging.INFO if outcome.result in ("delivered", "retry") else logging.WARNING
+            logger.log(level, "delivery.attempt", extra={
+                "location_id": claim.location_id, "kind": claim.kind,
+                "document_id": claim.document_id, "views": claim.views,
+                "outcome": outcome.outcome, "http_status": outcome.http_status,
+                "attempt": claim.attempts + 1, "latency_ms": outcome.latency_ms,
+                "hl_message": outcome.message, "trace_id": outcome.trace_id,
+                "request_id": claim.request_id, "lease_kept": lease_kept,
+            })
 
 
 def run(forwarder: Forwarder, *, once: bool = False, max_batches: int | None = None,

@@ -115,6 +115,9 @@ class NoLimit:
     def paused_resources(self, now: dt.datetime):
         return None
 
+    def observe_many(self, conn, resource: str, outcomes, *, now: dt.datetime) -> None:
+        return None
+
 
 class StoreLimiter:
     """Limit states kept in the ``rate_limits`` table, locked per resource while changed."""
@@ -179,6 +182,17 @@ class StoreLimiter:
             return
         state = self._load(conn, [resource], now)[resource]
         learn(state, rate, status=status, now=now, retry_after=retry_after)
+        self._save(conn, state, now)
+
+    def observe_many(self, conn, resource: str, outcomes, *, now: dt.datetime) -> None:
+        """Learn from several answers of one resource (in order) with one read and write."""
+        informative = [o for o in outcomes if o.http_status == 429 or any(
+            v is not None for v in dataclasses.astuple(o.rate_limit))]
+        if not informative:
+            return
+        state = self._load(conn, [resource], now)[resource]
+        for o in informative:
+            learn(state, o.rate_limit, status=o.http_status, now=now, retry_after=o.retry_after)
         self._save(conn, state, now)
 
     def describe(self, conn, resource: str) -> dict | None:

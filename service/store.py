@@ -20,10 +20,8 @@ from sqlalchemy.exc import IntegrityError
 
 from .db import delivery_log, documents, events, locations, read_only
 from .highlevel import RateLimit
+from .outcomes import BLOCKED, DEAD, IDLE, PENDING, record_outcomes
 from .ratelimit import NoLimit
-
-# Document row states.
-PENDING, IDLE, BLOCKED, DEAD = "pending", "idle", "blocked", "dead"
 
 
 @dataclass(frozen=True)
@@ -231,56 +229,14 @@ class Store:
 
     def record_outcome(self, claim: Claim, outcome: Outcome, *, now: dt.datetime) -> bool:
         """Apply one attempt's outcome and log it; False if the lease was lost meanwhile."""
-        d = documents.c
-        values: dict = {"locked_until": None, "lease_token": None, "updated_at": now,
-                        "last_attempt_at": now, "last_status": outcome.http_status,
-                        "last_error": _clip(outcome.message) if outcome.result != "delivered"
-                        else None}
-        newer = d.views_seq > claim.seq_to  # views arrived while the send was in flight
-        if outcome.result == "delivered":
-            values.update(
-                sent_seq=claim.seq_to, attempts=0, last_sent_at=now, dead_reason=None,
-                quiet_until=now + self.window,
-                status=sa.case((newer, PENDING), else_=IDLE),
-                due_at=now + self.window,
-                pending_since=sa.case((newer, now), else_=None),
-            )
-        elif outcome.result == "retry":
-            values.update(status=PENDING, due_at=outcome.next_due or now,
-                          attempts=d.attempts + (1 if outcome.spend_attempt else 0))
-        elif outcome.result == "dead":
-            values.update(
-                failed_seq=claim.seq_to, dead_reason=outcome.outcome, attempts=0,
-                quiet_until=now + self.window,
-                status=sa.case((newer, PENDING), else_=DEAD),
-                due_at=now + self.window,
-                pending_since=sa.case((newer, now), else_=d.pending_since),
-            )
-        elif outcome.result == "blocked":
-            values.update(status=BLOCKED, due_at=now)
-        else:
-            raise ValueError(f"unknown result {outcome.result!r}")
+        return self.record_outcomes([(claim, outcome)], now=now)[0]
+
+    def record_outcomes(self, results: Sequence[tuple[Claim, Outcome]], *,
+                        now: dt.datetime) -> list[bool]:
+        """Apply a batch of outcomes in one transaction (see ``outcomes.record_outcomes``)."""
         with self.engine.begin() as conn:
-            updated = conn.execute(
-                documents.update()
-                .where(d.id == claim.row_id, d.lease_token == claim.lease_token)
-                .values(**values)
-            ).rowcount
-            self.limiter.observe(conn, claim.location_id, outcome.rate_limit,
-                                 status=outcome.http_status, now=now,
-                                 retry_after=outcome.retry_after)
-            conn.execute(
-                delivery_log.insert().values(
-                    at=now, document_row=claim.row_id, kind=claim.kind,
-                    location_id=claim.location_id, document_id=claim.document_id,
-                    attempt=claim.attempts + 1, outcome=outcome.outcome,
-                    http_status=outcome.http_status, message=_clip(outcome.message),
-                    trace_id=outcome.trace_id, latency_ms=outcome.latency_ms,
-                    views_covered=claim.views, seq_to=claim.seq_to,
-                    request_id=claim.request_id,
-                )
-            )
-        return bool(updated)
+            return record_outcomes(conn, results, now=now, window=self.window,
+                                   limiter=self.limiter)
 
     def release(self, claims: Iterable[Claim], *, now: dt.datetime) -> None:
         """Give back leases that were not attempted (shutdown), due at once."""
@@ -383,7 +339,3 @@ class Store:
         """Raise if the store cannot be reached."""
         with read_only(self.engine) as conn:
             conn.execute(sa.text("SELECT 1"))
-
-
-def _clip(message: str | None, limit: int = 500) -> str | None:
-    return message if message is None or len(message) <= limit else message[: limit - 1] + "…"
