@@ -2,8 +2,10 @@
 
 Answers ``PATCH /invoices/stats/last-visited-at`` and
 ``PATCH /invoices/estimate/stats/last-visited-at`` the way HighLevel does (status codes, error
-bodies, rate-limit headers) and, when ``../shared/highlevel-openapi`` exists next to the project,
-validates every request against HighLevel's own OpenAPI document (``apps/invoices.json``).
+bodies, rate-limit headers), and HighLevel's OAuth calls (``POST /oauth/token``,
+``POST /oauth/locationToken``: see ``tests/fake_oauth.py``, reached as ``fake.oauth``). When
+``../shared/highlevel-openapi`` exists next to the project, every request is validated against
+HighLevel's own OpenAPI documents (``apps/invoices.json``, ``apps/oauth.json``).
 
 Demo: ``python -m tests.fake_highlevel --port 9100 [--latency 0.1] [--no-rate-limit]``.
 """
@@ -24,16 +26,17 @@ from typing import Any
 from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
+from .fake_oauth import OAUTH_PREFIX, FakeOAuth, oauth_contract_error
 from .highlevel_openapi import (
     AUTH_ERRORS,
     NOT_FOUND_ERRORS,
     SPEC_AVAILABLE,
     SPEC_DIR,
-    load_openapi,
+    load_openapis,
     openapi_violation,
 )
 
-__all__ = ["SPEC_AVAILABLE", "SPEC_DIR", "FakeHighLevel", "ReceivedRequest"]
+__all__ = ["SPEC_AVAILABLE", "SPEC_DIR", "FakeHighLevel", "FakeOAuth", "ReceivedRequest"]
 
 API_VERSION = "2021-07-28"
 ENDPOINTS = {  # path -> (kind, body field holding the document id)
@@ -108,13 +111,15 @@ class FakeHighLevel:
         self._idle = threading.Condition(self._lock)
         self._in_flight = 0
         self._stopping = threading.Event()
-        self._script: list[tuple[int | str | tuple, str | None, str | None]] = []
+        # (answer, document id, token, path): path None matches the PATCH endpoints only
+        self._script: list[tuple[int | str | tuple, str | None, str | None, str | None]] = []
         self._windows: dict[str | None, list[float]] = {}  # token -> [burst start, count]
         self._daily: dict[str | None, list[float]] = {}  # token -> [day start, count]
         self._server: Any = None
         self._thread: threading.Thread | None = None
+        self.oauth = FakeOAuth(self)  # /oauth/token and /oauth/locationToken
         if self.validate_openapi:
-            load_openapi()  # load now so the first request isn't slow
+            load_openapis()  # load now so the first request isn't slow
 
     # ---- lifecycle ---------------------------------------------------------------------
     def start(self, host: str = "127.0.0.1", port: int = 0) -> FakeHighLevel:
@@ -159,9 +164,15 @@ class FakeHighLevel:
         *statuses_or_responses: int | str | tuple,
         document_id: str | None = None,
         token: str | None = None,
+        path: str | None = None,
     ) -> None:
+        """Canned answers for the next matching requests, in order: a status, "timeout" (the
+        request is applied, its answer comes ``timeout_sleep`` late) or (status, body, headers).
+        Without ``path`` they match the PATCH endpoints only; an OAuth call is matched only by
+        its path (e.g. ``path="/oauth/token"``), and a canned answer there changes nothing
+        (except "timeout")."""
         with self._lock:
-            self._script.extend((s, document_id, token) for s in statuses_or_responses)
+            self._script.extend((s, document_id, token, path) for s in statuses_or_responses)
 
     def set_down(self, down: bool) -> None:
         self._down = down
@@ -206,7 +217,8 @@ class FakeHighLevel:
         violation = self._violation(request, rec)
         # The status is known (and patches() sees the request) before the answer is sent,
         # like HighLevel having applied a PATCH whose response is slow or never arrives.
-        rec.status, payload, headers, delay = self._decide(rec, violation)
+        decide = self._decide_oauth if rec.path.startswith(OAUTH_PREFIX) else self._decide
+        rec.status, payload, headers, delay = decide(rec, violation)
         if self.latency > 0 or delay > 0:
             self._stopping.wait(self.latency + delay)  # outside any lock: requests overlap
         if payload is not None and not isinstance(payload, (bytes, str)):
@@ -238,8 +250,9 @@ class FakeHighLevel:
         with self._lock:
             if self._down:
                 return 503, _error(503), self._limits(rec.token, spend=False), 0.0
-            for i, (entry, doc, tok) in enumerate(self._script):
-                if doc in (None, rec.document_id) and tok in (None, rec.token):
+            for i, (entry, doc, tok, path) in enumerate(self._script):
+                if path in (None, rec.path) and doc in (None, rec.document_id) \
+                        and tok in (None, rec.token):
                     del self._script[i]
                     return self._canned(entry, rec.token)
             if violation is not None and violation[0] == 404:
@@ -250,7 +263,8 @@ class FakeHighLevel:
                 }
                 return 404, _traced(body), self._limits(rec.token, spend=False), 0.0
             tokens = self.tokens
-            if rec.token is None or (tokens is not None and rec.token not in tokens):
+            if rec.token is None or (tokens is not None and rec.token not in tokens) \
+                    or self.oauth.is_expired(rec.token):
                 return 401, _traced(dict(UNAUTHORIZED)), self._limits(rec.token, False), 0.0
             limited = self.enforce_rate_limit and self._spent(rec.token)
             headers = self._limits(rec.token, spend=not limited)
@@ -259,6 +273,28 @@ class FakeHighLevel:
             if violation is not None:
                 return 400, _error(400, violation[1]), headers, 0.0
             return 200, None, headers, 0.0
+
+    def _decide_oauth(
+        self, rec: ReceivedRequest, violation: tuple[int, str] | None
+    ) -> tuple[int, object | None, dict[str, str], float]:
+        """An OAuth call: down, scripted, not found, or answered by ``self.oauth``."""
+        delay = 0.0
+        with self._lock:
+            if self._down:
+                return 503, _error(503), {}, 0.0
+            for i, (entry, _doc, tok, path) in enumerate(self._script):
+                if path == rec.path and tok in (None, rec.token):
+                    del self._script[i]
+                    if entry != "timeout":
+                        return self._canned(entry, rec.token)
+                    delay = self.timeout_sleep  # applied below; the answer comes late
+                    break
+        if violation is not None and violation[0] == 404:
+            body = {"statusCode": 404, "message": f"Cannot {rec.method} {rec.path}",
+                    "error": "Not Found"}
+            return 404, _traced(body), {}, 0.0
+        status, body = self.oauth.handle(rec, violation)
+        return status, body, {}, delay
 
     def _canned(
         self, entry: int | str | tuple, token: str | None
@@ -304,6 +340,8 @@ class FakeHighLevel:
 
 def contract_error(rec: ReceivedRequest) -> tuple[int, str] | None:
     """The hand-written HighLevel contract (used with or without the OpenAPI documents)."""
+    if rec.path.startswith(OAUTH_PREFIX):
+        return oauth_contract_error(rec)
     if rec.kind is None or rec.method != "PATCH":
         return 404, f"Cannot {rec.method} {rec.path}"
     if rec.token is None:
@@ -367,6 +405,8 @@ def main(argv: list[str] | None = None) -> None:
     with hl.start(args.host, args.port):
         openapi = "on" if hl.validate_openapi else f"off ({SPEC_DIR} not present)"
         print(f"fake HighLevel listening on {hl.url} (openapi validation {openapi})", flush=True)
+        print(f"OAuth app: client_id={hl.oauth.client_id} client_secret={hl.oauth.client_secret}",
+              flush=True)
         while not done.wait(0.5):
             pass
     print("fake HighLevel stopped", flush=True)
