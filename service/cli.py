@@ -40,7 +40,8 @@ def build_forwarder(stop=None, executor=None):
     svc = services()
     cfg = svc.config
     concurrency = cfg["FORWARD_CONCURRENCY"]
-    client = HighLevelClient(build_session(concurrency), cfg["HIGHLEVEL_BASE_URL"],
+    client = HighLevelClient(build_session(concurrency, cfg["HIGHLEVEL_BASE_URL"]),
+                             cfg["HIGHLEVEL_BASE_URL"],
                              version=cfg["HIGHLEVEL_API_VERSION"],
                              timeout=(5.0, cfg["HIGHLEVEL_TIMEOUT_SECONDS"]))
     return Forwarder(svc.store, svc.vault, client,

@@ -75,6 +75,7 @@ class ReceivedRequest:
 
 
 class _QuietHandler(WSGIRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as HighLevel's edge does
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         pass
 
