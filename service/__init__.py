@@ -16,7 +16,18 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app: config, logging, store, API, CLI. ``config`` overrides the environment."""
-    from . import admin, api, cli, deliveries_api, errors, health, pixel_api
+    from . import (
+        admin,
+        api,
+        cli,
+        deliveries_api,
+        errors,
+        health,
+        oauth_api,
+        pixel_api,
+        sources_api,
+        webhooks_api,
+    )
     from .config import load_config
     from .db import create_engine
     from .deps import Services
@@ -44,6 +55,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         vault=TokenVault(engine, settings["TOKEN_ENCRYPTION_KEYS"]),
         pixel_signer=PixelSigner(settings["PIXEL_SIGNING_KEYS"]),
         classifier=Classifier.load(settings["MACHINE_OPEN_RULES"]),
+        oauth=_oauth_client(settings),
     )
     if settings["TRUSTED_PROXIES"]:
         n = settings["TRUSTED_PROXIES"]
@@ -56,6 +68,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     api_.register_blueprint(admin.bp)
     api_.register_blueprint(pixel_api.bp)
     api_.register_blueprint(deliveries_api.bp)
+    app.register_blueprint(oauth_api.bp)
+    api_.register_blueprint(sources_api.bp)
+    api_.register_blueprint(webhooks_api.bp)
     app.register_blueprint(health.bp)
     errors.init_app(app)
     cli.init_app(app)
@@ -70,3 +85,17 @@ def _assign_request_id() -> None:
 def _echo_request_id(response):
     response.headers["X-Request-ID"] = g.get("request_id", "")
     return response
+
+
+def _oauth_client(settings: Mapping[str, Any]):
+    """The OAuth client when the HighLevel app's credentials are configured."""
+    from .highlevel import build_session
+    from .oauth import OAuthClient
+
+    if not (settings["HIGHLEVEL_CLIENT_ID"] and settings["HIGHLEVEL_CLIENT_SECRET"]):
+        return None
+    base = settings["HIGHLEVEL_BASE_URL"]
+    return OAuthClient(build_session(4, base), base, client_id=settings["HIGHLEVEL_CLIENT_ID"],
+                       client_secret=settings["HIGHLEVEL_CLIENT_SECRET"],
+                       version=settings["HIGHLEVEL_API_VERSION"],
+                       timeout=(5.0, settings["HIGHLEVEL_TIMEOUT_SECONDS"]))

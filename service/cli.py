@@ -34,6 +34,7 @@ def db_upgrade(revision: str) -> None:
 
 def build_forwarder(stop=None, executor=None):
     """A Forwarder wired to the app's store, vault and a real HighLevel client."""
+    from .credentials import TokenProvider
     from .forwarder import Forwarder
     from .highlevel import HighLevelClient, build_session
 
@@ -47,7 +48,9 @@ def build_forwarder(stop=None, executor=None):
     return Forwarder(svc.store, svc.vault, client,
                      executor=executor or ThreadPoolExecutor(concurrency, "send"),
                      concurrency=concurrency, max_age_seconds=cfg["MAX_EVENT_AGE_SECONDS"],
-                     log_days=cfg["DELIVERY_LOG_DAYS"], clock=svc.clock, stop=stop)
+                     log_days=cfg["DELIVERY_LOG_DAYS"], clock=svc.clock, stop=stop,
+                     tokens=TokenProvider(svc.vault, svc.oauth, margin=dt.timedelta(
+                         seconds=cfg["TOKEN_REFRESH_MARGIN_SECONDS"])))
 
 
 @click.command("forwarder")

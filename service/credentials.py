@@ -75,7 +75,7 @@ class TokenProvider:
         if company_id is None or company_id == location_id:
             return None
         company = self.get(company_id, now=now)
-        if company is None or company.token_kind != "oauth_company":
+        if company is None or company.token_kind != "agency":
             return None
         try:
             grant = self.oauth.location_token(company.access_token, company_id=company_id,

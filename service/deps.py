@@ -10,6 +10,7 @@ from typing import Any
 from flask import current_app
 from sqlalchemy.engine import Engine
 
+from .oauth import OAuthClient
 from .pixels import PixelSigner
 from .store import Store
 from .tokens import TokenVault
@@ -28,6 +29,7 @@ class Services:
     vault: TokenVault
     pixel_signer: PixelSigner
     classifier: Classifier
+    oauth: OAuthClient | None = None  # None until HIGHLEVEL_CLIENT_ID/SECRET are set
     clock: Callable[[], dt.datetime] = utcnow
 
 

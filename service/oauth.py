@@ -56,10 +56,16 @@ class OAuthClient:
         self.timeout = timeout
 
     def exchange_code(self, code: str, *, redirect_uri: str,
-                      user_type: str = "Location") -> TokenGrant:
-        """Trade an install's authorization code for tokens."""
-        return self._token({"grant_type": "authorization_code", "code": code,
-                            "redirect_uri": redirect_uri, "user_type": user_type})
+                      user_type: str | None = None) -> TokenGrant:
+        """Trade an install's authorization code for tokens.
+
+        ``user_type`` is left out by default: the code already says whether the
+        installer chose a location or the agency, and the answer's ``userType`` tells us.
+        """
+        form = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri}
+        if user_type:
+            form["user_type"] = user_type
+        return self._token(form)
 
     def refresh(self, refresh_token: str, *, user_type: str = "Location") -> TokenGrant:
         """Trade a refresh token (single-use) for a new access and refresh token."""

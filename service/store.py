@@ -18,7 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
-from .db import delivery_log, documents, events, locations, read_only
+from .db import delivery_log, documents, events, installs, locations, read_only
 from .highlevel import RateLimit
 from .outcomes import BLOCKED, DEAD, IDLE, PENDING, record_outcomes
 from .ratelimit import NoLimit
@@ -264,6 +264,13 @@ class Store:
         """Make blocked views due again where the location now has an active token."""
         d = documents.c
         usable = sa.select(locations.c.location_id).where(locations.c.status == "active")
+        # ...or whose company's agency token can mint one (installed under that company).
+        agencies = sa.select(locations.c.location_id).where(
+            locations.c.status == "active", locations.c.token_kind == "agency")
+        mintable = sa.select(installs.c.target_id).where(
+            installs.c.target_type == "location", installs.c.status == "installed",
+            installs.c.company_id.in_(agencies))
+        usable = sa.union(usable, mintable)
         stmt = documents.update().where(d.status == BLOCKED, d.location_id.in_(usable))
         if location_id is not None:
             stmt = stmt.where(d.location_id == location_id)

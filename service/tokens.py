@@ -19,8 +19,8 @@ from .db import locations, read_only
 
 ACTIVE, INVALID, INACTIVE = "active", "invalid", "inactive"
 # pit: Private Integration Token (static); oauth: a location's OAuth pair;
-# oauth_company: an agency's OAuth pair; minted: a location token made with it.
-TOKEN_KINDS = ("pit", "oauth", "oauth_company", "minted")
+# agency: an agency's OAuth pair; minted: a location token made with it.
+TOKEN_KINDS = ("pit", "oauth", "agency", "minted")
 INACTIVE_RETRY = dt.timedelta(hours=1)
 
 
@@ -135,7 +135,7 @@ class TokenVault:
                     (stale_generation is not None and row.generation != stale_generation)
                     or (stale_generation is None and not current.expiring(now, margin))):
                 return current  # another process refreshed it meanwhile
-            user_type = "Company" if row.token_kind == "oauth_company" else "Location"
+            user_type = "Company" if row.token_kind == "agency" else "Location"
             try:
                 grant = refresher(self._decrypt(row.refresh_token), user_type=user_type)
             except OAuthError as exc:

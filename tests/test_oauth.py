@@ -1,0 +1,272 @@
+"""OAuth token lifecycle against the fake HighLevel: install, refresh, mint, park."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import sqlalchemy as sa
+
+from service import create_app
+from service.credentials import TokenProvider
+from service.db import installs
+from service.forwarder import Forwarder, InlineExecutor
+from service.highlevel import HighLevelClient, build_session
+
+from .conftest import (
+    ADMIN_KEY,
+    FERNET_KEY,
+    INGEST_KEY,
+    PIXEL_KEY,
+    make_view,
+    test_config,
+)
+from .fake_highlevel import FakeHighLevel
+
+ROOT = Path(__file__).resolve().parent.parent
+LOC, COMPANY = "loc_oauth_1", "company_1"
+
+
+@pytest.fixture
+def hl():
+    with FakeHighLevel(tokens=set(), enforce_rate_limit=False) as server:
+        yield server
+    assert server.violations == [], server.violations
+
+
+@pytest.fixture
+def app(migrated_db_url, clock, hl):
+    app = create_app(test_config(migrated_db_url, HIGHLEVEL_BASE_URL=hl.url,
+                                 HIGHLEVEL_CLIENT_ID=hl.oauth.client_id,
+                                 HIGHLEVEL_CLIENT_SECRET=hl.oauth.client_secret,
+                                 PUBLIC_BASE_URL="https://relay.example"))
+    app.extensions["service"].clock = clock
+    yield app
+    app.extensions["service"].engine.dispose()
+
+
+@pytest.fixture
+def forwarder(services, hl, clock):
+    return Forwarder(services.store, services.vault,
+                     HighLevelClient(build_session(4, hl.url), hl.url),
+                     executor=InlineExecutor(), clock=clock, rand=lambda: 1.0,
+                     tokens=TokenProvider(services.vault, services.oauth))
+
+
+def store_pair(services, pair, *, now, location=LOC, kind="oauth"):
+    services.vault.set_token(location, access_token=pair["access_token"],
+                             refresh_token=pair.get("refresh_token"), token_kind=kind,
+                             expires_at=now + dt.timedelta(seconds=pair["expires_in"]),
+                             company_id=pair.get("companyId"), now=now)
+
+
+def start_install(client) -> str:
+    resp = client.get("/oauth/install")
+    assert resp.status_code == 302
+    target = urlsplit(resp.headers["Location"])
+    assert f"{target.scheme}://{target.netloc}{target.path}" == (
+        "https://marketplace.gohighlevel.com/v2/oauth/chooselocation")
+    query = parse_qs(target.query)
+    assert query["client_id"] == ["test-client-id"]
+    assert query["redirect_uri"] == ["https://relay.example/oauth/callback"]
+    assert query["response_type"] == ["code"]
+    assert "invoices.write" in query["scope"][0]
+    return query["state"][0]
+
+
+def test_install_round_trip_stores_the_location_token(client, services, hl, clock):
+    state = start_install(client)
+    code = hl.oauth.authorize(location_id=LOC, company_id=COMPANY,
+                              redirect_uri="https://relay.example/oauth/callback")
+    resp = client.get(f"/oauth/callback?code={code}&state={state}")
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    assert f"location {LOC}" in resp.get_data(as_text=True)
+    summary = services.vault.describe(LOC)
+    assert (summary["tokenKind"], summary["status"], summary["companyId"]) == (
+        "oauth", "active", COMPANY)
+    assert summary["expiresAt"] == clock() + dt.timedelta(seconds=86399)
+    with services.engine.connect() as conn:
+        row = conn.execute(sa.select(installs)).one()
+    assert (row.target_type, row.target_id, row.company_id, row.status) == (
+        "location", LOC, COMPANY, "installed")
+    [request] = [r for r in hl.requests if r.path == "/oauth/token"]
+    assert b"grant_type=authorization_code" in request.body
+    # The stored token works end to end.
+    assert services.vault.credentials(LOC).access_token in hl.tokens
+
+
+def test_agency_install_stores_the_company_token_and_its_locations(client, services, hl):
+    state = start_install(client)
+    code = hl.oauth.authorize(user_type="Company", company_id=COMPANY,
+                              approved_locations=["loc_a", "loc_b"])
+    resp = client.get(f"/oauth/callback?code={code}&state={state}")
+    assert resp.status_code == 200
+    assert services.vault.describe(COMPANY)["tokenKind"] == "agency"
+    assert services.vault.describe("loc_a") is None  # minted when first needed
+    with services.engine.connect() as conn:
+        rows = conn.execute(sa.select(installs.c.target_id, installs.c.company_id)
+                            .where(installs.c.target_type == "location")).all()
+    assert sorted(rows) == [("loc_a", COMPANY), ("loc_b", COMPANY)]
+
+
+@pytest.mark.parametrize("query", [
+    "error=access_denied",
+    "code=abc",  # no state
+    "state=xyz&code=abc",  # a state this relay did not make
+    "code=" + "x" * 600 + "&state=s",
+])
+def test_callback_errors_show_a_page_and_store_nothing(client, services, query):
+    resp = client.get(f"/oauth/callback?{query}")
+    assert resp.status_code == 400
+    assert resp.headers["Content-Type"].startswith("text/html")
+    assert "Not installed" in resp.get_data(as_text=True)
+    assert services.vault.list() == []
+
+
+def test_callback_with_a_code_highlevel_refuses_stores_nothing(client, services, hl):
+    state = start_install(client)
+    resp = client.get(f"/oauth/callback?code=never-issued&state={state}")
+    assert resp.status_code == 502
+    assert "Nothing was stored" in resp.get_data(as_text=True)
+    assert services.vault.list() == []
+
+
+def test_install_without_app_credentials_is_503(migrated_db_url):
+    app = create_app(test_config(migrated_db_url))
+    assert app.test_client().get("/oauth/install").status_code == 503
+    app.extensions["service"].engine.dispose()
+
+
+def test_token_is_refreshed_ahead_of_expiry(services, hl, forwarder, clock):
+    pair = hl.oauth.issue(location_id=LOC, expires_in=120)  # expires inside the margin
+    store_pair(services, pair, now=clock())
+    services.store.record_views([make_view(clock(), location_id=LOC)], now=clock())
+    forwarder.forward_once(now=clock())
+    assert hl.oauth.refresh_calls == 1
+    [patch] = hl.patches()
+    assert patch.token != pair["access_token"]
+    assert services.vault.credentials(LOC).access_token == patch.token
+    assert not hl.oauth.refresh_token_valid(pair["refresh_token"])  # rotated
+
+
+def test_401_refreshes_once_and_retries(services, hl, forwarder, clock):
+    pair = hl.oauth.issue(location_id=LOC)
+    store_pair(services, pair, now=clock())
+    hl.tokens.discard(pair["access_token"])  # revoked early at HighLevel
+    [event] = services.store.record_views([make_view(clock(), location_id=LOC)], now=clock())
+    forwarder.forward_once(now=clock())
+    assert hl.oauth.refresh_calls == 1
+    assert [r.status for r in hl.requests if r.method == "PATCH"] == [401, 200]
+    assert services.store.event_status(event.id)["status"] == "delivered"
+
+
+def test_dead_refresh_token_marks_the_token_invalid_and_parks(services, hl, forwarder, clock):
+    pair = hl.oauth.issue(location_id=LOC, expires_in=60)
+    store_pair(services, pair, now=clock())
+    hl.tokens.discard(pair["access_token"])
+    # Spend the refresh token behind the relay's back (another app instance did it).
+    import requests
+
+    with requests.Session() as s:
+        r = s.post(hl.url + "/oauth/token", data={
+            "client_id": hl.oauth.client_id, "client_secret": hl.oauth.client_secret,
+            "grant_type": "refresh_token", "refresh_token": pair["refresh_token"],
+            "user_type": "Location"})
+        assert r.status_code == 200
+    clock.advance(61)
+    [event] = services.store.record_views([make_view(clock(), location_id=LOC)], now=clock())
+    forwarder.forward_once(now=clock())
+    summary = services.vault.describe(LOC)
+    assert summary["status"] == "invalid" and "invalid" in summary["lastError"].lower()
+    assert services.store.event_status(event.id)["reason"] == "blocked"
+    assert hl.patches() == []
+
+
+def test_location_not_active_keeps_the_refresh_token_and_retries(services, hl, forwarder,
+                                                                  clock):
+    pair = hl.oauth.issue(location_id=LOC, expires_in=60)
+    store_pair(services, pair, now=clock())
+    hl.oauth.inactive_locations.add(LOC)
+    clock.advance(61)  # the access token has expired
+    [event] = services.store.record_views([make_view(clock(), location_id=LOC)], now=clock())
+    forwarder.forward_once(now=clock())
+    summary = services.vault.describe(LOC)
+    assert summary["status"] == "inactive" and summary["retryAt"] > clock()
+    assert hl.oauth.refresh_token_valid(pair["refresh_token"])  # kept
+    assert services.store.event_status(event.id)["reason"] == "blocked"
+    hl.oauth.inactive_locations.discard(LOC)  # reactivated in HighLevel
+    clock.advance(3601)
+    forwarder.forward_once(now=clock())  # the periodic retry revives it and sends
+    forwarder.forward_once(now=clock())
+    assert services.vault.describe(LOC)["status"] == "active"
+    assert services.store.event_status(event.id)["status"] == "delivered"
+
+
+def test_agency_token_mints_a_location_token(services, hl, forwarder, clock):
+    company = hl.oauth.issue(user_type="Company", company_id=COMPANY)
+    store_pair(services, company, now=clock(), location=COMPANY, kind="agency")
+    with services.engine.begin() as conn:
+        conn.execute(installs.insert().values(target_type="location", target_id="loc_m",
+                                              company_id=COMPANY, status="installed",
+                                              updated_at=clock()))
+    [event] = services.store.record_views([make_view(clock(), location_id="loc_m")],
+                                          now=clock())
+    forwarder.forward_once(now=clock())
+    assert hl.oauth.location_token_calls == 1
+    assert services.vault.describe("loc_m")["tokenKind"] == "minted"
+    [patch] = hl.patches()
+    assert patch.token == services.vault.credentials("loc_m").access_token
+    assert services.store.event_status(event.id)["status"] == "delivered"
+
+
+def test_four_forwarder_processes_refresh_exactly_once(migrated_db_url, hl, tmp_path):
+    """Single-flight across processes: one refresh call, every process uses its result."""
+    app = create_app(test_config(migrated_db_url))
+    svc = app.extensions["service"]
+    now = dt.datetime.now(dt.UTC)
+    pair = hl.oauth.issue(location_id=LOC)
+    hl.tokens.discard(pair["access_token"])  # expired at HighLevel...
+    store_pair(svc, pair, now=now - dt.timedelta(days=1))  # ...and by the relay's clock
+    svc.store.record_views([make_view(now, location_id=LOC, document_id=f"inv_{i}")
+                            for i in range(8)], now=now)
+    svc.engine.dispose()
+    env = {**os.environ, "DATABASE_URL": migrated_db_url, "RELAY_ENV": "test",
+           "INGEST_API_KEYS": INGEST_KEY, "ADMIN_API_KEYS": ADMIN_KEY,
+           "PIXEL_SIGNING_KEYS": PIXEL_KEY, "TOKEN_ENCRYPTION_KEYS": FERNET_KEY,
+           "HIGHLEVEL_BASE_URL": hl.url, "HIGHLEVEL_CLIENT_ID": hl.oauth.client_id,
+           "HIGHLEVEL_CLIENT_SECRET": hl.oauth.client_secret, "FORWARD_CONCURRENCY": "2",
+           "LOG_FORMAT": "json"}
+    flask = str(Path(sys.executable).parent / "flask")
+    procs = [subprocess.Popen([flask, "--app", "service", "forwarder", "--once"], cwd=ROOT,
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+             for _ in range(4)]
+    outputs = [p.communicate(timeout=120)[0].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, "\n".join(outputs)
+    assert hl.oauth.refresh_calls == 1, "\n".join(outputs)
+    patches = hl.patches()
+    assert sorted(p.document_id for p in patches) == [f"inv_{i}" for i in range(8)]
+    assert len({p.token for p in patches}) == 1 and patches[0].token != pair["access_token"]
+    assert all(pair["refresh_token"] not in out and pair["access_token"] not in out
+               for out in outputs)
+
+
+def test_parked_views_of_a_mintable_location_are_released(services, hl, forwarder, clock):
+    """A location whose company installed the app is usable without a token of its own."""
+    [event] = services.store.record_views([make_view(clock(), location_id="loc_m")],
+                                          now=clock())
+    forwarder.forward_once(now=clock())
+    assert services.store.event_status(event.id)["reason"] == "blocked"
+    company = hl.oauth.issue(user_type="Company", company_id=COMPANY)
+    store_pair(services, company, now=clock(), location=COMPANY, kind="agency")
+    with services.engine.begin() as conn:
+        conn.execute(installs.insert().values(target_type="location", target_id="loc_m",
+                                              company_id=COMPANY, status="installed",
+                                              updated_at=clock()))
+    clock.advance(6)  # the forwarder's unblock sweep runs every 5 s
+    forwarder.forward_once(now=clock())
+    assert services.store.event_status(event.id)["status"] == "delivered"
