@@ -196,6 +196,16 @@ webhook_receipts = sa.Table(
     sa.Index("ix_webhook_receipts_received_at", "received_at"),
 )
 
+# Email providers' signature tokens already accepted (Mailgun signs only timestamp + token,
+# so each token is good once), as sha256 hex; pruned once older than any replay could be.
+used_webhook_tokens = sa.Table(
+    "used_webhook_tokens",
+    metadata,
+    sa.Column("token", sa.String(64), primary_key=True),
+    sa.Column("seen_at", UTCDateTime, nullable=False),
+    sa.Index("ix_used_webhook_tokens_seen_at", "seen_at"),
+)
+
 
 def create_engine(url: str) -> Engine:
     """Create the engine: SQLite in WAL mode with a busy timeout, or PostgreSQL via psycopg."""
