@@ -24,21 +24,27 @@ class LogFilter:
         return not any(vars(self).values())
 
 
+def _matching(stmt, filters: LogFilter, *, table: sa.Table, outcome, at):
+    """Add the filter's conditions to ``stmt`` (its outcome and time columns differ)."""
+    conditions = [
+        (filters.location_id, lambda v: table.c.location_id == v),
+        (filters.document_id, lambda v: table.c.document_id == v),
+        (filters.outcome, lambda v: outcome == v),
+        (filters.since, lambda v: at >= v),
+        (filters.until, lambda v: at < v),
+    ]
+    for value, condition in conditions:
+        if value:
+            stmt = stmt.where(condition(value))
+    return stmt
+
+
 def list_deliveries(engine: Engine, filters: LogFilter, *, limit: int = 100,
                     before: int | None = None) -> tuple[list[dict], int | None]:
     """Return attempts newest first, and the cursor for the next page (None at the end)."""
     log = delivery_log.c
-    query = sa.select(delivery_log).order_by(log.id.desc()).limit(limit + 1)
-    if filters.location_id:
-        query = query.where(log.location_id == filters.location_id)
-    if filters.document_id:
-        query = query.where(log.document_id == filters.document_id)
-    if filters.outcome:
-        query = query.where(log.outcome == filters.outcome)
-    if filters.since:
-        query = query.where(log.at >= filters.since)
-    if filters.until:
-        query = query.where(log.at < filters.until)
+    query = _matching(sa.select(delivery_log).order_by(log.id.desc()).limit(limit + 1),
+                      filters, table=delivery_log, outcome=log.outcome, at=log.at)
     if before is not None:
         query = query.where(log.id < before)
     with read_only(engine) as conn:
@@ -64,17 +70,8 @@ def replay(engine: Engine, filters: LogFilter, *, now: dt.datetime) -> int:
     matches when it died. The replayed send covers every view the dead one covered.
     """
     d = documents.c
-    stmt = documents.update().where(d.status == DEAD)
-    if filters.location_id:
-        stmt = stmt.where(d.location_id == filters.location_id)
-    if filters.document_id:
-        stmt = stmt.where(d.document_id == filters.document_id)
-    if filters.outcome:
-        stmt = stmt.where(d.dead_reason == filters.outcome)
-    if filters.since:
-        stmt = stmt.where(d.last_attempt_at >= filters.since)
-    if filters.until:
-        stmt = stmt.where(d.last_attempt_at < filters.until)
+    stmt = _matching(documents.update().where(d.status == DEAD), filters, table=documents,
+                     outcome=d.dead_reason, at=d.last_attempt_at)
     with engine.begin() as conn:
         return conn.execute(stmt.values(
             status=PENDING, due_at=now, pending_since=now, attempts=0, dead_reason=None,
