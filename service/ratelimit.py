@@ -191,6 +191,9 @@ class StoreLimiter:
         if not informative:
             return
         state = self._load(conn, [resource], now)[resource]
+        # Concurrent answers arrive in no known order: learn the lowest limit last, so a
+        # limit HighLevel just lowered is not overwritten by an older, higher one.
+        informative.sort(key=lambda o: -(o.rate_limit.max or float("inf")))
         for o in informative:
             learn(state, o.rate_limit, status=o.http_status, now=now, retry_after=o.retry_after)
         self._save(conn, state, now)
