@@ -1,6 +1,10 @@
 """Gunicorn settings for the web process (reads the same environment as the app)."""
 
 import os
+import shutil
+import tempfile
+
+from gunicorn import glogging
 
 from service.logging import logging_config
 
@@ -22,8 +26,7 @@ forwarded_allow_ips = "*" if int(_env("TRUSTED_PROXIES", "0")) > 0 else "127.0.0
 # Gunicorn 24+ opens a control socket at one fixed path per user; several web
 # processes on a host (or tests) would delete each other's. The relay needs none.
 control_socket_disable = True
-accesslog = "-"
-access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}o)s'
+accesslog = "-"  # one structured record per request: see AccessLogger below
 _fmt = _env("LOG_FORMAT") or ("json" if _env("RELAY_ENV") == "production" else "text")
 logconfig_dict = logging_config(_env("LOG_LEVEL", "INFO").upper(), _fmt)
 logconfig_dict["loggers"].update({
@@ -31,3 +34,58 @@ logconfig_dict["loggers"].update({
                        "propagate": False},
     "gunicorn.access": {"level": "INFO", "handlers": ["stdout"], "propagate": False},
 })
+
+
+class AccessLogger(glogging.Logger):
+    """Gunicorn's logger, with each access line a ``http.request`` record whose fields
+    (method, path, status, duration, request id) the service's formatter writes as JSON.
+
+    The path has no query string: an OAuth callback's carries the authorization code.
+    """
+
+    def access(self, resp, req, environ, request_time):
+        if not self.cfg.accesslog:
+            return
+        status = resp.status.split(None, 1)[0] if isinstance(resp.status, str) else resp.status
+        self.access_log.info("http.request", extra={
+            "method": environ.get("REQUEST_METHOD"), "path": environ.get("PATH_INFO"),
+            "status": int(status), "duration_ms": round(request_time.total_seconds() * 1e3, 1),
+            "bytes": getattr(resp, "sent", None), "remote_addr": environ.get("REMOTE_ADDR"),
+            "user_agent": environ.get("HTTP_USER_AGENT"), "pid": os.getpid(),
+            "request_id": next((v for k, v in resp.headers if k.lower() == "x-request-id"),
+                               None),
+        })
+
+
+logger_class = AccessLogger
+
+# Prometheus multiprocess mode (service/metrics.py): each worker writes its values to files
+# in PROMETHEUS_MULTIPROC_DIR and GET /metrics merges them, whichever worker answers.
+# prometheus_client reads the variable when first imported, so the master sets it before
+# forking workers (which import the app after the fork: keep preload_app off).
+_METRICS_DIR_PREFIX = "relay-metrics-"
+
+
+def on_starting(server):
+    """Give the workers a fresh metrics directory, unless the operator set one."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if path:  # the operator's, perhaps shared with a forwarder on this machine: kept as is
+        os.makedirs(path, exist_ok=True)
+    else:
+        path = tempfile.mkdtemp(prefix=f"{_METRICS_DIR_PREFIX}{os.getpid()}-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    server.log.info("metrics.multiprocess_dir", extra={"path": path})
+
+
+def child_exit(server, worker):
+    """Drop a dead worker's live gauges (its counters stay: totals must not go down)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    """Remove the metrics directory this master made (a USR2 re-exec makes its own)."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+    if os.path.basename(path).startswith(f"{_METRICS_DIR_PREFIX}{os.getpid()}-"):
+        shutil.rmtree(path, ignore_errors=True)

@@ -23,6 +23,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         deliveries_api,
         errors,
         health,
+        metrics,
         oauth_api,
         pixel_api,
         sources_api,
@@ -72,6 +73,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     api_.register_blueprint(sources_api.bp)
     api_.register_blueprint(webhooks_api.bp)
     app.register_blueprint(health.bp)
+    metrics.init_app(app)
     errors.init_app(app)
     cli.init_app(app)
     return app

@@ -10,6 +10,7 @@ from flask_smorest import Blueprint
 from .auth import require_ingest_key
 from .deps import services
 from .errors import NotFoundError, ServiceError
+from .metrics import observe_ingest
 from .schemas import EventStatusSchema, IngestResponseSchema, IngestSchema
 from .store import View
 from .verdicts import should_forward
@@ -65,8 +66,9 @@ def post_events(body):
     Each view is committed before the 202. A repeated ``eventId`` answers
     ``duplicate`` with the first event's id and is not sent again.
     """
-    accepted = services().store.record_views([to_view(e) for e in body["events"]],
-                                             now=services().clock())
+    views = [to_view(e) for e in body["events"]]
+    accepted = services().store.record_views(views, now=services().clock())
+    observe_ingest(views, accepted, source="api")
     results = [{"id": a.id, "status": a.status} for a in accepted]
     return results[0] if "events" not in request.get_json() else {"events": results}
 

@@ -60,7 +60,15 @@ def build_forwarder(stop=None, executor=None):
 def forwarder_command(once: bool, max_batches: int | None) -> None:
     """Send due views to HighLevel until SIGTERM (or, with --once, until none is due)."""
     from .forwarder import run
+    from .metrics import serve as serve_metrics
 
+    # Its own metrics endpoint, off by default (README, "Metrics").
+    address = services().config["FORWARDER_METRICS_PORT"]
+    try:
+        stop_metrics = serve_metrics(address) if address else None
+    except OSError as exc:
+        raise click.ClickException(
+            f"FORWARDER_METRICS_PORT {address[0]}:{address[1]}: {exc}") from None
     forwarder = build_forwarder()
 
     def on_signal(signum, _frame):
@@ -73,11 +81,15 @@ def forwarder_command(once: bool, max_batches: int | None) -> None:
         logger.warning("forwarder.lease_shorter_than_timeout", extra={
             "lease_seconds": cfg["LEASE_SECONDS"],
             "timeout_seconds": 5 + cfg["HIGHLEVEL_TIMEOUT_SECONDS"]})
-    logger.info("forwarder.started", extra={"concurrency": forwarder.concurrency})
+    logger.info("forwarder.started", extra={
+        "concurrency": forwarder.concurrency,
+        "metrics": f"http://{address[0]}:{address[1]}/metrics" if address else None})
     try:
         handled = run(forwarder, once=once, max_batches=max_batches)
     finally:
         forwarder.executor.shutdown(wait=True)
+        if stop_metrics:
+            stop_metrics()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     logger.info("forwarder.stopped", extra={"handled": handled})

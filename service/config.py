@@ -60,6 +60,14 @@ def normalize_database_url(url: str) -> str:
     return url
 
 
+def _listen(value: str) -> tuple[str, int]:
+    """Parse ``[host:]port``; without a host, every interface."""
+    host, _, port = value.strip().rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("expected [host:]port, e.g. 9102 or 127.0.0.1:9102")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
 def _base_url(value: str) -> str:
     parts = urlsplit(value.strip())
     loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
@@ -126,6 +134,8 @@ SETTINGS = [
     Setting("TRUSTED_PROXIES", _int, "0", "proxies in front that set X-Forwarded-*"),
     Setting("LOG_LEVEL", str.upper, "INFO", "logging level"),
     Setting("LOG_FORMAT", _choice("json", "text"), None, "json in production, text in dev"),
+    Setting("FORWARDER_METRICS_PORT", _listen, None,
+            "[host:]port where a forwarder serves its Prometheus metrics; unset: off"),
 ]
 
 SECRET_NAMES = [s.name for s in SETTINGS if s.secret and s.name.endswith("_KEYS")]

@@ -9,6 +9,7 @@ import logging
 import sqlalchemy as sa
 
 from .db import installs, read_only
+from .metrics import observe_refresh
 from .oauth import OAuthClient, OAuthError
 from .tokens import Credentials, TokenVault
 
@@ -64,6 +65,7 @@ class TokenProvider:
                                    stale_generation=stale, margin=self.margin)
         logger.info("token.refresh", extra={"location_id": location_id,
                                             "ok": creds is not None})
+        observe_refresh(creds is not None)
         return creds
 
     def _mint(self, location_id: str, *, now: dt.datetime,

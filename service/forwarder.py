@@ -16,6 +16,7 @@ from concurrent.futures import Executor, Future
 from .credentials import TokenProvider
 from .deliverylog import prune
 from .highlevel import HighLevel, HighLevelError, Response
+from .metrics import observe_outcomes
 from .store import Claim, Outcome, Store
 from .tokens import Credentials, TokenDecryptError, TokenVault
 
@@ -222,7 +223,9 @@ class Forwarder:
         """Record a batch of outcomes in one transaction, then log one line per attempt."""
         if not results:
             return
-        kept = self.store.record_outcomes(results, now=self.clock())
+        now = self.clock()
+        kept = self.store.record_outcomes(results, now=now)
+        observe_outcomes(results, now=now)
         for (claim, outcome), lease_kept in zip(results, kept, strict=True):
             level = logging.INFO if outcome.result in ("delivered", "retry") else logging.WARNING
             logger.log(level, "delivery.attempt", extra={

@@ -16,6 +16,7 @@ from werkzeug.routing import PathConverter
 
 from .auth import require_admin_key
 from .deps import services
+from .metrics import observe_ingest
 from .pixels import GIF, GIF_HEADERS, PixelTarget, img_tag, is_prefetch, pixel_url
 from .schemas import PixelUrlRequestSchema, PixelUrlSchema
 from .store import View
@@ -45,7 +46,8 @@ def record_pixel_view(token: str, *, source: str) -> bool:
                     verdict_reason=verdict.reason,
                     forward=should_forward(verdict.verdict, svc.config["MACHINE_OPENS"]),
                     request_id=g.get("request_id"))
-        svc.store.record_views([view], now=now)
+        accepted = svc.store.record_views([view], now=now)
+        observe_ingest([view], accepted, source=source)
         return True
     except Exception:  # the store is down, or anything else: log it, still answer
         logger.exception("pixel.record_failed", extra={"source": source})

@@ -31,6 +31,7 @@ from .api import require_json, to_view
 from .config import ConfigError
 from .deps import services
 from .errors import ServiceError
+from .metrics import observe_ingest
 from .schemas import IngestResponseSchema, IngestSchema
 from .signatures import (
     BasicCredentials,
@@ -210,6 +211,7 @@ def record(provider: str, parsed: Parsed, ctx: Context) -> dict:
     """Store the views in one transaction; count and log the unroutable ones."""
     sources = current_sources()
     accepted = services().store.record_views(parsed.views, now=ctx.now) if parsed.views else []
+    observe_ingest(parsed.views, accepted, source=provider)
     for item in parsed.unroutable:
         total = sources.count_unroutable(provider)
         logger.info("source.unroutable", extra={"provider": provider, "reason": item.reason,
@@ -339,5 +341,6 @@ def internal(body):
             to_view(event), source="internal",
             event_key=event.get("eventId") or event_key("internal", raw)))
     accepted = services().store.record_views(views, now=services().clock())
+    observe_ingest(views, accepted, source="internal")
     results = [{"id": a.id, "status": a.status} for a in accepted]
     return {"events": results} if batch else results[0]

@@ -27,6 +27,9 @@ FERNET_KEY = Fernet.generate_key().decode()
 T0 = dt.datetime(2026, 1, 5, 12, 0, 0, tzinfo=UTC)
 
 PG_URL = os.environ.get("TEST_DATABASE_URL")
+# Metrics stay in this process's memory (the e2e tests give gunicorn its own directory): a
+# developer's PROMETHEUS_MULTIPROC_DIR must neither receive nor change what tests count.
+os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
 BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
 
 

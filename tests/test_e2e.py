@@ -153,8 +153,9 @@ def start_relay(db_url, fake, tmp_path) -> Iterator[Callable[..., Relay]]:
     log_dir.mkdir()
     run_dir = tmp_path / "run"  # gunicorn >= 25.1 puts its control socket here, not in ~
     run_dir.mkdir(mode=0o700)
+    # TMPDIR: where gunicorn makes its metrics directory; under tmp_path even if it is killed.
     procs = Processes(log_dir, {**base_env(db_url, fake.url, port),
-                                "XDG_RUNTIME_DIR": str(run_dir)})
+                                "XDG_RUNTIME_DIR": str(run_dir), "TMPDIR": str(run_dir)})
     session = requests.Session()
     relay = Relay(procs, f"http://127.0.0.1:{port}", session)
 
