@@ -19,6 +19,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from .db import UTCDateTime, delivery_log, documents, events, installs, locations, read_only
+from .groupcommit import GroupCommitter
 from .highlevel import RateLimit
 from .outcomes import BLOCKED, DEAD, IDLE, PENDING, record_outcomes
 from .ratelimit import NoLimit
@@ -89,13 +90,16 @@ class Store:
     """Queue operations over one SQLAlchemy engine (SQLite or PostgreSQL)."""
 
     def __init__(self, engine: Engine, *, coalesce_window: int = 60, lease_seconds: int = 120,
-                 limiter=None):
+                 limiter=None, group_commit: bool = False):
         self.engine = engine
         self.limiter = limiter or NoLimit()
         self.window = dt.timedelta(seconds=coalesce_window)
         self.lease = dt.timedelta(seconds=lease_seconds)
         self.dialect = engine.dialect.name
         self._build_statements()
+        # Web processes share commits between concurrent requests (one fsync for many).
+        self._committer = GroupCommitter(engine.begin, self._record, self._record_alone) \
+            if group_commit else None
 
     # -- ingest ---------------------------------------------------------------
 
@@ -105,6 +109,11 @@ class Store:
         A view whose ``event_key`` was seen before is answered ``duplicate`` with the
         first event's id and changes nothing.
         """
+        if self._committer is not None:
+            return self._committer.submit(views, now=now)
+        return self._record_alone(views, now)
+
+    def _record_alone(self, views: Sequence[View], now: dt.datetime) -> list[Accepted]:
         for attempt in range(3):
             try:
                 with self.engine.begin() as conn:
