@@ -13,7 +13,9 @@ _env = os.environ.get
 bind = f"{_env('HOST', '0.0.0.0')}:{_env('PORT', '8000')}"
 workers = int(_env("WEB_CONCURRENCY", str(2 * (os.cpu_count() or 1))))
 worker_class = "gthread"
-threads = int(_env("GUNICORN_THREADS", "4"))
+# Requests mostly wait on a commit (group commit shares it between threads), so
+# threads are cheap capacity; CPU-bound work is bounded by the workers.
+threads = int(_env("GUNICORN_THREADS", "8"))
 # Behind a load balancer: requests are short; keep-alive a little longer than an
 # ALB's idle timeout is not needed for a relay, so a few seconds is enough.
 timeout = int(_env("GUNICORN_TIMEOUT", "30"))
