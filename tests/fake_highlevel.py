@@ -384,13 +384,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latency", type=float, default=0.0)
     parser.add_argument("--no-rate-limit", action="store_true")
     parser.add_argument("--token", action="append", help="accepted token (default: any)")
+    parser.add_argument("--rate-limit-max", type=int, default=100,
+                        help="requests per token per window (X-RateLimit-Max)")
+    parser.add_argument("--interval-ms", type=int, default=10_000,
+                        help="rate-limit window (X-RateLimit-Interval-Milliseconds)")
+    parser.add_argument("--no-openapi", action="store_true",
+                        help="skip OpenAPI validation (saves CPU in benchmarks)")
+    parser.add_argument("--timestamps", action="store_true",
+                        help="end each line with received= and answered= (time.monotonic())")
     args = parser.parse_args(argv)
 
     def show(r: ReceivedRequest) -> None:
         tail = f"...{r.token[-4:]}" if r.token and len(r.token) > 8 else "****" if r.token else "-"
         print(
             f"{r.method} {r.path} -> {r.status} {r.kind or '-'} {r.document_id or '-'} "
-            f"token={tail}",
+            f"token={tail}"
+            + (f" received={r.at:.6f} answered={time.monotonic():.6f}" if args.timestamps else ""),
             flush=True,
         )
 
@@ -398,13 +407,17 @@ def main(argv: list[str] | None = None) -> None:
         tokens=set(args.token) if args.token else None,
         latency=args.latency,
         enforce_rate_limit=not args.no_rate_limit,
+        rate_limit_max=args.rate_limit_max,
+        rate_limit_interval_ms=args.interval_ms,
+        validate_openapi=not args.no_openapi,
         on_request=show,
     )
     done = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: done.set())
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     with hl.start(args.host, args.port):
-        openapi = "on" if hl.validate_openapi else f"off ({SPEC_DIR} not present)"
+        openapi = ("on" if hl.validate_openapi else "off (--no-openapi)" if args.no_openapi
+                   else f"off ({SPEC_DIR} not present)")
         print(f"fake HighLevel listening on {hl.url} (openapi validation {openapi})", flush=True)
         print(f"OAuth app: client_id={hl.oauth.client_id} client_secret={hl.oauth.client_secret}",
               flush=True)
