@@ -239,7 +239,7 @@ class Forwarder:
 
 
 def run(forwarder: Forwarder, *, once: bool = False, max_batches: int | None = None,
-        idle_min: float = 0.05, idle_max: float = 1.0) -> int:
+        idle_min: float = 0.05, idle_max: float = 0.25) -> int:
     """Loop ``forward_once`` until ``forwarder.stop`` is set; return rows handled.
 
     Idle loops back off from ``idle_min`` to ``idle_max`` seconds and reset after work.

@@ -73,8 +73,7 @@ def record_outcomes(conn, results: Sequence, *, now: dt.datetime,
     for claim, outcome in results:
         if outcome.http_status is not None:
             latest.setdefault(claim.location_id, []).append(outcome)
-    for resource, outcomes in latest.items():
-        limiter.observe_many(conn, resource, outcomes, now=now)
+    limiter.observe_batch(conn, latest, now=now)
     conn.execute(LOG_INSERT, [{
         "at": now, "document_row": claim.row_id, "kind": claim.kind,
         "location_id": claim.location_id, "document_id": claim.document_id,

@@ -115,18 +115,32 @@ class NoLimit:
     def paused_resources(self, now: dt.datetime):
         return None
 
-    def observe_many(self, conn, resource: str, outcomes, *, now: dt.datetime) -> None:
+    def observe_batch(self, conn, outcomes: dict[str, list], *, now: dt.datetime) -> None:
         return None
 
 
 class StoreLimiter:
-    """Limit states kept in the ``rate_limits`` table, locked per resource while changed."""
+    """Limit states kept in the ``rate_limits`` table, locked per resource while changed.
+
+    Statements are built once; each batch loads every resource it touches in one
+    query and saves them in one executemany.
+    """
 
     def __init__(self, dialect: str, *, burst: tuple[int, float] = (100, 10.0),
                  daily: int = 200_000):
         self.dialect = dialect
         self.burst_max, self.interval = burst[0], dt.timedelta(seconds=burst[1])
         self.daily = daily
+        r = rate_limits.c
+        insert = (postgresql if dialect == "postgresql" else sqlite).insert(rate_limits)
+        self._insert = insert.on_conflict_do_nothing()
+        self._select = sa.select(rate_limits).where(
+            r.resource.in_(sa.bindparam("resources", expanding=True))).order_by(r.resource)
+        if dialect == "postgresql":
+            self._select = self._select.with_for_update()
+        self._update = rate_limits.update().where(
+            r.resource == sa.bindparam("b_resource")).values(
+            {name: sa.bindparam(f"b_{name}") for name in _SAVED})
 
     def paused_resources(self, now: dt.datetime):
         """A subquery of resources paused at ``now`` (claims skip their documents)."""
@@ -135,18 +149,13 @@ class StoreLimiter:
 
     def _load(self, conn, resources: Iterable[str], now: dt.datetime) -> dict[str, LimitState]:
         resources = sorted(set(resources))  # one lock order everywhere: no deadlocks
-        insert = (postgresql if self.dialect == "postgresql" else sqlite).insert(rate_limits)
-        conn.execute(insert.on_conflict_do_nothing(), [
+        conn.execute(self._insert, [
             {"resource": res, "burst_max": self.burst_max,
              "interval_ms": int(self.interval.total_seconds() * 1000),
              "daily_max": self.daily, "used": 0, "daily_used": 0, "updated_at": now}
             for res in resources])
-        query = sa.select(rate_limits).where(rate_limits.c.resource.in_(resources)).order_by(
-            rate_limits.c.resource)
-        if self.dialect == "postgresql":
-            query = query.with_for_update()
         states = {}
-        for row in conn.execute(query):
+        for row in conn.execute(self._select, {"resources": resources}):
             states[row.resource] = LimitState(
                 resource=row.resource, burst_max=row.burst_max,
                 interval=dt.timedelta(milliseconds=row.interval_ms), daily_max=row.daily_max,
@@ -155,48 +164,51 @@ class StoreLimiter:
                 pause_reason=row.pause_reason)
         return states
 
-    def _save(self, conn, state: LimitState, now: dt.datetime) -> None:
-        conn.execute(rate_limits.update().where(rate_limits.c.resource == state.resource).values(
-            burst_max=state.burst_max, interval_ms=int(state.interval.total_seconds() * 1000),
-            daily_max=state.daily_max, used=state.used, window_ends_at=state.window_ends_at,
-            daily_used=state.daily_used, day_ends_at=state.day_ends_at,
-            paused_until=state.paused_until, pause_reason=state.pause_reason, updated_at=now))
+    def _save(self, conn, states: Iterable[LimitState], now: dt.datetime) -> None:
+        rows = [{
+            "b_resource": st.resource, "b_burst_max": st.burst_max,
+            "b_interval_ms": int(st.interval.total_seconds() * 1000),
+            "b_daily_max": st.daily_max, "b_used": st.used,
+            "b_window_ends_at": st.window_ends_at, "b_daily_used": st.daily_used,
+            "b_day_ends_at": st.day_ends_at, "b_paused_until": st.paused_until,
+            "b_pause_reason": st.pause_reason, "b_updated_at": now} for st in states]
+        if rows:
+            conn.execute(self._update, rows)
 
     def reserve_many(self, conn, wants: dict[str, int], *, now: dt.datetime) -> dict[str, int]:
         """Reserve budget for several resources in the caller's transaction."""
         if not wants:
             return {}
         states = self._load(conn, wants, now)
-        granted = {}
-        for resource, state in states.items():
-            granted[resource] = reserve(state, wants[resource], now)
-            self._save(conn, state, now)
+        granted = {res: reserve(state, wants[res], now) for res, state in states.items()}
+        self._save(conn, states.values(), now)
         return granted
 
     def observe(self, conn, resource: str, rate: RateLimit, *, status: int | None,
                 now: dt.datetime, retry_after: float | None = None) -> None:
         """Learn from one answer's headers (and a 429) in the caller's transaction."""
-        informative = status == 429 or any(
-            v is not None for v in dataclasses.astuple(rate))
-        if not informative:
-            return
-        state = self._load(conn, [resource], now)[resource]
-        learn(state, rate, status=status, now=now, retry_after=retry_after)
-        self._save(conn, state, now)
+        from .store import Outcome
 
-    def observe_many(self, conn, resource: str, outcomes, *, now: dt.datetime) -> None:
-        """Learn from several answers of one resource (in order) with one read and write."""
-        informative = [o for o in outcomes if o.http_status == 429 or any(
-            v is not None for v in dataclasses.astuple(o.rate_limit))]
+        self.observe_batch(conn, {resource: [Outcome(
+            "retry", "observed", http_status=status, rate_limit=rate,
+            retry_after=retry_after)]}, now=now)
+
+    def observe_batch(self, conn, outcomes: dict[str, list], *, now: dt.datetime) -> None:
+        """Learn from a batch's answers, per resource, with one read and one write."""
+        informative = {res: [o for o in found if _informative(o)]
+                       for res, found in outcomes.items()}
+        informative = {res: found for res, found in informative.items() if found}
         if not informative:
             return
-        state = self._load(conn, [resource], now)[resource]
-        # Concurrent answers arrive in no known order: learn the lowest limit last, so a
-        # limit HighLevel just lowered is not overwritten by an older, higher one.
-        informative.sort(key=lambda o: -(o.rate_limit.max or float("inf")))
-        for o in informative:
-            learn(state, o.rate_limit, status=o.http_status, now=now, retry_after=o.retry_after)
-        self._save(conn, state, now)
+        states = self._load(conn, informative, now)
+        for res, found in informative.items():
+            # Concurrent answers arrive in no known order: learn the lowest limit last,
+            # so a limit HighLevel just lowered is not overwritten by an older one.
+            found.sort(key=lambda o: -(o.rate_limit.max or float("inf")))
+            for o in found:
+                learn(states[res], o.rate_limit, status=o.http_status, now=now,
+                      retry_after=o.retry_after)
+        self._save(conn, states.values(), now)
 
     def describe(self, conn, resource: str) -> dict | None:
         """The resource's current limits and pause, for the admin API."""
@@ -207,3 +219,14 @@ class StoreLimiter:
         return {"burstMax": row.burst_max, "intervalMs": row.interval_ms,
                 "dailyMax": row.daily_max, "used": row.used, "dailyUsed": row.daily_used,
                 "pausedUntil": row.paused_until, "pauseReason": row.pause_reason}
+
+
+_SAVED = ("burst_max", "interval_ms", "daily_max", "used", "window_ends_at", "daily_used",
+          "day_ends_at", "paused_until", "pause_reason", "updated_at")
+
+
+def _informative(outcome) -> bool:
+    rate = outcome.rate_limit
+    return outcome.http_status == 429 or rate.max is not None or rate.remaining is not None \
+        or rate.interval_ms is not None or rate.daily_limit is not None \
+        or rate.daily_remaining is not None
