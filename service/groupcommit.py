@@ -4,9 +4,10 @@ On SQLite every commit is an fsync under one write lock (synchronous=FULL), so o
 transaction per pixel request caps the whole machine at one fsync per view. Here a
 request hands its views over and waits; whichever request finds no writer running
 becomes the writer (no extra thread to manage across gunicorn's fork), commits every
-view queued by then in ONE transaction, wakes their requests, and repeats while more
-arrived. A request still returns only after the transaction holding its views has
-committed, so a 202 (or the pixel's GIF) still means the view is durable.
+view queued by then in ONE transaction and wakes their requests; once its own views are
+written it hands the writing to the next waiting request. A request still returns only
+after the transaction holding its views has committed, so a 202 (or the pixel's GIF)
+still means the view is durable.
 
 If a group's transaction fails (a constraint race, say), each request of the group is
 written again on its own, so one bad request never fails the others. No well-kept
@@ -26,7 +27,9 @@ from typing import Any
 class _Job:
     views: Sequence[Any]
     now: dt.datetime
-    done: threading.Event = field(default_factory=threading.Event)
+    wake: threading.Event = field(default_factory=threading.Event)
+    finished: bool = False
+    lead: bool = False  # set, with wake, when this job's thread is to write next
     result: Any = None
     error: BaseException | None = None
 
@@ -49,22 +52,26 @@ class GroupCommitter:
         job = _Job(views, now)
         with self._lock:
             self._queue.append(job)
-            lead = not self._writing
-            if lead:
-                self._writing = True
-        if lead:
-            self._drain()
-        job.done.wait()
+            if not self._writing:
+                self._writing = job.lead = True
+        while not job.finished:
+            if job.lead:
+                self._lead(job)
+            else:
+                job.wake.wait()
+                job.wake.clear()
         if job.error is not None:
             raise job.error
         return job.result
 
-    def _drain(self) -> None:
-        while True:
+    def _lead(self, own: _Job) -> None:
+        """Commit groups until ``own`` is written, then hand the pen to the next waiter.
+
+        The writer stops after its own group, so under steady load no request keeps
+        writing other requests' views while its own answer waits.
+        """
+        while not own.finished:
             with self._lock:
-                if not self._queue:
-                    self._writing = False
-                    return
                 group, size = [], 0
                 while self._queue and (not group or size + len(self._queue[0].views)
                                        <= self.max_views):
@@ -72,6 +79,13 @@ class GroupCommitter:
                     group.append(job)
                     size += len(job.views)
             self._commit(group)
+        with self._lock:
+            if self._queue:
+                successor = self._queue[0]
+                successor.lead = True
+                successor.wake.set()
+            else:
+                self._writing = False
 
     def _commit(self, group: list[_Job]) -> None:
         try:
@@ -92,4 +106,5 @@ class GroupCommitter:
             for job in group:  # whatever happened, nobody waits forever
                 if job.result is None and job.error is None:
                     job.error = RuntimeError("group commit was interrupted")
-                job.done.set()
+                job.finished = True
+                job.wake.set()

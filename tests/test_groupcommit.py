@@ -73,3 +73,38 @@ def test_one_event_id_from_two_requests_is_stored_once(grouped):
     statuses = sorted(r[0].status for r in results)
     assert statuses == ["duplicate"] * 5 + ["queued"]
     assert len({r[0].id for r in results}) == 1
+
+
+def test_the_writer_hands_over_and_nobody_waits_forever():
+    """Many threads, many rounds, a slow "commit": every call returns its own result,
+    and a request that wrote its own group does not stay on to write later ones."""
+    import contextlib
+    import time
+
+    from service.groupcommit import GroupCommitter
+
+    groups = []
+
+    def write(conn, views, now):
+        return [f"stored:{v}" for v in views]
+
+    @contextlib.contextmanager
+    def begin():
+        time.sleep(0.002)  # a commit takes a while, so groups form
+        groups.append(threading.get_ident())
+        yield None
+
+    committer = GroupCommitter(begin, write, lambda views, now: write(None, views, now))
+    writes_by = {}
+
+    def worker(i):
+        for round_ in range(20):
+            assert committer.submit([f"{i}-{round_}"], now=T0) == [f"stored:{i}-{round_}"]
+        return threading.get_ident()
+
+    results, errors = run_concurrently(worker, 16)
+    assert errors == [None] * 16
+    for ident in groups:
+        writes_by[ident] = writes_by.get(ident, 0) + 1
+    assert len(groups) < 16 * 20  # groups formed
+    assert len(writes_by) > 1  # the pen was handed over between threads
