@@ -6,7 +6,6 @@ import datetime as dt
 import json
 import logging
 import signal
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import click
@@ -263,6 +262,3 @@ def init_app(app: Flask) -> None:
                     deliveries_command, replay_command):
         app.cli.add_command(command)
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit("use: flask --app service <command>")

@@ -207,6 +207,13 @@ used_webhook_tokens = sa.Table(
 )
 
 
+def dialect_insert(table: sa.Table, dialect: str):
+    """An INSERT that supports ON CONFLICT on both stores (PostgreSQL and SQLite)."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    return (postgresql if dialect == "postgresql" else sqlite).insert(table)
+
+
 def create_engine(url: str) -> Engine:
     """Create the engine: SQLite in WAL mode with a busy timeout, or PostgreSQL via psycopg."""
     parsed = make_url(url)

@@ -20,9 +20,8 @@ import datetime as dt
 from collections.abc import Iterable
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
-from .db import rate_limits
+from .db import dialect_insert, rate_limits
 from .highlevel import RateLimit
 
 UTC = dt.UTC
@@ -132,8 +131,7 @@ class StoreLimiter:
         self.burst_max, self.interval = burst[0], dt.timedelta(seconds=burst[1])
         self.daily = daily
         r = rate_limits.c
-        insert = (postgresql if dialect == "postgresql" else sqlite).insert(rate_limits)
-        self._insert = insert.on_conflict_do_nothing()
+        self._insert = dialect_insert(rate_limits, dialect).on_conflict_do_nothing()
         self._select = sa.select(rate_limits).where(
             r.resource.in_(sa.bindparam("resources", expanding=True))).order_by(r.resource)
         if dialect == "postgresql":

@@ -14,11 +14,19 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
-from .db import UTCDateTime, delivery_log, documents, events, installs, locations, read_only
+from .db import (
+    UTCDateTime,
+    delivery_log,
+    dialect_insert,
+    documents,
+    events,
+    installs,
+    locations,
+    read_only,
+)
 from .groupcommit import GroupCommitter
 from .highlevel import RateLimit
 from .outcomes import BLOCKED, DEAD, IDLE, PENDING, record_outcomes
@@ -176,8 +184,7 @@ class Store:
         not_before = sa.case(
             (sa.and_(d.quiet_until.is_not(None), d.quiet_until > now), d.quiet_until),
             else_=now)
-        insert = (postgresql if self.dialect == "postgresql" else sqlite).insert(documents)
-        self._upsert = insert.values(
+        self._upsert = dialect_insert(documents, self.dialect).values(
             kind=sa.bindparam("kind"), location_id=sa.bindparam("location_id"),
             document_id=sa.bindparam("document_id"), status=PENDING, views_seq=1,
             due_at=now, pending_since=now, updated_at=now, last_request_id=request_id,

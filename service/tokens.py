@@ -20,7 +20,6 @@ from .db import locations, read_only
 ACTIVE, INVALID, INACTIVE = "active", "invalid", "inactive"
 # pit: Private Integration Token (static); oauth: a location's OAuth pair;
 # agency: an agency's OAuth pair; minted: a location token made with it.
-TOKEN_KINDS = ("pit", "oauth", "agency", "minted")
 INACTIVE_RETRY = dt.timedelta(hours=1)
 
 
@@ -147,7 +146,8 @@ class TokenVault:
                 conn.execute(locations.update().where(c.location_id == location_id)
                              .values(**values))
                 # Still usable until it expires when the failure was passing.
-                if row.status != ACTIVE or "status" in values or current.expiring(now, 0 * margin):
+                if (row.status != ACTIVE or "status" in values
+                        or current.expiring(now, dt.timedelta(0))):
                     return None
                 return current
             conn.execute(locations.update().where(c.location_id == location_id).values(

@@ -40,11 +40,10 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from .config import ConfigError
-from .db import documents, installs, locations, webhook_receipts
+from .db import dialect_insert, documents, installs, locations, webhook_receipts
 from .store import BLOCKED, PENDING
 
 logger = logging.getLogger(__name__)
@@ -278,7 +277,8 @@ def apply(engine: Engine, event: AppEvent, *, now: dt.datetime) -> dict:
             webhook_receipts.c.received_at < now - RECEIPT_TTL))
         # RETURNING, not rowcount: psycopg reports -1 for INSERT ... ON CONFLICT DO NOTHING.
         fresh = conn.execute(
-            _insert(conn, webhook_receipts).values(webhook_id=event.webhook_id, received_at=now)
+            dialect_insert(webhook_receipts, conn.dialect.name)
+            .values(webhook_id=event.webhook_id, received_at=now)
             .on_conflict_do_nothing(index_elements=["webhook_id"])
             .returning(webhook_receipts.c.webhook_id)).first()
         if fresh is None:
@@ -339,14 +339,10 @@ def upsert_install(conn: sa.Connection, target_type: str, target_id: str,
     if company_id is not None:  # an UNINSTALL often omits it: keep what INSTALL said
         changes["company_id"] = company_id
     conn.execute(
-        _insert(conn, installs).values(target_type=target_type, target_id=target_id,
-                                       company_id=company_id, status=status, updated_at=now)
+        dialect_insert(installs, conn.dialect.name)
+        .values(target_type=target_type, target_id=target_id, company_id=company_id,
+                status=status, updated_at=now)
         .on_conflict_do_update(index_elements=["target_type", "target_id"], set_=changes))
-
-
-def _insert(conn: sa.Connection, table: sa.Table):
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    return dialect.insert(table)
 
 
 def _published_rsa_key() -> rsa.RSAPublicKey:
