@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import logging
 import signal
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import click
@@ -71,7 +72,11 @@ def forwarder_command(once: bool, max_batches: int | None) -> None:
     forwarder = build_forwarder()
 
     def on_signal(signum, _frame):
-        forwarder.stop.set()  # only a flag: the loop finishes its batch and exits
+        # Only a flag: the loop finishes its batch and exits. Set from another thread:
+        # Event.set() takes the event's (non-reentrant) lock, and the handler runs in
+        # the main thread, which may hold that very lock inside stop.wait() - a deadlock
+        # seen in CI as a forwarder that never exited after SIGTERM.
+        threading.Thread(target=forwarder.stop.set, name="stop", daemon=True).start()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     cfg = services().config
