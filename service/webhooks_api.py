@@ -2,7 +2,8 @@
 
 The body is read raw and its signature checked before anything is parsed (service/webhooks.py
 does the work). HighLevel retries a delivery only when it is answered 429, so a duplicate or
-an event type we do not handle is answered 200, never an error.
+an event type we do not handle is answered 200, never an error, and a store that cannot be
+reached is answered 429 here (not the app-wide 503, which HighLevel would drop for good).
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ import logging
 import marshmallow as ma
 from flask import current_app, request
 from flask_smorest import Blueprint
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from . import webhooks
 from .deps import services
-from .errors import ServiceError
+from .errors import ServiceError, StoreUnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +44,17 @@ class WebhooksNotConfiguredError(ServiceError):
     message = f"{webhooks.SETTING} is not configured"
 
 
+class StoreBusyError(StoreUnavailableError):
+    """The store is down: 429, the only answer HighLevel retries (every 10 minutes, six
+    times: https://help.gohighlevel.com/support/solutions/articles/155000007071)."""
+
+    status = 429
+
+    def __init__(self):
+        super().__init__()
+        self.headers["Retry-After"] = "600"  # HighLevel's own retry interval
+
+
 @bp.record_once
 def _load_key(state):
     # Parsed once, when create_app registers the blueprint: a malformed key stops start-up.
@@ -64,6 +78,7 @@ def _load_key(state):
 @bp.response(200, WebhookResultSchema)
 @bp.alt_response(400, description="Not JSON, or a field missing or malformed")
 @bp.alt_response(401, description="Unsigned, badly signed, or timestamp not fresh")
+@bp.alt_response(429, description="The store is unavailable: HighLevel retries later")
 @bp.alt_response(503, description="HIGHLEVEL_WEBHOOK_PUBLIC_KEY is not configured")
 def highlevel():
     receiver = current_app.extensions[EXTENSION]
@@ -78,3 +93,7 @@ def highlevel():
     except webhooks.WebhookError as error:
         logger.warning("webhook.rejected", extra={"reason": error.reason})
         raise WebhookRejectedError(error) from None
+    except (OperationalError, PoolTimeout, StoreUnavailableError) as error:
+        # Nothing was applied (receipt and effect are one transaction): the retry is safe.
+        logger.error("store.unavailable", extra={"error": type(error).__name__})
+        raise StoreBusyError() from None

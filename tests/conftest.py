@@ -27,6 +27,9 @@ FERNET_KEY = Fernet.generate_key().decode()
 T0 = dt.datetime(2026, 1, 5, 12, 0, 0, tzinfo=UTC)
 
 PG_URL = os.environ.get("TEST_DATABASE_URL")
+# A store that is down: nothing listens on port 1, so each connection is refused at once.
+# create_app connects lazily, so an app on it starts and its requests meet the outage.
+UNREACHABLE_DB_URL = "postgresql://nobody@127.0.0.1:1/none?connect_timeout=1"
 # Metrics stay in this process's memory (the e2e tests give gunicorn its own directory): a
 # developer's PROMETHEUS_MULTIPROC_DIR must neither receive nor change what tests count.
 os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)

@@ -216,10 +216,9 @@ def test_readiness_fails_before_migration(db_url, tmp_path):
 def test_readiness_fails_when_the_store_is_unreachable(tmp_path):
     from service import create_app
 
-    from .conftest import test_config
+    from .conftest import UNREACHABLE_DB_URL, test_config
 
-    url = "postgresql://nobody@127.0.0.1:1/none?connect_timeout=1"
-    app = create_app(test_config(url))
+    app = create_app(test_config(UNREACHABLE_DB_URL))
     resp = app.test_client().get("/readyz")
     assert resp.status_code == 503
     assert resp.json["message"].startswith("store unreachable")

@@ -24,7 +24,7 @@ from service.config import ConfigError
 from service.db import documents, installs, locations, webhook_receipts
 from service.webhooks import WebhookReceiver, _published_rsa_key, load_public_key
 
-from .conftest import T0, make_view, test_config
+from .conftest import T0, UNREACHABLE_DB_URL, ingest_headers, make_event, make_view, test_config
 
 APP_ID = "ve9EPM428h8vShlRW1KT"  # HighLevel's example appId; a client id starts with it
 CLIENT_ID = f"{APP_ID}-lq8zk2m3"
@@ -429,6 +429,26 @@ def test_no_key_configured_answers_503_and_changes_nothing(migrated_db_url, cloc
         engine.dispose()
 
 
+def test_store_down_answers_429_so_highlevel_retries(clock):
+    # HighLevel retries a webhook only on 429: the app-wide 503 would lose this UNINSTALL.
+    app = create_app(test_config(UNREACHABLE_DB_URL, HIGHLEVEL_WEBHOOK_PUBLIC_KEY=PEM,
+                                 HIGHLEVEL_CLIENT_ID=CLIENT_ID))
+    app.extensions["service"].clock = clock
+    client = app.test_client()
+    try:
+        resp = post(client, location_uninstall())
+        assert resp.status_code == 429
+        assert resp.headers["Retry-After"] == "600"
+        assert resp.json == {"statusCode": 429,
+                             "message": "The store is unavailable; retry later"}
+        # The signature is still checked first, and other routes keep their 503.
+        assert post(client, location_uninstall(), signed=False).status_code == 401
+        assert client.post("/v1/events", json=make_event(),
+                           headers=ingest_headers()).status_code == 503
+    finally:
+        app.extensions["service"].engine.dispose()
+
+
 # -- the legacy RSA signature (x-wh-signature) ---------------------------------------------
 
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -516,5 +536,5 @@ def test_logs_name_the_webhook_but_never_the_body_or_a_token(client, seeded, cap
 def test_openapi_documents_the_route(client):
     spec = client.get("/openapi.json").json
     post_op = spec["paths"]["/webhooks/highlevel"]["post"]
-    assert {"200", "400", "401", "503"} <= set(post_op["responses"])
+    assert {"200", "400", "401", "429", "503"} <= set(post_op["responses"])
     assert {p["name"] for p in post_op["parameters"]} >= {"x-ghl-signature", "x-wh-signature"}
