@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import os
-import re
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask, g, request
 from werkzeug.middleware.proxy_fix import ProxyFix
-
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
@@ -34,6 +30,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from .deps import Services
     from .logging import configure_logging
     from .openapi import init_api
+    from .pixel_front import PixelFrontDoor
     from .pixels import PixelSigner
     from .ratelimit import StoreLimiter
     from .store import Store
@@ -58,6 +55,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         classifier=Classifier.load(settings["MACHINE_OPEN_RULES"]),
         oauth=_oauth_client(settings),
     )
+    # Pixel GETs are answered in front of Flask (see pixel_front); inside ProxyFix.
+    app.wsgi_app = PixelFrontDoor(app.wsgi_app, app.extensions["service"])
     if settings["TRUSTED_PROXIES"]:
         n = settings["TRUSTED_PROXIES"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n)
@@ -80,8 +79,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
 
 def _assign_request_id() -> None:
-    incoming = request.headers.get("X-Request-ID", "")
-    g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    from .pixel_front import request_id_for
+
+    g.request_id = request_id_for(request.headers.get("X-Request-ID", ""))
 
 
 def _echo_request_id(response):

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from .db import delivery_log, documents, read_only
-from .store import DEAD, PENDING
+from .outcomes import DEAD, PENDING
 
 
 @dataclass(frozen=True)

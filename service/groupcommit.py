@@ -35,12 +35,13 @@ class _Job:
 
 
 class GroupCommitter:
-    """Batch ``write(conn, views, now)`` calls of concurrent threads into shared commits."""
+    """Batch the writes of concurrent threads into shared commits."""
 
-    def __init__(self, begin: Callable, write: Callable, write_alone: Callable, *,
+    def __init__(self, begin: Callable, write_group: Callable, write_alone: Callable, *,
                  max_views: int = 2000):
         self.begin = begin  # () -> context manager yielding a connection in a transaction
-        self.write = write  # (conn, views, now) -> result, inside the shared transaction
+        # (conn, [(views, now), ...]) -> [result, ...], inside the shared transaction
+        self.write_group = write_group
         self.write_alone = write_alone  # (views, now) -> result, its own transaction(s)
         self.max_views = max_views
         self._lock = threading.Lock()
@@ -91,7 +92,7 @@ class GroupCommitter:
         try:
             try:
                 with self.begin() as conn:
-                    results = [self.write(conn, job.views, job.now) for job in group]
+                    results = self.write_group(conn, [(job.views, job.now) for job in group])
             except Exception:  # each job is written again on its own just below
                 results = None
             for i, job in enumerate(group):

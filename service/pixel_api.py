@@ -8,7 +8,6 @@ POST) with a valid token that is not a prefetch records a view.
 from __future__ import annotations
 
 import datetime as dt
-import logging
 
 from flask import Response, g, request
 from flask_smorest import Blueprint
@@ -16,42 +15,19 @@ from werkzeug.routing import PathConverter
 
 from .auth import require_admin_key
 from .deps import services
-from .metrics import observe_ingest
+from .pixel_front import record_view
 from .pixels import GIF, GIF_HEADERS, PixelTarget, img_tag, is_prefetch, pixel_url
 from .schemas import PixelUrlRequestSchema, PixelUrlSchema
-from .store import View
-from .verdicts import should_forward
-
-logger = logging.getLogger(__name__)
 
 bp = Blueprint("pixel", __name__, url_prefix="/v1",
                description="Tracking pixel and beacon for invoice emails and portals")
 
 
 def record_pixel_view(token: str, *, source: str) -> bool:
-    """Record a view for a valid token; never raise (the response must not fail)."""
-    svc = services()
-    try:
-        now = svc.clock()
-        target = svc.pixel_signer.verify(token, now=now)
-        if target is None:
-            logger.info("pixel.invalid_token", extra={"source": source})
-            return False
-        user_agent = request.headers.get("User-Agent", "")[:512] or None
-        ip = request.remote_addr
-        verdict = svc.classifier.classify(user_agent=user_agent, ip=ip)
-        view = View(kind=target.kind, location_id=target.location_id,
-                    document_id=target.document_id, viewed_at=now, source=source,
-                    user_agent=user_agent, ip=ip, verdict=verdict.verdict,
-                    verdict_reason=verdict.reason,
-                    forward=should_forward(verdict.verdict, svc.config["MACHINE_OPENS"]),
-                    request_id=g.get("request_id"))
-        accepted = svc.store.record_views([view], now=now)
-        observe_ingest([view], accepted, source=source)
-        return True
-    except Exception:  # the store is down, or anything else: log it, still answer
-        logger.exception("pixel.record_failed", extra={"source": source})
-        return False
+    """Record a view from the current request (see ``pixel_front.record_view``)."""
+    return record_view(services(), token, source=source,
+                       user_agent=request.headers.get("User-Agent"), ip=request.remote_addr,
+                       request_id=g.get("request_id"))
 
 
 class AnyPathConverter(PathConverter):
@@ -73,6 +49,8 @@ def _register_converter(state):
     "Only a GET with a valid, unexpired token that is not a prefetch records a view."),
     responses={"200": {"description": "1x1 GIF", "content": {"image/gif": {}}}})
 def pixel(rest: str):
+    # GETs are answered by pixel_front.PixelFrontDoor before they reach Flask; this
+    # view answers HEAD (and GET where the app runs without that middleware).
     if request.method == "GET" and rest.endswith(".gif") and not is_prefetch(request.headers):
         record_pixel_view(rest[: -len(".gif")], source="pixel")
     return Response(GIF, status=200, headers=GIF_HEADERS)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
-import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -18,9 +17,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from .db import (
-    UTCDateTime,
     delivery_log,
-    dialect_insert,
     documents,
     events,
     installs,
@@ -29,33 +26,9 @@ from .db import (
 )
 from .groupcommit import GroupCommitter
 from .highlevel import RateLimit
-from .outcomes import BLOCKED, DEAD, IDLE, PENDING, record_outcomes
+from .outcomes import BLOCKED, PENDING, record_outcomes
 from .ratelimit import NoLimit
-
-
-@dataclass(frozen=True)
-class View:
-    """One "document viewed" event, validated, as the store takes it."""
-
-    kind: str  # invoice | estimate
-    location_id: str
-    document_id: str
-    viewed_at: dt.datetime
-    event_key: str | None = None
-    source: str | None = None
-    user_agent: str | None = None
-    ip: str | None = None
-    verdict: str = "human"
-    verdict_reason: str | None = None
-    forward: bool = True
-    request_id: str | None = None
-
-
-@dataclass(frozen=True)
-class Accepted:
-    id: str
-    status: str  # queued | duplicate | filtered
-    coalesced: bool = False  # joined views already waiting for the same document
+from .recording import Accepted, View, ViewWriter
 
 
 @dataclass(frozen=True)
@@ -104,10 +77,10 @@ class Store:
         self.window = dt.timedelta(seconds=coalesce_window)
         self.lease = dt.timedelta(seconds=lease_seconds)
         self.dialect = engine.dialect.name
-        self._build_statements()
+        self._writer = ViewWriter(self.dialect)
         # Web processes share commits between concurrent requests (one fsync for many).
-        self._committer = GroupCommitter(engine.begin, self._record, self._record_alone) \
-            if group_commit else None
+        self._committer = GroupCommitter(engine.begin, self._writer.record_group,
+                                         self._record_alone) if group_commit else None
 
     # -- ingest ---------------------------------------------------------------
 
@@ -125,82 +98,13 @@ class Store:
         for attempt in range(3):
             try:
                 with self.engine.begin() as conn:
-                    return self._record(conn, views, now)
+                    return self._writer.record(conn, views, now)
             except IntegrityError:
                 # Two requests raced on one new eventId (PostgreSQL): the loser's
                 # transaction is rolled back whole; on retry it finds the winner's row.
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
-
-    def _record(self, conn, views: Sequence[View], now: dt.datetime) -> list[Accepted]:
-        keys = [v.event_key for v in views if v.event_key is not None]
-        seen: dict[str, str] = {}  # eventId -> id: earlier events, and repeats in this batch
-        for start in range(0, len(keys), 500):
-            seen.update(conn.execute(self._by_keys, {"keys": keys[start:start + 500]}).all())
-        accepted, rows = [], []
-        for view in views:
-            if view.event_key is not None and view.event_key in seen:
-                accepted.append(Accepted(seen[view.event_key], "duplicate"))
-                continue
-            row_id = seq = None
-            coalesced = False
-            if view.forward:
-                bumped = conn.execute(self._upsert, {
-                    "kind": view.kind, "location_id": view.location_id,
-                    "document_id": view.document_id, "now_at": now,
-                    "request_id": view.request_id}).one()
-                row_id, seq = bumped.id, bumped.views_seq
-                coalesced = seq - max(bumped.sent_seq, bumped.failed_seq) > 1
-            event_id = str(uuid.uuid4())
-            rows.append({
-                "id": event_id, "event_key": view.event_key, "document_row": row_id, "seq": seq,
-                "kind": view.kind, "location_id": view.location_id,
-                "document_id": view.document_id, "viewed_at": view.viewed_at,
-                "received_at": now, "source": view.source, "user_agent": view.user_agent,
-                "ip": view.ip, "verdict": view.verdict, "verdict_reason": view.verdict_reason,
-                "forward": view.forward, "request_id": view.request_id})
-            if view.event_key is not None:
-                seen[view.event_key] = event_id
-            accepted.append(Accepted(event_id, "queued" if view.forward else "filtered",
-                                     coalesced=coalesced))
-        if rows:
-            conn.execute(events.insert(), rows)  # one executemany for the whole batch
-        return accepted
-
-    def _build_statements(self) -> None:
-        """Statements built once: constructing them per view cost more than running them."""
-        e = events.c
-        self._by_keys = sa.select(e.event_key, e.id).where(
-            e.event_key.in_(sa.bindparam("keys", expanding=True)))
-        # Upsert the document's row, counting one more view. A single INSERT .. ON
-        # CONFLICT DO UPDATE, so concurrent views of one document never lose a count.
-        # An idle or dead row becomes pending, due at once or at the end of the
-        # coalescing window after the last send.
-        d = documents.c
-        now = sa.bindparam("now_at", type_=UTCDateTime())
-        request_id = sa.bindparam("request_id", type_=sa.String())
-        reopen = d.status.in_([IDLE, DEAD])
-        not_before = sa.case(
-            (sa.and_(d.quiet_until.is_not(None), d.quiet_until > now), d.quiet_until),
-            else_=now)
-        self._upsert = dialect_insert(documents, self.dialect).values(
-            kind=sa.bindparam("kind"), location_id=sa.bindparam("location_id"),
-            document_id=sa.bindparam("document_id"), status=PENDING, views_seq=1,
-            due_at=now, pending_since=now, updated_at=now, last_request_id=request_id,
-        ).on_conflict_do_update(
-            index_elements=[d.kind, d.location_id, d.document_id],
-            set_={
-                "views_seq": d.views_seq + 1,
-                "status": sa.case((reopen, PENDING), else_=d.status),
-                "due_at": sa.case((reopen, not_before), else_=d.due_at),
-                "pending_since": sa.case((reopen, now), else_=d.pending_since),
-                "attempts": sa.case((reopen, 0), else_=d.attempts),
-                "dead_reason": sa.case((reopen, None), else_=d.dead_reason),
-                "last_request_id": request_id,
-                "updated_at": now,
-            },
-        ).returning(d.id, d.views_seq, d.sent_seq, d.failed_seq)
 
     # -- forwarding -----------------------------------------------------------
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import functools
 import threading
 
 import pytest
 import sqlalchemy as sa
 
-from service.db import events
-from service.store import Store
+from service.db import documents, events
+from service.store import Outcome, Store
 
 from .conftest import T0, make_view
 
@@ -88,13 +90,16 @@ def test_the_writer_hands_over_and_nobody_waits_forever():
     def write(conn, views, now):
         return [f"stored:{v}" for v in views]
 
+    def write_group(conn, group):
+        return [write(conn, views, now) for views, now in group]
+
     @contextlib.contextmanager
     def begin():
         time.sleep(0.002)  # a commit takes a while, so groups form
         groups.append(threading.get_ident())
         yield None
 
-    committer = GroupCommitter(begin, write, lambda views, now: write(None, views, now))
+    committer = GroupCommitter(begin, write_group, lambda views, now: write(None, views, now))
     writes_by = {}
 
     def worker(i):
@@ -108,3 +113,67 @@ def test_the_writer_hands_over_and_nobody_waits_forever():
         writes_by[ident] = writes_by.get(ident, 0) + 1
     assert len(groups) < 16 * 20  # groups formed
     assert len(writes_by) > 1  # the pen was handed over between threads
+
+
+def _state(store, location_id):
+    """Documents and events of one location, without ids that differ between writes."""
+    d, e = documents.c, events.c
+    with store.engine.connect() as conn:
+        docs = conn.execute(
+            sa.select(d.document_id, d.status, d.views_seq, d.due_at, d.pending_since,
+                      d.updated_at, d.last_request_id)
+            .where(d.location_id == location_id).order_by(d.document_id)).all()
+        evts = conn.execute(
+            sa.select(e.document_id, e.event_key, e.seq, e.forward, e.received_at,
+                      e.request_id)
+            .where(e.location_id == location_id)
+            .order_by(e.document_id, e.seq, e.received_at)).all()
+    return [tuple(r) for r in docs], [tuple(r) for r in evts]
+
+
+def test_a_group_writes_exactly_what_one_request_at_a_time_writes(grouped):
+    """Several requests in one transaction (the group path) against the same requests
+    one transaction each: same rows, sequence numbers, coalesced flags, duplicates,
+    and the reopened document due at the end of its window."""
+    store = grouped
+    t = [T0 + dt.timedelta(seconds=s) for s in range(6)]
+
+    def requests(loc):
+        v = functools.partial(make_view, location_id=loc)
+        return [
+            ([v(document_id="inv_a", request_id="r1"), v(document_id="inv_b")], t[1]),
+            ([v(document_id="inv_a", event_key=f"{loc}-k1", request_id="r2")], t[2]),
+            ([v(document_id="inv_a", event_key=f"{loc}-k1")], t[2]),  # same eventId
+            ([v(document_id="inv_c", forward=False, verdict="bot")], t[3]),
+            ([v(document_id="inv_idle", request_id="r3"), v(document_id="inv_a")], t[4]),
+            ([v(document_id="inv_idle", event_key=f"{loc}-k0")], t[5]),  # seen before
+        ]
+
+    answers = {}
+    for loc in ("one_by_one", "grouped"):
+        # The same history first: inv_idle delivered at T0, so its window is open.
+        [first] = store.record_views(
+            [make_view(location_id=loc, document_id="inv_idle", event_key=f"{loc}-k0")],
+            now=T0)
+        [claim] = [c for c in store.claim_due(now=T0, limit=50) if c.location_id == loc]
+        store.record_outcome(claim, Outcome("delivered", "delivered", http_status=200),
+                             now=T0)
+        if loc == "one_by_one":
+            got = [store._record_alone(views, now) for views, now in requests(loc)]
+        else:
+            with store.engine.begin() as conn:
+                got = store._writer.record_group(conn, requests(loc))
+        answers[loc] = [[(a.status, a.coalesced) for a in r] for r in got]
+        assert got[5][0].id == first.id  # a duplicate answers the first event's id
+        assert got[2][0].id == got[1][0].id
+    assert answers["grouped"] == answers["one_by_one"]
+    # inv_idle: the first view since its send; inv_a: its third waiting view
+    assert answers["grouped"][4] == [("queued", False), ("queued", True)]
+    docs_1, events_1 = _state(store, "one_by_one")
+    docs_g, events_g = _state(store, "grouped")
+    assert docs_g == docs_1
+    unprefixed = [(r[0], r[1] and r[1].split("-")[-1], *r[2:]) for r in events_g]
+    assert unprefixed == [(r[0], r[1] and r[1].split("-")[-1], *r[2:]) for r in events_1]
+    idle = dict((r[0], r) for r in docs_g)["inv_idle"]
+    assert idle[1:3] == ("pending", 2)
+    assert idle[3] == T0 + store.window  # reopened inside the window: due at its end

@@ -60,6 +60,51 @@ def test_valid_get_records_one_view(client, services):
     assert services.store.queue_depth() == {"pending": 1}
 
 
+def test_pixel_get_carries_the_request_id_in_and_out(client, services, caplog):
+    resp = client.get(f"/v1/pixel/{token_for()}.gif", headers={"X-Request-ID": "req-42.a"})
+    assert_gif(resp)
+    assert resp.headers["X-Request-ID"] == "req-42.a"
+    with services.engine.connect() as conn:
+        assert conn.execute(sa.select(events.c.request_id)).scalar_one() == "req-42.a"
+    # A malformed id is replaced by a fresh one, and a bad token's log line carries it.
+    resp = client.get("/v1/pixel/forged.gif", headers={"X-Request-ID": "no spaces"})
+    fresh = resp.headers["X-Request-ID"]
+    assert re.fullmatch(r"[0-9a-f]{32}", fresh)
+    [line] = [r for r in caplog.records if r.getMessage() == "pixel.invalid_token"]
+    assert line.request_id == fresh
+
+
+def test_pixel_get_is_answered_before_flask(app, client, services):
+    """The GIF GET is served by pixel_front's middleware: no Flask hook runs for it."""
+    seen = []
+    app.before_request(lambda: seen.append(1))
+    assert_gif(client.get(f"/v1/pixel/{token_for()}.gif"))
+    assert seen == [] and view_count(services) == 1
+    assert_gif(client.head(f"/v1/pixel/{token_for()}.gif"))  # HEAD goes through Flask
+    assert seen == [1]
+
+
+def test_client_ip_comes_through_trusted_proxies_only(migrated_db_url, clock):
+    from service import create_app
+
+    from .conftest import test_config
+
+    forwarded = {"X-Forwarded-For": "203.0.113.7"}
+    for proxies, expected in ((1, "203.0.113.7"), (0, "127.0.0.1")):
+        app = create_app(test_config(migrated_db_url, TRUSTED_PROXIES=proxies))
+        svc = app.extensions["service"]
+        svc.clock = clock
+        try:
+            assert_gif(app.test_client().get(f"/v1/pixel/{token_for()}.gif",
+                                             headers=forwarded))
+            with svc.engine.connect() as conn:
+                ips = conn.execute(sa.select(events.c.ip).order_by(events.c.received_at,
+                                                                   events.c.id)).scalars()
+                assert expected in list(ips)
+        finally:
+            svc.engine.dispose()
+
+
 def test_estimate_pixel(client, services):
     assert_gif(client.get(f"/v1/pixel/{token_for('estimate')}.gif"))
     [claim] = services.store.claim_due(now=services.clock(), limit=5)

@@ -1,0 +1,176 @@
+"""Writing views: the statements that record a group of requests' views in one transaction.
+
+A group is the views of one request, or of several concurrent requests that share a
+commit (``groupcommit.GroupCommitter``). Whatever its size, a group costs three
+statements, built once: a look-up of the eventIds it carries (idempotency), ONE
+multi-row upsert of the ``documents`` rows it touches (each counting all of its views:
+``views_seq + k``, RETURNING the new count, from which every view's sequence number is
+given in arrival order), and ONE multi-row insert into ``events``. Building SQLAlchemy
+constructs per view cost more than running them; binding values is all that is left.
+
+The result is what a view-by-view write would give: the same sequence numbers, the same
+``coalesced`` flags, ``due_at`` / ``pending_since`` from the earliest view of a document
+that reopened it and ``updated_at`` / ``last_request_id`` from its latest.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from .db import UTCDateTime, dialect_insert, documents, events
+from .outcomes import DEAD, IDLE, PENDING
+
+Group = Sequence[tuple[Sequence["View"], dt.datetime]]  # (a request's views, its now)
+
+
+@dataclass(frozen=True)
+class View:
+    """One "document viewed" event, validated, as the store takes it."""
+
+    kind: str  # invoice | estimate
+    location_id: str
+    document_id: str
+    viewed_at: dt.datetime
+    event_key: str | None = None
+    source: str | None = None
+    user_agent: str | None = None
+    ip: str | None = None
+    verdict: str = "human"
+    verdict_reason: str | None = None
+    forward: bool = True
+    request_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Accepted:
+    id: str
+    status: str  # queued | duplicate | filtered
+    coalesced: bool = False  # joined views already waiting for the same document
+
+
+class _Doc:
+    """A document touched by the group: how many views, the first and last of them."""
+
+    __slots__ = ("views", "first", "last", "request_id", "row_id", "next_seq", "done_seq")
+
+    def __init__(self, now: dt.datetime):
+        self.views, self.first, self.last, self.request_id = 0, now, now, None
+
+
+class ViewWriter:
+    """Record groups of views with three prebuilt statements (see the module doc)."""
+
+    def __init__(self, dialect: str):
+        e, d = events.c, documents.c
+        self._by_keys = sa.select(e.event_key, e.id).where(
+            e.event_key.in_(sa.bindparam("keys", expanding=True)))
+        insert = dialect_insert(documents, dialect)
+        first = sa.bindparam("p_first", type_=UTCDateTime())
+        # An idle or dead row becomes pending, due at once or at the end of the
+        # coalescing window after the last send. (No IN (...): executemany can't expand.)
+        reopen = sa.or_(d.status == IDLE, d.status == DEAD)
+        not_before = sa.case(
+            (sa.and_(d.quiet_until.is_not(None), d.quiet_until > first), d.quiet_until),
+            else_=first)
+        ex = insert.excluded
+        self._upsert = insert.values(
+            kind=sa.bindparam("p_kind"), location_id=sa.bindparam("p_location_id"),
+            document_id=sa.bindparam("p_document_id"), status=PENDING,
+            views_seq=sa.bindparam("p_views"), due_at=first, pending_since=first,
+            updated_at=sa.bindparam("p_last", type_=UTCDateTime()),
+            last_request_id=sa.bindparam("p_request_id", type_=sa.String()),
+        ).on_conflict_do_update(
+            # One statement per row, so concurrent writers never lose a count.
+            index_elements=[d.kind, d.location_id, d.document_id],
+            set_={
+                "views_seq": d.views_seq + ex.views_seq,
+                "status": sa.case((reopen, PENDING), else_=d.status),
+                "due_at": sa.case((reopen, not_before), else_=d.due_at),
+                "pending_since": sa.case((reopen, first), else_=d.pending_since),
+                "attempts": sa.case((reopen, 0), else_=d.attempts),
+                "dead_reason": sa.case((reopen, None), else_=d.dead_reason),
+                "last_request_id": ex.last_request_id,
+                "updated_at": ex.updated_at,
+            },
+        ).returning(d.id, d.kind, d.location_id, d.document_id, d.views_seq, d.sent_seq,
+                    d.failed_seq)
+        self._insert = events.insert()
+
+    def record(self, conn, views: Sequence[View], now: dt.datetime) -> list[Accepted]:
+        """Record one request's views in ``conn``'s transaction."""
+        return self.record_group(conn, [(views, now)])[0]
+
+    def record_group(self, conn, group: Group) -> list[list[Accepted]]:
+        """Record every request of ``group`` in ``conn``'s transaction; a result each.
+
+        A view whose ``event_key`` was seen before (earlier, or earlier in the group) is
+        answered ``duplicate`` with the first event's id and changes nothing.
+        """
+        keys = [v.event_key for views, _ in group for v in views if v.event_key is not None]
+        seen: dict[str, str] = {}  # eventId -> id
+        for start in range(0, len(keys), 500):
+            seen.update(conn.execute(self._by_keys, {"keys": keys[start:start + 500]}).all())
+        # First pass: ids, duplicates, and the views each document gets.
+        docs: dict[tuple[str, str, str], _Doc] = {}
+        plan: list[list[tuple[View, str, _Doc | None] | Accepted]] = []
+        for views, now in group:
+            steps: list = []
+            for view in views:
+                if view.event_key is not None and view.event_key in seen:
+                    steps.append(Accepted(seen[view.event_key], "duplicate"))
+                    continue
+                event_id = str(uuid.uuid4())
+                if view.event_key is not None:
+                    seen[view.event_key] = event_id
+                doc = None
+                if view.forward:
+                    key = (view.kind, view.location_id, view.document_id)
+                    doc = docs.get(key) or docs.setdefault(key, _Doc(now))
+                    doc.views += 1
+                    doc.last, doc.request_id = now, view.request_id
+                steps.append((view, event_id, doc))
+            plan.append(steps)
+        if docs:
+            # Sorted: every writer locks rows in one order, so two never deadlock.
+            params = [{"p_kind": k[0], "p_location_id": k[1], "p_document_id": k[2],
+                       "p_views": doc.views, "p_first": doc.first, "p_last": doc.last,
+                       "p_request_id": doc.request_id} for k, doc in sorted(docs.items())]
+            for row in conn.execute(self._upsert, params):
+                doc = docs[(row.kind, row.location_id, row.document_id)]
+                doc.row_id = row.id
+                doc.next_seq = row.views_seq - doc.views + 1
+                doc.done_seq = max(row.sent_seq, row.failed_seq)
+        # Second pass: sequence numbers in arrival order, the events rows, the answers.
+        rows, results = [], []
+        for (_, now), steps in zip(group, plan, strict=True):
+            out = []
+            for step in steps:
+                if isinstance(step, Accepted):
+                    out.append(step)
+                    continue
+                view, event_id, doc = step
+                row_id = seq = None
+                coalesced = False
+                if doc is not None:
+                    row_id, seq = doc.row_id, doc.next_seq
+                    doc.next_seq += 1
+                    coalesced = seq - doc.done_seq > 1
+                rows.append({
+                    "id": event_id, "event_key": view.event_key, "document_row": row_id,
+                    "seq": seq, "kind": view.kind, "location_id": view.location_id,
+                    "document_id": view.document_id, "viewed_at": view.viewed_at,
+                    "received_at": now, "source": view.source, "user_agent": view.user_agent,
+                    "ip": view.ip, "verdict": view.verdict,
+                    "verdict_reason": view.verdict_reason, "forward": view.forward,
+                    "request_id": view.request_id})
+                out.append(Accepted(event_id, "queued" if view.forward else "filtered",
+                                    coalesced=coalesced))
+            results.append(out)
+        if rows:
+            conn.execute(self._insert, rows)  # one executemany for the whole group
+        return results
