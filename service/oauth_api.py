@@ -18,9 +18,9 @@ from flask import Blueprint, redirect, request
 from itsdangerous import BadData, URLSafeTimedSerializer
 from markupsafe import escape
 
+from .app_installs import INSTALLED, upsert_install
 from .deps import services
 from .oauth import OAuthError, TokenGrant
-from .webhooks import INSTALLED, upsert_install
 
 logger = logging.getLogger(__name__)
 

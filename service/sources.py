@@ -3,7 +3,7 @@
 The email that carries an invoice also carries our ids in the provider's message metadata
 (``locationId`` and ``invoiceId`` or ``estimateId``); the provider calls a webhook when the
 message is opened. Each parser takes a payload whose signature was already checked
-(``signatures.py``) and returns the views to store, the open events it could not route to a
+(``signatures/``) and returns the views to store, the open events it could not route to a
 document (no ids, or malformed ones: counted, never forwarded, not an error to the
 provider), and how many other events (deliveries, clicks...) it ignored. No Flask here.
 

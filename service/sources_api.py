@@ -1,7 +1,8 @@
 """Email providers' webhooks as sources: ``POST /v1/sources/<provider>``.
 
-Each view checks the request's signature (``signatures.py``), parses the payload into
-views (``sources.py``), stores them in one transaction and answers 200: providers retry
+Each view checks the request's signature (``signatures/``, with the verifiers configured in
+``source_verifiers.py``), parses the payload into views (``sources.py``), stores them in one
+transaction and answers 200: providers retry
 anything else for hours, so an open event without our ids is counted and logged
 (``source.unroutable``), not refused. A bad signature is 401, an unreadable payload 400.
 A source whose setting is unset answers 503 naming the setting: the provider keeps
@@ -16,26 +17,18 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import threading
 from collections import Counter
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
 
 import marshmallow as ma
-import requests
 from flask import Flask, current_app, g, request
 from flask_smorest import Blueprint
 
 from .api import require_json, to_view
-from .config import ConfigError
 from .deps import services
 from .errors import ServiceError
 from .metrics import observe_ingest
 from .schemas import IngestResponseSchema, IngestSchema
 from .signatures import (
-    BasicCredentials,
-    CertificateFetcher,
     CertificateUnavailableError,
     MailgunVerifier,
     MalformedMessageError,
@@ -44,9 +37,8 @@ from .signatures import (
     SnsVerifier,
     StandardWebhookVerifier,
     TopicNotAllowedError,
-    UsedTokens,
-    http_download,
 )
+from .source_verifiers import SETTINGS, Sources
 from .sources import (
     Context,
     Parsed,
@@ -64,9 +56,6 @@ logger = logging.getLogger(__name__)
 bp = Blueprint("sources", __name__, url_prefix="/v1/sources",
                description="Open events from email providers' webhooks, and signed internal "
                            "events")
-SETTINGS = {"sendgrid": "SENDGRID_WEBHOOK_PUBLIC_KEY", "mailgun": "MAILGUN_SIGNING_KEY",
-            "postmark": "POSTMARK_WEBHOOK_CREDENTIALS", "ses": "SES_TOPIC_ARNS",
-            "internal": "INTERNAL_WEBHOOK_SECRETS"}
 
 
 class SignatureRejectedError(ServiceError):
@@ -104,52 +93,6 @@ class SourceResultSchema(ma.Schema):
     unroutable = ma.fields.Integer(metadata={"description": "opens without our ids: counted"})
     ignored = ma.fields.Integer(metadata={"description": "events other than opens"})
     message = ma.fields.String(metadata={"description": "for an SNS subscription handshake"})
-
-
-@dataclass
-class Sources:
-    """The per-app verifiers (None: the source is not configured) and counters."""
-
-    sendgrid: SendGridVerifier | None = None
-    mailgun: MailgunVerifier | None = None
-    postmark: BasicCredentials | None = None
-    ses: SnsVerifier | None = None
-    internal: StandardWebhookVerifier | None = None
-    tokens: UsedTokens | None = None
-    unroutable: Counter = field(default_factory=Counter)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any], engine) -> Sources:
-        """Build the configured verifiers.
-
-        :raises ConfigError: a configured value is malformed (the message names it).
-        """
-        tolerance = config["SOURCE_SIGNATURE_TOLERANCE_SECONDS"]
-        builders = {
-            "sendgrid": lambda v: SendGridVerifier(v, tolerance=tolerance),
-            "mailgun": lambda v: MailgunVerifier(v, tolerance=tolerance),
-            "postmark": BasicCredentials,
-            "ses": lambda v: SnsVerifier(v, CertificateFetcher(
-                http_download(requests.Session()))),
-            "internal": StandardWebhookVerifier,
-        }
-        built = {}
-        for name, build in builders.items():
-            value = config.get(SETTINGS[name])
-            if not value:
-                continue
-            try:
-                built[name] = build(value)
-            except ValueError as exc:
-                raise ConfigError(f"{SETTINGS[name]}: {exc}") from None
-        # A token is refused for its timestamp's lifetime (tolerance either way) afterwards.
-        return cls(**built, tokens=UsedTokens(engine, keep_seconds=2 * tolerance + 60))
-
-    def count_unroutable(self, provider: str) -> int:
-        with self.lock:
-            self.unroutable[provider] += 1
-            return self.unroutable[provider]
 
 
 @bp.record_once

@@ -22,7 +22,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from service import create_app
 from service.config import ConfigError
 from service.db import documents, installs, locations, webhook_receipts
-from service.webhooks import WebhookReceiver, _published_rsa_key, load_public_key
+from service.webhook_keys import load_public_key, published_rsa_key
+from service.webhooks import WebhookReceiver
 
 from .conftest import T0, UNREACHABLE_DB_URL, ingest_headers, make_event, make_view, test_config
 
@@ -487,7 +488,7 @@ def test_legacy_rsa_signature_rejections(rsa_app, engine, seeded, headers):
 
 
 def test_highlevels_published_rsa_key_loads():
-    key = _published_rsa_key()
+    key = published_rsa_key()
     assert key.key_size == 4096 and key.public_numbers().e == 65537
 
 
