@@ -61,9 +61,15 @@ class Rule:
 
     def match(self, user_agent: str | None, addr: Address | None) -> str | None:
         """Return the reason this rule matches, or None."""
-        if self.user_agents and not (
-                user_agent and any(p.search(user_agent) for p in self.user_agents)):
-            return None
+        return self.match_address(addr) if self.matches_user_agent(user_agent) else None
+
+    def matches_user_agent(self, user_agent: str | None) -> bool:
+        """The user-agent half: true when the rule has no user-agent patterns."""
+        return not self.user_agents or bool(
+            user_agent and any(p.search(user_agent) for p in self.user_agents))
+
+    def match_address(self, addr: Address | None) -> str | None:
+        """The network half, for a user agent that matched: the reason, or None."""
         if not self.networks:
             return f"ua:{self.name}"
         # `addr in net` is False when the IP versions differ.
@@ -81,6 +87,9 @@ class Classifier:
         # so each thread gets its own; the shared cache in front of it is thread-safe.
         self._local = threading.local()
         self._crawler_match = functools.lru_cache(maxsize=4096)(self._detect_crawler)
+        # The rules a user agent can match, worked out once per user agent: most views
+        # come from a few mail clients and proxies, and the regexes are most of the cost.
+        self._rules_for = functools.lru_cache(maxsize=4096)(self._candidates)
 
     @classmethod
     def load(cls, extra_rules_path: str | None = None) -> Classifier:
@@ -104,12 +113,15 @@ class Classifier:
         addr = _parse_ip(ip)
         if ua is None and addr is None:
             return Verdict("human", "no-signal")
-        for rule in self.rules:
-            if reason := rule.match(ua, addr):
+        for rule in self._rules_for(ua):
+            if reason := rule.match_address(addr):
                 return Verdict(rule.verdict, reason[:MAX_REASON])
         if ua is not None and (hit := self._crawler_match(ua)):
             return Verdict("bot", f"crawlerdetect:{hit}"[:MAX_REASON])
         return Verdict("human", "no-match")
+
+    def _candidates(self, user_agent: str | None) -> tuple[Rule, ...]:
+        return tuple(rule for rule in self.rules if rule.matches_user_agent(user_agent))
 
     def _detect_crawler(self, user_agent: str) -> str | None:
         detector = getattr(self._local, "detector", None)
