@@ -234,6 +234,6 @@ def _columns(rows: list[dict], keys: tuple[str, ...]) -> dict[str, list]:
     """
     columns = {key: [row[key] for row in rows] for key in keys}
     for key in ("p_first", "p_last", "viewed_at", "received_at"):
-        if any(t.tzinfo is None for t in columns.get(key, ())):
+        if any(t is not None and t.tzinfo is None for t in columns.get(key, ())):
             raise ValueError("naive datetime given to the store")
     return columns
