@@ -348,3 +348,14 @@ def head_revision() -> str:
     from alembic.script import ScriptDirectory
 
     return ScriptDirectory.from_config(alembic_config(None)).get_current_head()
+
+
+@functools.cache
+def known_revisions() -> frozenset[str]:
+    """Every revision this code's migration scripts define, head included (read once).
+
+    A store at a revision outside this set was migrated by a newer release."""
+    from alembic.script import ScriptDirectory
+
+    scripts = ScriptDirectory.from_config(alembic_config(None))
+    return frozenset(script.revision for script in scripts.walk_revisions())

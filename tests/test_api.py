@@ -213,6 +213,41 @@ def test_readiness_fails_before_migration(db_url, tmp_path):
     app.extensions["service"].engine.dispose()
 
 
+def test_readiness_means_the_schema_is_at_least_this_codes(client, services):
+    """A rolling deploy migrates first: old processes then meet a revision they do not
+    know (a newer release's) and stay ready; a store behind this code is not ready."""
+    from alembic.script import ScriptDirectory
+
+    from service.db import alembic_config, head_revision
+
+    def stamp(revision):
+        with services.engine.begin() as conn:
+            conn.execute(sa.text("UPDATE alembic_version SET version_num = :r"),
+                         {"r": revision})
+
+    stamp("ffff_from_a_newer_release")
+    newer = client.get("/readyz")
+    assert newer.status_code == 200, newer.json
+    assert newer.json == {"status": "ready", "revision": "ffff_from_a_newer_release"}
+
+    older = ScriptDirectory.from_config(alembic_config(None)).get_revision(
+        head_revision()).down_revision  # a known ancestor of head
+    stamp(older)
+    behind = client.get("/readyz")
+    assert behind.status_code == 503
+    assert behind.json["message"] == f"store not migrated (at {older}, need {head_revision()})"
+
+    with services.engine.begin() as conn:  # tables, but no revision recorded
+        conn.execute(sa.text("DELETE FROM alembic_version"))
+    unstamped = client.get("/readyz")
+    assert unstamped.status_code == 503
+    assert unstamped.json["message"] == f"store not migrated (no revision, need {head_revision()})"
+
+    with services.engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO alembic_version VALUES (:r)"), {"r": head_revision()})
+    assert client.get("/readyz").json == {"status": "ready", "revision": head_revision()}
+
+
 def test_readiness_fails_when_the_store_is_unreachable(tmp_path):
     from service import create_app
 
