@@ -219,20 +219,38 @@ class TokenVault:
             return [_summary(row) for row in rows]
 
     def reencrypt(self) -> int:
-        """Re-encrypt every stored token with the current (first) key; return rows done."""
-        done = 0
-        with self.engine.begin() as conn:
-            rows = conn.execute(sa.select(locations.c.location_id, locations.c.access_token,
-                                          locations.c.refresh_token)).all()
-            for row in rows:
-                values = {"access_token": self.fernet.rotate(row.access_token.encode()).decode()}
-                if row.refresh_token:
-                    values["refresh_token"] = self.fernet.rotate(
-                        row.refresh_token.encode()).decode()
-                conn.execute(locations.update()
-                             .where(locations.c.location_id == row.location_id).values(**values))
-                done += 1
-        return done
+        """Re-encrypt every stored token with the current (first) key; return rows done.
+
+        Safe while other processes refresh or store tokens: a row is rewritten only if
+        its ciphertexts are still the ones just read (compare-and-set, one short
+        transaction per row), else re-read and tried again. So a concurrent write, such
+        as a refresh that spent the old refresh token, always wins.
+        """
+        c = locations.c
+        with read_only(self.engine) as conn:
+            ids = list(conn.execute(sa.select(c.location_id).order_by(c.location_id)).scalars())
+        return sum(self._reencrypt_row(location_id) for location_id in ids)
+
+    def _reencrypt_row(self, location_id: str) -> bool:
+        c = locations.c
+        while True:
+            with read_only(self.engine) as conn:
+                row = conn.execute(sa.select(c.access_token, c.refresh_token)
+                                   .where(c.location_id == location_id)).first()
+            if row is None:
+                return False  # deleted meanwhile
+            values = {"access_token": self.fernet.rotate(row.access_token.encode()).decode()}
+            if row.refresh_token:
+                values["refresh_token"] = self.fernet.rotate(
+                    row.refresh_token.encode()).decode()
+            unchanged = sa.and_(
+                c.location_id == location_id, c.access_token == row.access_token,
+                c.refresh_token.is_(None) if row.refresh_token is None
+                else c.refresh_token == row.refresh_token)
+            with self.engine.begin() as conn:
+                if conn.execute(locations.update().where(unchanged).values(**values)).rowcount:
+                    return True
+            # Rewritten since the read (refresh, new token): rotate what is there now.
 
 
 def _expiry(expires_in: int | None, now: dt.datetime) -> dt.datetime | None:

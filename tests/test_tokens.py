@@ -118,6 +118,55 @@ def test_key_rotation_old_ciphertexts_decrypt_and_reencrypt_moves_them(services)
     assert SECRET not in str(err.value)
 
 
+def test_reencrypt_never_overwrites_a_refresh_committed_meanwhile(services):
+    """A refresh (another process) commits between reencrypt's read and its write: the
+    refreshed tokens survive, and end up under the new key too."""
+    import threading
+
+    from service.oauth import TokenGrant
+
+    old_key = services.config["TOKEN_ENCRYPTION_KEYS"][0]
+    TokenVault(services.engine, [old_key]).set_token(
+        "loc_1", access_token="access-0", refresh_token="refresh-0", now=T0,
+        expires_at=T0 + dt.timedelta(hours=1))
+    new_key = Fernet.generate_key().decode()
+    rotating = TokenVault(services.engine, [new_key, old_key])
+    other_process = TokenVault(services.engine, [new_key, old_key])
+    spent = []
+
+    def refresher(refresh_token, user_type):
+        spent.append(refresh_token)
+        return TokenGrant(access_token="access-1", refresh_token="refresh-1", expires_in=86399)
+
+    def refresh_meanwhile():
+        other_process.refresh("loc_1", now=T0, refresher=refresher, stale_generation=1)
+
+    real_rotate = rotating.fernet.rotate
+    racers = []
+
+    def rotate(ciphertext):  # runs between reencrypt's read of the row and its write
+        if not racers:
+            # Its own thread, as in another process: a reencrypt holding the row's write
+            # lock here would block it (safe too: it then refreshes after the rewrite).
+            racers.append(threading.Thread(target=refresh_meanwhile))
+            racers[0].start()
+            racers[0].join(timeout=5)
+        return real_rotate(ciphertext)
+
+    rotating.fernet.rotate = rotate
+    assert rotating.reencrypt() == 1
+    racers[0].join(timeout=10)
+    assert not racers[0].is_alive()
+    assert spent == ["refresh-0"]  # refreshed exactly once, with the old refresh token
+
+    only_new = Fernet(new_key)
+    with services.engine.connect() as conn:
+        row = conn.execute(sa.select(locations)).one()
+    assert only_new.decrypt(row.access_token.encode()).decode() == "access-1"
+    assert only_new.decrypt(row.refresh_token.encode()).decode() == "refresh-1"
+    assert row.generation == 2
+
+
 def test_credentials_repr_hides_the_token(vault):
     vault.set_token("loc_1", access_token=SECRET, now=T0)
     assert SECRET not in repr(vault.credentials("loc_1"))
