@@ -79,7 +79,9 @@ def post_events(body):
 @bp.response(200, EventStatusSchema)
 def get_event(event_id):
     """Where an event stands: queued, delivered (with the time), failed or filtered."""
-    status = services().store.event_status(event_id) if len(event_id) <= 64 else None
+    # No stored id is longer, or holds a NUL (which PostgreSQL cannot even compare: a 500).
+    known = len(event_id) <= 64 and "\x00" not in event_id
+    status = services().store.event_status(event_id) if known else None
     if status is None:
         raise NotFoundError("No event with that id")
     return status

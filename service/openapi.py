@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+from apispec.ext.marshmallow import MarshmallowPlugin
+from apispec.ext.marshmallow.common import resolve_schema_cls
 from flask import Flask
 from flask_smorest import Api
 
 from .schemas import ErrorSchema
+
+
+class RelayMarshmallowPlugin(MarshmallowPlugin):
+    """apispec's plugin, plus a schema's ``OPENAPI_EXTRA``: the rules across fields that the
+    schema's validators enforce and fields cannot say (``oneOf``, ``not``)."""
+
+    def schema_helper(self, name, definition, schema=None, **kwargs):
+        json_schema = super().schema_helper(name, definition, schema=schema, **kwargs)
+        extra = getattr(resolve_schema_cls(schema), "OPENAPI_EXTRA", None) if schema else None
+        return {**json_schema, **extra} if json_schema is not None and extra else json_schema
 
 
 class RelayApi(Api):
@@ -25,7 +37,7 @@ def init_api(app: Flask) -> Api:
         OPENAPI_SWAGGER_UI_PATH="docs",
         OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/",
     )
-    api = RelayApi(app)
+    api = RelayApi(app, spec_kwargs={"marshmallow_plugin": RelayMarshmallowPlugin()})
     for name, what in (("ingestKey", "an INGEST_API_KEYS key"),
                        ("adminKey", "an ADMIN_API_KEYS key")):
         api.spec.components.security_scheme(

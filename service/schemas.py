@@ -10,6 +10,7 @@ import marshmallow as ma
 UTC = dt.UTC
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 MAX_BATCH = 500
+MAX_BIGINT = 2**63 - 1
 FUTURE_TOLERANCE = dt.timedelta(minutes=5)
 
 Id = ma.validate.Regexp(ID_PATTERN, error="Must be 1-64 characters of A-Z a-z 0-9 _ -.")
@@ -18,9 +19,42 @@ Printable = ma.validate.Regexp(r"^[\x21-\x7e]+$",
                                error="Must be printable ASCII without spaces or line breaks.")
 
 
+# Free text that either store can hold: PostgreSQL refuses NUL in text, and a lone surrogate
+# (JSON can carry "\ud800") is not UTF-8 for either store: both failed as a 500.
+NoNul = ma.validate.Regexp(r"^[^\x00]*$", error="Must not contain NUL characters.")
+
+
+def _encodable(value: str) -> None:
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise ma.ValidationError("Must be valid Unicode text.") from None
+
+
+Text = [NoNul, _encodable]
+
+# The rule EventSchema.exactly_one_document enforces, as the document states it.
+EXACTLY_ONE_DOCUMENT = {"oneOf": [{"required": ["invoiceId"]}, {"required": ["estimateId"]}]}
+
+
 def _not_in_future(value: dt.datetime) -> None:
     if value > dt.datetime.now(UTC) + FUTURE_TOLERANCE:
         raise ma.ValidationError("Must not be more than 5 minutes in the future.")
+
+
+class UTCDateTime(ma.fields.AwareDateTime):
+    """An ISO 8601 time (taken as UTC when it has no offset), loaded as UTC. A time that does
+    not exist in UTC (0001-01-01T00:00:00+05:00 falls in year 0) is invalid, not a 500."""
+
+    def __init__(self, **kwargs):
+        super().__init__(default_timezone=UTC, **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs) -> dt.datetime:
+        loaded = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            return loaded.astimezone(UTC)
+        except OverflowError:
+            raise self.make_error("invalid", input=value, obj_type=self.OBJ_TYPE) from None
 
 
 def _ip(value: str) -> None:
@@ -33,18 +67,21 @@ def _ip(value: str) -> None:
 class EventSchema(ma.Schema):
     """One "invoice viewed" (or "estimate viewed") event."""
 
+    OPENAPI_EXTRA = EXACTLY_ONE_DOCUMENT
+
     class Meta:
         unknown = ma.RAISE
 
     locationId = ma.fields.String(required=True, validate=Id)
     invoiceId = ma.fields.String(validate=Id)
     estimateId = ma.fields.String(validate=Id)
-    viewedAt = ma.fields.AwareDateTime(default_timezone=UTC, validate=_not_in_future,
-                                       metadata={"description": "ISO 8601; default: now"})
+    viewedAt = UTCDateTime(validate=_not_in_future,
+                           metadata={"description": "ISO 8601; default: now"})
     eventId = ma.fields.String(validate=Id, metadata={"description": "idempotency key"})
-    source = ma.fields.String(validate=ma.validate.Length(max=64))
-    userAgent = ma.fields.String(validate=ma.validate.Length(max=512))
-    ip = ma.fields.String(validate=_ip)
+    source = ma.fields.String(validate=[ma.validate.Length(max=64), *Text])
+    userAgent = ma.fields.String(validate=[ma.validate.Length(max=512), *Text])
+    ip = ma.fields.String(validate=[*Text, _ip], metadata={
+        "description": "IPv4 or IPv6 address", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]})
 
     @ma.validates_schema
     def exactly_one_document(self, data, **kwargs):
@@ -110,6 +147,8 @@ class EventStatusSchema(ma.Schema):
 class TokenSchema(ma.Schema):
     """A location's HighLevel token: a Private Integration Token, or OAuth tokens."""
 
+    OPENAPI_EXTRA = {"not": {"required": ["expiresIn", "expiresAt"]}}  # see one_expiry
+
     class Meta:
         unknown = ma.RAISE
 
@@ -126,7 +165,7 @@ class TokenSchema(ma.Schema):
                     data = {**data, name: data[name].strip()}
         return data
     expiresIn = ma.fields.Integer(validate=ma.validate.Range(min=1, max=10 * 365 * 86400))
-    expiresAt = ma.fields.AwareDateTime(default_timezone=UTC)
+    expiresAt = UTCDateTime()
     companyId = ma.fields.String(validate=Id)
 
     @ma.validates_schema
@@ -166,6 +205,8 @@ class ErrorSchema(ma.Schema):
 class PixelUrlRequestSchema(ma.Schema):
     """What to mint a pixel for: one invoice or one estimate of a location."""
 
+    OPENAPI_EXTRA = EXACTLY_ONE_DOCUMENT
+
     class Meta:
         unknown = ma.RAISE
 
@@ -196,10 +237,12 @@ class DeliveryQuerySchema(ma.Schema):
 
     locationId = ma.fields.String(validate=Id)
     documentId = ma.fields.String(validate=Id)
-    outcome = ma.fields.String(validate=ma.validate.Length(max=20))
-    since = ma.fields.AwareDateTime(default_timezone=UTC)
-    until = ma.fields.AwareDateTime(default_timezone=UTC)
-    cursor = ma.fields.Integer(validate=ma.validate.Range(min=1),
+    outcome = ma.fields.String(validate=[ma.validate.Length(max=20), *Text])
+    since = UTCDateTime()
+    until = UTCDateTime()
+    # Bounded by the id column (BIGINT, SQLite's INTEGER): a larger number would reach the
+    # database and fail there (OverflowError: a 500) instead of answering 422.
+    cursor = ma.fields.Integer(validate=ma.validate.Range(min=1, max=MAX_BIGINT),
                                metadata={"description": "nextCursor of the previous page"})
     limit = ma.fields.Integer(load_default=100, validate=ma.validate.Range(min=1, max=500))
 
@@ -237,8 +280,8 @@ class ReplaySchema(ma.Schema):
     documentId = ma.fields.String(validate=Id)
     outcome = ma.fields.String(validate=ma.validate.OneOf(["permanent", "expired"]),
                                metadata={"description": "why it died"})
-    since = ma.fields.AwareDateTime(default_timezone=UTC)
-    until = ma.fields.AwareDateTime(default_timezone=UTC)
+    since = UTCDateTime()
+    until = UTCDateTime()
     all = ma.fields.Boolean(load_default=False)
 
     @ma.validates_schema
