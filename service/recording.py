@@ -2,11 +2,14 @@
 
 A group is the views of one request, or of several concurrent requests that share a
 commit (``groupcommit.GroupCommitter``). Whatever its size, a group costs three
-statements, built once: a look-up of the eventIds it carries (idempotency), ONE
-multi-row upsert of the ``documents`` rows it touches (each counting all of its views:
-``views_seq + k``, RETURNING the new count, from which every view's sequence number is
-given in arrival order), and ONE multi-row insert into ``events``. Building SQLAlchemy
-constructs per view cost more than running them; binding values is all that is left.
+statements: a look-up of the eventIds it carries (idempotency), ONE upsert of the
+``documents`` rows it touches (each counting all of its views: ``views_seq + k``,
+RETURNING the new count, from which every view's sequence number is given in arrival
+order), and ONE insert into ``events``. The upsert and the insert take the whole group as
+one parameter (PostgreSQL: an array per column, unnested; SQLite: a JSON array of rows,
+read with json_each), so their text is fixed and they run as one call each: building
+SQLAlchemy constructs or binding row by row cost more than the database's own work, and
+every call is a point where a thread holding SQLite's write lock can lose the GIL.
 
 The result is what a view-by-view write would give: the same sequence numbers, the same
 ``coalesced`` flags, ``due_at`` / ``pending_since`` from the earliest view of a document
@@ -16,13 +19,14 @@ that reopened it and ``updated_at`` / ``last_request_id`` from its latest.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from .db import UTCDateTime, dialect_insert, documents, events
+from .db import UTCDateTime, events
 from .outcomes import DEAD, IDLE, PENDING
 
 Group = Sequence[tuple[Sequence["View"], dt.datetime]]  # (a request's views, its now)
@@ -63,44 +67,14 @@ class _Doc:
 
 
 class ViewWriter:
-    """Record groups of views with three prebuilt statements (see the module doc)."""
+    """Record groups of views with three statements of fixed text (see the module doc)."""
 
     def __init__(self, dialect: str):
-        e, d = events.c, documents.c
+        e = events.c
         self._by_keys = sa.select(e.event_key, e.id).where(
             e.event_key.in_(sa.bindparam("keys", expanding=True)))
-        insert = dialect_insert(documents, dialect)
-        first = sa.bindparam("p_first", type_=UTCDateTime())
-        # An idle or dead row becomes pending, due at once or at the end of the
-        # coalescing window after the last send. (No IN (...): executemany can't expand.)
-        reopen = sa.or_(d.status == IDLE, d.status == DEAD)
-        not_before = sa.case(
-            (sa.and_(d.quiet_until.is_not(None), d.quiet_until > first), d.quiet_until),
-            else_=first)
-        ex = insert.excluded
-        self._upsert = insert.values(
-            kind=sa.bindparam("p_kind"), location_id=sa.bindparam("p_location_id"),
-            document_id=sa.bindparam("p_document_id"), status=PENDING,
-            views_seq=sa.bindparam("p_views"), due_at=first, pending_since=first,
-            updated_at=sa.bindparam("p_last", type_=UTCDateTime()),
-            last_request_id=sa.bindparam("p_request_id", type_=sa.String()),
-        ).on_conflict_do_update(
-            # One statement per row, so concurrent writers never lose a count.
-            index_elements=[d.kind, d.location_id, d.document_id],
-            set_={
-                "views_seq": d.views_seq + ex.views_seq,
-                "status": sa.case((reopen, PENDING), else_=d.status),
-                "due_at": sa.case((reopen, not_before), else_=d.due_at),
-                "pending_since": sa.case((reopen, first), else_=d.pending_since),
-                "attempts": sa.case((reopen, 0), else_=d.attempts),
-                "dead_reason": sa.case((reopen, None), else_=d.dead_reason),
-                "last_request_id": ex.last_request_id,
-                "updated_at": ex.updated_at,
-            },
-        ).returning(d.id, d.kind, d.location_id, d.document_id, d.views_seq, d.sent_seq,
-                    d.failed_seq)
-        self._insert = events.insert()
         self._pg = dialect == "postgresql"
+        self._time = None  # SQLite: db.UTCDateTime's own formatting, set on first use
 
     def record(self, conn, views: Sequence[View], now: dt.datetime) -> list[Accepted]:
         """Record one request's views in ``conn``'s transaction."""
@@ -141,9 +115,7 @@ class ViewWriter:
             params = [{"p_kind": k[0], "p_location_id": k[1], "p_document_id": k[2],
                        "p_views": doc.views, "p_first": doc.first, "p_last": doc.last,
                        "p_request_id": doc.request_id} for k, doc in sorted(docs.items())]
-            rows_back = (conn.exec_driver_sql(_PG_UPSERT, _columns(params, _UPSERT_KEYS))
-                         if self._pg else conn.execute(self._upsert, params))
-            for row in rows_back:
+            for row in self._run(conn, _UPSERT, _UPSERT_KEYS, params):
                 doc = docs[(row.kind, row.location_id, row.document_id)]
                 doc.row_id = row.id
                 doc.next_seq = row.views_seq - doc.views + 1
@@ -174,66 +146,96 @@ class ViewWriter:
                 out.append(Accepted(event_id, "queued" if view.forward else "filtered",
                                     coalesced=coalesced))
             results.append(out)
-        if rows and self._pg:
-            conn.exec_driver_sql(_PG_INSERT_EVENTS, _columns(rows, _EVENT_KEYS))
-        elif rows:
-            conn.execute(self._insert, rows)  # one executemany for the whole group
+        if rows:
+            self._run(conn, _INSERT_EVENTS, _EVENT_KEYS, rows)
         return results
 
+    def _run(self, conn, sql: dict[str, str], keys: tuple[str, ...], rows: list[dict]):
+        """Execute one of the statements below for ``rows``: PostgreSQL takes one array per
+        column (unnest), SQLite one JSON array of rows (json_each)."""
+        for row in rows:
+            for key in _TIMES.intersection(row):
+                if row[key] is not None and row[key].tzinfo is None:
+                    raise ValueError("naive datetime given to the store")
+        if self._pg:
+            return conn.exec_driver_sql(sql["postgresql"],
+                                        {k: [row[k] for row in rows] for k in keys})
+        if self._time is None:
+            self._time = UTCDateTime().dialect_impl(conn.dialect).bind_processor(conn.dialect)
+        fmt = self._time
+        data = [[fmt(row[k]) if k in _TIMES else row[k] for k in keys] for row in rows]
+        return conn.exec_driver_sql(sql["sqlite"], (json.dumps(data),))
 
-# PostgreSQL: each statement takes one array per column and unnests it, so a group of any
-# size is one statement with a fixed text (one round trip, one plan) instead of a row per
-# parameter set. The upsert is the same statement as ViewWriter._upsert (a test checks
-# that both give the same rows on each store).
+
+# Each statement takes all of a group's rows as ONE parameter: on PostgreSQL one array per
+# column, unnested; on SQLite one JSON array of rows, read with json_each. So a group of
+# any size is one statement with a fixed text (one call, one plan) instead of one per row.
 _UPSERT_KEYS = ("p_kind", "p_location_id", "p_document_id", "p_views", "p_first", "p_last",
                 "p_request_id")
-_PG_UPSERT = f"""
-INSERT INTO documents AS d (kind, location_id, document_id, status, views_seq, due_at,
-                            pending_since, updated_at, last_request_id)
-SELECT u.kind, u.location_id, u.document_id, '{PENDING}', u.views, u.first, u.first, u.last,
-       u.request_id
-FROM unnest(%(p_kind)s::varchar[], %(p_location_id)s::varchar[], %(p_document_id)s::varchar[],
-            %(p_views)s::int[], %(p_first)s::timestamptz[], %(p_last)s::timestamptz[],
-            %(p_request_id)s::varchar[])
-     AS u(kind, location_id, document_id, views, first, last, request_id)
-ON CONFLICT (kind, location_id, document_id) DO UPDATE SET
-    views_seq = d.views_seq + excluded.views_seq,
-    status = CASE WHEN d.status IN ('{IDLE}', '{DEAD}') THEN '{PENDING}' ELSE d.status END,
-    due_at = CASE WHEN d.status IN ('{IDLE}', '{DEAD}') THEN
-                 CASE WHEN d.quiet_until > excluded.due_at THEN d.quiet_until
-                      ELSE excluded.due_at END
-             ELSE d.due_at END,
-    pending_since = CASE WHEN d.status IN ('{IDLE}', '{DEAD}') THEN excluded.pending_since
-                         ELSE d.pending_since END,
-    attempts = CASE WHEN d.status IN ('{IDLE}', '{DEAD}') THEN 0 ELSE d.attempts END,
-    dead_reason = CASE WHEN d.status IN ('{IDLE}', '{DEAD}') THEN NULL ELSE d.dead_reason END,
-    last_request_id = excluded.last_request_id,
-    updated_at = excluded.updated_at
-RETURNING d.id, d.kind, d.location_id, d.document_id, d.views_seq, d.sent_seq, d.failed_seq
-"""
 _EVENT_KEYS = ("id", "event_key", "document_row", "seq", "kind", "location_id", "document_id",
                "viewed_at", "received_at", "source", "user_agent", "ip", "verdict",
                "verdict_reason", "forward", "request_id")
-_PG_INSERT_EVENTS = """
-INSERT INTO events (id, event_key, document_row, seq, kind, location_id, document_id,
-                    viewed_at, received_at, source, user_agent, ip, verdict, verdict_reason,
-                    forward, request_id)
+_UPSERT_COLUMNS = ("kind", "location_id", "document_id", "views", "first", "last",
+                   "request_id")
+_TIMES = frozenset({"p_first", "p_last", "viewed_at", "received_at"})
+_REOPEN = f"d.status IN ('{IDLE}', '{DEAD}')"
+
+
+def _json_columns(names: tuple[str, ...]) -> str:
+    """SQLite: the columns of json_each's rows (JSON arrays), named."""
+    return ", ".join(f"json_extract(j.value, '$[{i}]') AS {name}"
+                     for i, name in enumerate(names))
+
+
+# Count the group's views of each document in one upsert (concurrent writers never lose
+# a count); an idle or dead row becomes pending, due at once or at the end of the
+# coalescing window after its last send. SET expressions see the row as it was.
+_UPSERT_TAIL = f"""
+ON CONFLICT (kind, location_id, document_id) DO UPDATE SET
+    views_seq = d.views_seq + excluded.views_seq,
+    status = CASE WHEN {_REOPEN} THEN '{PENDING}' ELSE d.status END,
+    due_at = CASE WHEN {_REOPEN} THEN
+                 CASE WHEN d.quiet_until > excluded.due_at THEN d.quiet_until
+                      ELSE excluded.due_at END
+             ELSE d.due_at END,
+    pending_since = CASE WHEN {_REOPEN} THEN excluded.pending_since ELSE d.pending_since END,
+    attempts = CASE WHEN {_REOPEN} THEN 0 ELSE d.attempts END,
+    dead_reason = CASE WHEN {_REOPEN} THEN NULL ELSE d.dead_reason END,
+    last_request_id = excluded.last_request_id,
+    updated_at = excluded.updated_at
+RETURNING id, kind, location_id, document_id, views_seq, sent_seq, failed_seq
+"""
+_UPSERT_HEAD = """
+INSERT INTO documents AS d (kind, location_id, document_id, status, views_seq, due_at,
+                            pending_since, updated_at, last_request_id)
+SELECT u.kind, u.location_id, u.document_id, '{status}', u.views, u.first, u.first, u.last,
+       u.request_id
+"""
+_UPSERT = {
+    "postgresql": _UPSERT_HEAD.format(status=PENDING) + f"""
+FROM unnest(%(p_kind)s::varchar[], %(p_location_id)s::varchar[], %(p_document_id)s::varchar[],
+            %(p_views)s::int[], %(p_first)s::timestamptz[], %(p_last)s::timestamptz[],
+            %(p_request_id)s::varchar[])
+     AS u({", ".join(_UPSERT_COLUMNS)})
+""" + _UPSERT_TAIL,
+    # WHERE true: SQLite's parser needs it between INSERT .. SELECT and ON CONFLICT.
+    "sqlite": _UPSERT_HEAD.format(status=PENDING) + f"""
+FROM (SELECT {_json_columns(_UPSERT_COLUMNS)} FROM json_each(?) AS j) AS u WHERE true
+""" + _UPSERT_TAIL,
+}
+_EVENT_COLUMNS = ", ".join(_EVENT_KEYS)
+_INSERT_EVENTS = {
+    "postgresql": f"""
+INSERT INTO events ({_EVENT_COLUMNS})
 SELECT * FROM unnest(
     %(id)s::varchar[], %(event_key)s::varchar[], %(document_row)s::bigint[], %(seq)s::int[],
     %(kind)s::varchar[], %(location_id)s::varchar[], %(document_id)s::varchar[],
     %(viewed_at)s::timestamptz[], %(received_at)s::timestamptz[], %(source)s::varchar[],
     %(user_agent)s::varchar[], %(ip)s::varchar[], %(verdict)s::varchar[],
     %(verdict_reason)s::varchar[], %(forward)s::boolean[], %(request_id)s::varchar[])
-"""
-
-
-def _columns(rows: list[dict], keys: tuple[str, ...]) -> dict[str, list]:
-    """Rows of parameters as one list per column (the unnest statements' arrays).
-
-    Times must be timezone-aware, as ``db.UTCDateTime`` requires on the other path.
-    """
-    columns = {key: [row[key] for row in rows] for key in keys}
-    for key in ("p_first", "p_last", "viewed_at", "received_at"):
-        if any(t is not None and t.tzinfo is None for t in columns.get(key, ())):
-            raise ValueError("naive datetime given to the store")
-    return columns
+""",
+    "sqlite": f"""
+INSERT INTO events ({_EVENT_COLUMNS})
+SELECT {_json_columns(_EVENT_KEYS)} FROM json_each(?) AS j
+""",
+}
