@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PORT   ?= 8000
 export FLASK_APP := service
 
-.PHONY: run test demo lint bench clean
+.PHONY: run test demo lint bench bench-production clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ lint: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/forward.py
+
+bench-production: $(VENV)/.installed  ## vs bare Flask, vs an inline HighLevel call, a 10-min soak
+	$(BIN)/python bench/compare.py
+	$(BIN)/python bench/inline.py
+	$(BIN)/python bench/soak.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,4 +1,5 @@
-"""The baseline for bench/pixel.py: a bare Flask app serving the relay's pixel, and nothing else.
+"""The baseline for bench/pixel.py: a bare Flask app serving the relay's pixel, and nothing else
+(and, for bench/compare.py, a ``POST /v1/events`` that validates and stores nothing: 202).
 
 Same 43-byte GIF and the same response headers (imported from ``service.pixels``, so they
 cannot drift), the same URL shape (``GET|HEAD /v1/pixel/<anything>``), no store, no
@@ -17,7 +18,7 @@ package.)
 
 from __future__ import annotations
 
-from flask import Flask, Response
+from flask import Flask, Response, request
 
 from service.pixels import GIF, GIF_HEADERS
 
@@ -28,6 +29,11 @@ def create_app() -> Flask:
     @app.route("/v1/pixel/<path:rest>", methods=["GET", "HEAD"])
     def pixel(rest: str):
         return Response(GIF, status=200, headers=GIF_HEADERS)
+
+    @app.post("/v1/events")
+    def events():  # bench/compare.py's baseline for ingest: reads the body, checks nothing
+        request.get_data()
+        return {"id": "bare", "status": "queued"}, 202
 
     @app.get("/readyz")
     def readyz():

@@ -144,6 +144,15 @@ def wait_ready(base_url: str, proc: Proc, *, timeout: float = 60.0) -> None:
     raise RuntimeError(f"{proc.name} not ready after {timeout:.0f}s:\n{proc.tail()}")
 
 
+def child_pids(pid: int) -> list[int]:
+    """The live children of ``pid`` (every thread's), from /proc; [] if it is gone."""
+    try:
+        return [int(c) for task in Path(f"/proc/{pid}/task").iterdir()
+                for c in (task / "children").read_text().split()]
+    except (OSError, ValueError):
+        return []
+
+
 def process_tree_cpu(pid: int) -> float:
     """CPU seconds (user + system) used by ``pid`` and its live children, from /proc."""
     tick = os.sysconf("SC_CLK_TCK")
@@ -153,11 +162,19 @@ def process_tree_cpu(pid: int) -> float:
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
             total += (int(fields[11]) + int(fields[12])) / tick
-            for task in Path(f"/proc/{p}/task").iterdir():
-                todo.extend(int(c) for c in (task / "children").read_text().split())
         except (OSError, IndexError, ValueError):
             continue
+        todo.extend(child_pids(p))
     return total
+
+
+def rss_kib(pid: int) -> int | None:
+    """Resident set size of ``pid`` in KiB (VmRSS in /proc/<pid>/status); None if it is gone."""
+    try:
+        match = re.search(r"^VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.M)
+    except OSError:
+        return None
+    return int(match[1]) if match else None
 
 
 # -- stores ---------------------------------------------------------------------------
@@ -324,6 +341,22 @@ def facts_block(facts: list[tuple[str, str]]) -> str:
     return "\n".join(f"- {name}: {value}" for name, value in facts)
 
 
+def machine_section(facts: list[tuple[str, str]], notes: list[str]) -> list[str]:
+    """A report's closing lines: the machine, then the notes (if any)."""
+    lines = ["## Machine", "", facts_block(facts)]
+    return lines + (["", "## Notes", ""] + [f"- {n}" for n in notes] if notes else [])
+
+
+def facts_for(backend: str, pg_url: str) -> list[tuple[str, str]]:
+    """``machine_info`` for a run on one store, printed; exit if that store is PostgreSQL
+    and it does not answer."""
+    if backend == "postgresql" and (why := postgres_reachable(pg_url)):
+        raise SystemExit(f"PostgreSQL not reachable at {pg_url}: {why}")
+    facts = machine_info(pg_url if backend == "postgresql" else None)
+    print("\n".join(f"{k}: {v}" for k, v in facts), flush=True)
+    return facts
+
+
 def command_line() -> str:
     """The command that produced this run, as typed from the project root."""
     script = Path(sys.argv[0]).resolve()
@@ -337,3 +370,315 @@ def percentile(sorted_values: list[float], pct: float) -> float:
         return 0.0
     rank = min(len(sorted_values), max(1, math.ceil(pct / 100 * len(sorted_values))))
     return sorted_values[rank - 1]
+
+
+# -- the fake HighLevel, in a process of its own ------------------------------------------
+
+def _fake_child(options: dict, pipe) -> None:
+    """Serve ``tests.fake_highlevel.FakeHighLevel`` on 127.0.0.1, obeying commands on ``pipe``."""
+    sys.path.insert(0, str(ROOT))
+    from tests.fake_highlevel import FakeHighLevel
+
+    hl = FakeHighLevel(latency=options["latency"], enforce_rate_limit=options["rate_limit"],
+                       validate_openapi=options["validate_openapi"])
+    hl.start("127.0.0.1", options["port"])
+
+    def patches() -> list[tuple]:
+        return [(r.at, r.status, r.kind, r.document_id) for r in list(hl.requests)
+                if r.method == "PATCH"]
+
+    pipe.send({"url": hl.url, "openapi": hl.validate_openapi})
+    try:
+        while pipe.poll(3600):  # bounded: a parent silent for an hour is gone
+            command = pipe.recv()
+            if command == "stop":
+                break
+            if command in ("down", "up"):
+                hl.set_down(command == "down")
+                pipe.send("ok")
+            elif command == "patches":
+                pipe.send(patches())
+    except (EOFError, OSError):  # the parent died
+        pass
+    hl.stop()
+    try:
+        pipe.send({"patches": patches(), "violations": list(hl.violations)[:5]})
+    except OSError:
+        pass
+
+
+class FakeHighLevelProcess:
+    """The fake HighLevel (``tests/fake_highlevel.py``) in a child process, on a fixed port.
+
+    ``set_down(True)`` makes it answer 503 to every PATCH (after its latency, as HighLevel's
+    edge would); ``refuse()`` stops the process, so nothing listens and every connection,
+    kept-alive ones too, is closed; ``listen()`` starts a new one on the same port. Every
+    PATCH it received is kept as ``(time.monotonic() received, status, kind, document id)``:
+    the monotonic clock is the machine's, so the times compare with this process's.
+    """
+
+    def __init__(self, *, latency: float, rate_limit: bool = True,
+                 validate_openapi: bool = False) -> None:
+        self.options = {"latency": latency, "rate_limit": rate_limit,
+                        "validate_openapi": validate_openapi, "port": free_port()}
+        self.url = f"http://127.0.0.1:{self.options['port']}"
+        self.violations: list[str] = []
+        self._done: list[tuple] = []  # PATCHes seen by processes already stopped
+        self._proc = self._pipe = None
+
+    def start(self) -> FakeHighLevelProcess:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        self._pipe, child_end = ctx.Pipe()
+        self._proc = ctx.Process(target=_fake_child, args=(self.options, child_end),
+                                 daemon=True, name="fake-highlevel")
+        self._proc.start()
+        deadline = time.monotonic() + 60
+        while not self._pipe.poll(0.1):
+            if not self._proc.is_alive() or time.monotonic() > deadline:
+                self._kill()
+                raise RuntimeError("fake HighLevel did not start (see the output above)")
+        self._pipe.recv()
+        return self
+
+    listen = start
+
+    def _call(self, command: str, timeout: float = 30.0):
+        self._pipe.send(command)
+        if not self._pipe.poll(timeout):
+            raise RuntimeError(f"fake HighLevel did not answer {command!r} in {timeout:.0f} s")
+        return self._pipe.recv()
+
+    def set_down(self, down: bool) -> None:
+        self._call("down" if down else "up")
+
+    def patches(self) -> list[tuple]:
+        return self._done + (self._call("patches") if self._proc is not None else [])
+
+    def refuse(self) -> None:
+        self.stop()
+
+    def stop(self) -> list[tuple]:
+        """Stop the process (if running); return every PATCH received so far."""
+        if self._proc is not None:
+            try:
+                self._pipe.send("stop")
+                if self._pipe.poll(30):
+                    final = self._pipe.recv()
+                    self._done += final["patches"]
+                    self.violations += final["violations"]
+            except (OSError, EOFError):
+                pass
+            self._kill()
+        return list(self._done)
+
+    def _kill(self) -> None:
+        self._proc.join(10)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join(5)
+        self._pipe.close()
+        self._proc = self._pipe = None
+
+    def __enter__(self) -> FakeHighLevelProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# -- open-loop load at a steady rate ------------------------------------------------------
+
+class PacedLoad:
+    """Requests at a steady rate on 127.0.0.1: request i is due at start + i / rate.
+
+    Open loop: a slow answer does not slow the schedule down; a request waits for a free
+    connection instead, and its latency is counted from when it was due (no coordinated
+    omission). ``make_request(i)`` returns ``(label, method, path, body, headers)``. Each
+    result is ``(label, due, done, status, request index)`` in ``time.monotonic()``
+    seconds; status 0 is no answer (connection error or timeout: the server may still have
+    acted on it), -1 a request never sent because the run was over (bounded wait).
+    """
+
+    def __init__(self, port: int, make_request, *, rate: float, duration: float,
+                 connections: int = 32, timeout: float = 10.0) -> None:
+        import queue
+
+        self.port, self.make_request = port, make_request
+        self.rate, self.duration, self.timeout = rate, duration, timeout
+        self.connections = connections
+        self.results: list[tuple] = []
+        self.start_at = self.end_at = 0.0
+        self._queue: queue.Queue = queue.Queue()
+        self._threads: list = []
+
+    def start(self) -> PacedLoad:
+        import threading
+
+        self.start_at = time.monotonic() + 0.2
+        self.end_at = self.start_at + self.duration
+        self._give_up_at = self.end_at + self.timeout + 5
+        self._threads = [threading.Thread(target=self._schedule, daemon=True)] + [
+            threading.Thread(target=self._work, daemon=True) for _ in range(self.connections)]
+        for t in self._threads:
+            t.start()
+        return self
+
+    def _schedule(self) -> None:
+        i = 0
+        while (due := self.start_at + i / self.rate) < self.end_at:
+            time.sleep(max(0.0, due - time.monotonic()))
+            self._queue.put((i, due))
+            i += 1
+        for _ in range(self.connections):
+            self._queue.put(None)
+
+    def _work(self) -> None:
+        import http.client
+
+        conn = None
+        while (item := self._queue.get()) is not None:
+            i, due = item
+            label, method, path, body, headers = self.make_request(i)
+            if time.monotonic() > self._give_up_at:
+                self.results.append((label, due, time.monotonic(), -1, i))
+                continue
+            if conn is None:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
+            try:
+                conn.request(method, path, body, headers)
+                resp = conn.getresponse()
+                resp.read()
+                status = resp.status
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                conn, status = None, 0
+            self.results.append((label, due, time.monotonic(), status, i))
+        if conn is not None:
+            conn.close()
+
+    def join(self) -> list[tuple]:
+        """Wait (bounded) for the schedule to end and every request to be answered."""
+        deadline = self._give_up_at + self.timeout + 5
+        for t in self._threads:
+            t.join(max(0.1, deadline - time.monotonic()))
+        return sorted(self.results, key=lambda r: r[1])
+
+
+def per_second(times: list[float], origin: float, seconds: float) -> list[int]:
+    """How many of ``times`` fall in each whole second after ``origin``, for ``seconds``."""
+    counts = [0] * max(1, math.ceil(seconds))
+    for t in times:
+        k = int(t - origin)
+        if 0 <= k < len(counts):
+            counts[k] += 1
+    return counts
+
+
+# -- the relay's side ---------------------------------------------------------------------
+
+def put_tokens(base_url: str, admin_key: str, tokens: dict[str, str]) -> None:
+    """Store each location's token through the admin API (``PUT /v1/locations/<id>/token``)."""
+    import json
+
+    for location, token in tokens.items():
+        req = urllib.request.Request(
+            f"{base_url}/v1/locations/{location}/token", method="PUT",
+            data=json.dumps({"accessToken": token}).encode(),
+            headers={"Authorization": f"Bearer {admin_key}", "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            if resp.status != 200:
+                raise RuntimeError(f"PUT token for {location}: HTTP {resp.status}")
+
+
+def event_counts(store: Store) -> dict[str, int]:
+    """Views stored, those to forward, and those HighLevel has been told of (the store's
+    own rule, as ``GET /v1/events/<id>`` answers ``delivered``: seq <= the document's
+    sent_seq)."""
+    import sqlalchemy as sa
+
+    with store.engine.connect() as conn:
+        row = conn.execute(sa.text(
+            "SELECT count(*), "
+            "       coalesce(sum(CASE WHEN e.forward THEN 1 ELSE 0 END), 0), "
+            "       coalesce(sum(CASE WHEN e.forward AND e.seq <= d.sent_seq "
+            "                    THEN 1 ELSE 0 END), 0) "
+            "FROM events e LEFT JOIN documents d ON d.id = e.document_row")).one()
+    return {"stored": int(row[0]), "forward": int(row[1]), "delivered": int(row[2])}
+
+
+def wait_delivered(store: Store, *, timeout: float, poll: float = 0.5,
+                   alive=lambda: True) -> tuple[dict[str, int], float | None]:
+    """Poll until every view to forward is delivered; return the counts and when
+    (``time.monotonic()``), or None on timeout or when ``alive()`` turns false."""
+    deadline = time.monotonic() + timeout
+    while True:
+        counts = event_counts(store)
+        if counts["delivered"] >= counts["forward"]:
+            return counts, time.monotonic()
+        if time.monotonic() >= deadline or not alive():
+            return counts, None
+        time.sleep(poll)
+
+
+def report_head(title: str, *, started, short: bool) -> list[str]:
+    """A report's first lines: its title, a banner if the run was shorter than the
+    documented full length, when it ran and the exact command."""
+    banner = ["**SHORT VALIDATION RUN: durations below the defaults; these numbers show "
+              "that the script works, not what the service can do.**", ""] if short else []
+    return [f"# {title}", "", *banner, f"Run {started:%Y-%m-%d %H:%M} UTC with:", "",
+            f"    {command_line()}", ""]
+
+
+def relative_to(path: Path, report: Path) -> Path:
+    """``path`` as a link from the report ``report`` (relative when beside or below it)."""
+    try:
+        return path.relative_to(report.parent)
+    except ValueError:
+        return path
+
+
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (files only, no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+@contextmanager
+def relay_processes(store: Store, keys: dict[str, str], *, label: str, highlevel_url: str,
+                    workers: int, threads: int, tokens: dict[str, str] | None = None,
+                    **extra: str):
+    """The relay as the Procfile runs it, on ``store``: ``db upgrade``, gunicorn on a free
+    loopback port, each location's token stored through the admin API, then one forwarder
+    sending to ``highlevel_url`` (waited for until it logs ``forwarder.started``). Yields
+    an object with ``port``, ``url``, ``web`` and ``forwarder`` (``Proc``); stops the
+    forwarder, then gunicorn (SIGTERM, bounded)."""
+    from types import SimpleNamespace
+
+    port = free_port()
+    env = service_env(store.url, keys, PORT=port, WEB_CONCURRENCY=workers,
+                      GUNICORN_THREADS=threads, HIGHLEVEL_BASE_URL=highlevel_url, **extra)
+    run_checked(flask_cmd("db", "upgrade"), env)
+    url = f"http://127.0.0.1:{port}"
+    web = Proc(f"gunicorn ({label})", gunicorn_cmd(), env, OUT / f"{label}-gunicorn.log")
+    fwd = None
+    try:
+        wait_ready(url, web)
+        put_tokens(url, keys["ADMIN_API_KEYS"].split(",")[0], tokens or {})
+        fwd = Proc(f"forwarder ({label})", flask_cmd("forwarder"), env,
+                   OUT / f"{label}-forwarder.log")
+        deadline = time.monotonic() + 60
+        while "forwarder.started" not in fwd.tail(5):
+            if not fwd.alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"forwarder did not start:\n{fwd.tail()}")
+            time.sleep(0.1)
+        yield SimpleNamespace(port=port, url=url, web=web, forwarder=fwd)
+    finally:
+        if fwd is not None:
+            fwd.stop()
+        web.stop()
