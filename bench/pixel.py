@@ -9,13 +9,6 @@ One run measures, side by side and in turn, for each gunicorn setting
 - ``relay``: the service, ``gunicorn --config config/gunicorn.conf.py "service:create_app()"``
   after ``flask --app service db upgrade``, on a fresh SQLite file and on a fresh
   PostgreSQL database (dropped afterwards);
-- prototypes from ``bench/pixel_groupcommit.py``, only when named in ``--targets``:
-  ``groupcommit`` (one writer thread per worker commits the views of concurrent requests in
-  one transaction with the store's own statements; each request still answers only after its
-  view is committed), ``lean`` (the same with two prebuilt multi-row statements per group),
-  ``fastpath`` (``lean``, and the pixel GET served by a WSGI middleware before Flask), and
-  ``nostore`` (the relay with its store write replaced by a no-op: records nothing, for
-  analysis only, so it gets no durability check).
 
 Every server gets the same gunicorn config file and the same settings, each on its own
 free 127.0.0.1 port. The load generator is ``wrk`` (Debian's ``wrk`` package) in its own
@@ -36,13 +29,11 @@ committed view: a failure. The server log is also scanned for ``pixel.record_fai
 
     .venv/bin/python bench/pixel.py                             # 2x4,4x4,4x8; 15 s each
     .venv/bin/python bench/pixel.py --configs 4x4 --duration 5 --backends sqlite
-    .venv/bin/python bench/pixel.py --configs 1x32,2x16,4x8 --rounds 2 \
-        --targets bare,relay,lean,fastpath,nostore
+    .venv/bin/python bench/pixel.py --configs 1x32,2x16,4x8 --rounds 2
 
 Results: stdout and ``bench/results-pixel.md`` (the hand-written analysis after the marker
 line in that file is kept when the numbers are rewritten). Traffic goes to 127.0.0.1 only;
-every wait is bounded. ``bench/pixel_profile.py`` times each step of a pixel request in
-process.
+every wait is bounded.
 """
 
 from __future__ import annotations
@@ -98,7 +89,6 @@ USER_AGENT = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHT
 ACCEPT = "image/avif,image/webp,image/apng,image/svg+xml,image/*,*/*;q=0.8"
 BARE_APP = "bench.bare_app:create_app()"
 MARKER = "<!-- analysis: kept by bench/pixel.py when it rewrites the numbers above -->"
-GROUPCOMMIT_APP = "bench.pixel_groupcommit:create_app()"
 
 WRK_SCRIPT = r"""-- bench/pixel.py: rotate through pixel paths (one per line in args[1]).
 local paths = {}
@@ -168,12 +158,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--backends", type=_csv, default=["sqlite", "postgresql"],
                    help="stores for the relay: sqlite, postgresql")
     p.add_argument("--targets", type=_csv, default=["bare", "relay"],
-                   help="bare, relay; prototypes in bench/pixel_groupcommit.py: groupcommit "
-                        "(the store's statements, one commit per group), lean (group commit "
-                        "with two prebuilt multi-row statements per group), fastpath (lean, "
-                        "and the pixel GET served by a WSGI middleware before Flask); nostore (the "
-                        "relay with its store write replaced by a no-op: NOT durable, for "
-                        "analysis; its DB is only used by /readyz)")
+                   help="bare (a bare Flask app serving the GIF), relay (the service)")
     p.add_argument("--rounds", type=int, default=1,
                    help="repeat the whole matrix, alternating the order; the summary takes "
                         "the median per cell (use 2-3 on a shared machine)")
@@ -192,7 +177,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         if b not in ("sqlite", "postgresql"):
             p.error(f"unknown backend {b!r}")
     for t in args.targets:
-        if t not in ("bare", "relay", "groupcommit", "lean", "fastpath", "nostore"):
+        if t not in ("bare", "relay"):
             p.error(f"unknown target {t!r}")
     if args.loadgen == "auto":
         args.loadgen = "wrk" if shutil.which("wrk") else "python"
@@ -382,15 +367,11 @@ def run_case(args, target: str, backend: str | None, store, workers: int, thread
              keys: dict, paths: list[str], paths_file: Path, script: Path,
              reference: dict) -> dict:
     port = free_port()
-    extra = ({"GROUP_COMMIT_MODE": target} if target in ("lean", "fastpath", "nostore")
-             else {})
     env = service_env(store.url if store else "sqlite:///" + str(OUT / "unused.db"), keys,
-                      PORT=port, WEB_CONCURRENCY=workers, GUNICORN_THREADS=threads, **extra)
+                      PORT=port, WEB_CONCURRENCY=workers, GUNICORN_THREADS=threads)
     cmd = gunicorn_cmd()
     if target == "bare":
         cmd = cmd[:-1] + [BARE_APP]
-    elif target in ("groupcommit", "lean", "fastpath", "nostore"):
-        cmd = cmd[:-1] + [GROUPCOMMIT_APP]
     if store is not None:  # idempotent; also catches a migration added since the run began
         run_checked(flask_cmd("db", "upgrade"), env)
     name = f"{target}-{backend}" if backend else target
@@ -422,11 +403,7 @@ def run_case(args, target: str, backend: str | None, store, workers: int, thread
     result["record_failed"] = text.count("pixel.record_failed")
     result["tracebacks"] = text.count("Traceback")
     result["worker_timeouts"] = text.count("WORKER TIMEOUT")
-    stats = re.findall(r"groupcommit\.stats pid=\d+ groups=(\d+) requests=(\d+)", text)
-    if stats:  # whole server life (smoke and warm-up too): requests per commit
-        groups, reqs = sum(int(g) for g, _ in stats), sum(int(v) for _, v in stats)
-        result["per_commit"] = reqs / groups if groups else 0.0
-    if store is not None and target != "nostore":
+    if store is not None:
         result["stored"] = count_events(store) - before
         result["not_human"] = store.scalar("SELECT count(*) FROM events WHERE verdict <> 'human'")
         slack = args.connections + result["timeouts"] + result["sock_errors"]
@@ -450,11 +427,7 @@ def describe(r: dict) -> str:
 def label(r: dict) -> str:
     if r["target"] == "bare":
         return "bare Flask"
-    name = {"relay": "relay", "groupcommit": "relay + group commit (prototype)",
-            "lean": "relay + group commit + lean SQL (prototype)",
-            "fastpath": "relay + group commit + lean SQL + WSGI pixel path (prototype)",
-            "nostore": "relay with NO store write (analysis only)"}[r["target"]]
-    return f"{name}, {r['backend']}"
+    return f"relay, {r['backend']}"
 
 
 def report(args, rows: list[dict], notes: list[str], facts: list, started: dt.datetime,
@@ -469,15 +442,13 @@ def report(args, rows: list[dict], notes: list[str], facts: list, started: dt.da
     headers = ["round", "workers x threads", "server", "200s", "req/s", "p50 ms", "p99 ms",
                "max ms", "non-2xx", "socket errors / timeouts", "vs bare",
                "server CPU (cores, of it system)", "server CPU ms / request",
-               "load gen CPU (cores)", "requests per commit", "views stored / 200s"]
+               "load gen CPU (cores)", "views stored / 200s"]
     table = [[r["round"], f"{r['workers']}x{r['threads']}", label(r), f"{r['ok']:,}",
               f"{r['rps']:,.0f}", f"{r['p50']:.1f}", f"{r['p99']:.1f}", f"{r['max']:.0f}",
               r["non2xx"], f"{r['sock_errors']} / {r['timeouts']}", ratio(r),
               f"{r['server_cpu']:.2f} ({r.get('server_sys', 0):.2f})",
               f"{r['server_cpu'] / r['rps'] * 1000:.2f}" if r["rps"] else "-",
               f"{r['client_cpu']:.2f}",
-              f"{r['per_commit']:.1f}" if "per_commit" in r else
-              ("not counted" if r["target"] == "relay" else "n/a"),
               (f"{'OK' if r['stored_ok'] else 'MISMATCH'} {r['stored']:,} / {r['ok']:,}"
                if "stored" in r else "n/a")]
              for r in rows]
@@ -555,9 +526,6 @@ def report(args, rows: list[dict], notes: list[str], facts: list, started: dt.da
         "backends are not counted; they run on the same cores); load gen = wrk (or the "
         "python processes). server CPU ms / request = server CPU / req/s: the cost of one "
         "pixel request in the web process.",
-        "- requests per commit: views committed per transaction (the prototypes' writer "
-        "threads report it when the workers exit; over the server's whole life); the relay "
-        "as it is (service/groupcommit.py since c4e4804) keeps no such count.",
         "",
         "## Set-up",
         "",
@@ -575,15 +543,6 @@ def report(args, rows: list[dict], notes: list[str], facts: list, started: dt.da
         f"- bare: `gunicorn --config config/gunicorn.conf.py \"{BARE_APP}\"` with the same "
         "environment (`bench/bare_app.py`: the same GIF and headers from `service.pixels`, "
         "no store).",
-        f"- prototypes (if present): `gunicorn --config config/gunicorn.conf.py "
-        f"\"{GROUPCOMMIT_APP}\"`: the real app, its store wrapped by "
-        "`bench/pixel_groupcommit.py` (group commit: one writer thread per worker commits "
-        "the views of concurrent requests in one transaction, each request answered after "
-        "its commit, with the store's own statements per request); `lean`: "
-        "GROUP_COMMIT_MODE=lean, two prebuilt multi-row statements per group (one upsert "
-        "of the group's documents, one insert of its events); `fastpath`: lean, and the "
-        "pixel GET served by a WSGI middleware in front of Flask; `nostore`: the relay "
-        "with its store write replaced by a no-op (records nothing; analysis only).",
         "- stores: one fresh SQLite file under `bench/out/` and one fresh PostgreSQL "
         "database for the whole run (each server restart reuses it; counts are deltas), "
         "dropped/deleted afterwards.",
@@ -663,15 +622,13 @@ def main(argv=None) -> int:
                 + pg.scalar("SHOW wal_sync_method") + ", commit_delay="
                 + pg.scalar("SHOW commit_delay"))
         durability.append("each relay GET commits its view before the response is written "
-                          "(`record_pixel_view` returns after `engine.begin()` commits)")
+                          "(`pixel_front.record_view` returns after the group commit holding it)")
         # The reference answer: what the bare app sends (the relay must send the same).
         reference = reference_answer(keys, paths[0])
         plan = []
         for t in args.targets:
             if t == "bare":
                 plan.append(("bare", None))
-            elif t == "nostore":  # one is enough: it never writes
-                plan += [(t, b) for b in list(stores)[:1]]
             else:
                 plan += [(t, b) for b in stores]
         for rnd in range(1, args.rounds + 1):
