@@ -6,9 +6,11 @@ import datetime as dt
 import os
 import shutil
 import uuid
+from collections.abc import Callable, Iterator
 from urllib.parse import quote
 
 import pytest
+import requests
 import sqlalchemy as sa
 from cryptography.fernet import Fernet
 
@@ -18,6 +20,16 @@ from service.db import create_engine, head_revision, metadata, upgrade
 from service.store import View
 
 from .fake_highlevel import FakeHighLevel
+from .processes import (
+    HL_TOKEN,
+    PARKED_TOKEN,
+    Processes,
+    Relay,
+    base_env,
+    flask,
+    free_port,
+    gunicorn,
+)
 
 UTC = dt.UTC
 INGEST_KEY = "ik_test_" + "i" * 24
@@ -164,6 +176,50 @@ def fake_highlevel():
     with FakeHighLevel(enforce_rate_limit=False) as server:
         yield server
     assert server.violations == [], server.violations
+
+
+# -- real processes (tests/test_e2e.py, tests/test_reliability.py) -------------------------
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeHighLevel]:
+    """The fake HighLevel, accepting only our tokens; it must see no contract violation."""
+    server = FakeHighLevel(tokens={HL_TOKEN, PARKED_TOKEN}, enforce_rate_limit=False).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+    assert server.violations == [], server.violations
+
+
+@pytest.fixture
+def start_relay(db_url, fake, tmp_path) -> Iterator[Callable[..., Relay]]:
+    """Return ``start(**env)``: migrate, start gunicorn and a forwarder, wait until ready."""
+    port = free_port()
+    log_dir = tmp_path / "logs"
+    log_dir.mkdir()
+    run_dir = tmp_path / "run"  # gunicorn >= 25.1 puts its control socket here, not in ~
+    run_dir.mkdir(mode=0o700)
+    # TMPDIR: where gunicorn makes its metrics directory; under tmp_path even if it is killed.
+    procs = Processes(log_dir, {**base_env(db_url, fake.url, port),
+                                "XDG_RUNTIME_DIR": str(run_dir), "TMPDIR": str(run_dir)})
+    session = requests.Session()
+    relay = Relay(procs, f"http://127.0.0.1:{port}", session)
+
+    def start(**env: str) -> Relay:
+        procs.env.update(env)
+        out = procs.run("db-upgrade", flask("db", "upgrade"), timeout=60)
+        assert "database at revision" in out, out
+        relay.web = procs.start("gunicorn", gunicorn())
+        relay.start_forwarder()
+        relay.wait_ready()
+        return relay
+
+    try:
+        yield start
+    finally:
+        session.close()
+        procs.cleanup()
 
 
 def ingest_headers(**extra) -> dict:

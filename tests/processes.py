@@ -2,21 +2,50 @@
 
 Each process runs in its own session (``start_new_session``), so its whole process group
 (gunicorn's master and workers) can be signalled, and killed, at once.
+
+Also what the end-to-end and reliability tests share: the settings every process gets,
+``Relay`` (the running service as a client sees it) and ``count_views``, which checks
+the store against what the fake HighLevel received.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import requests
+import sqlalchemy as sa
+from cryptography.fernet import Fernet
+
+from service.config import SETTINGS
+from service.db import create_engine, delivery_log, documents, events, read_only
+
+from .fake_highlevel import FakeHighLevel, ReceivedRequest
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent  # the venv's console scripts: flask, gunicorn
+
+INGEST_KEY = "ik_e2e_" + secrets.token_urlsafe(18)
+ADMIN_KEY = "ak_e2e_" + secrets.token_urlsafe(18)
+PIXEL_KEY = secrets.token_urlsafe(32)
+FERNET_KEY = Fernet.generate_key().decode()
+HL_TOKEN = "pit-e2e-" + secrets.token_hex(16)  # LOCATION's HighLevel token
+PARKED_TOKEN = "pit-e2e-" + secrets.token_hex(16)  # PARKED's, stored late
+SECRETS = (INGEST_KEY, ADMIN_KEY, PIXEL_KEY, FERNET_KEY, HL_TOKEN, PARKED_TOKEN)
+WINDOW = 3  # COALESCE_WINDOW_SECONDS
+LOCATION = "loc_e2e"
+PARKED = "loc_parked"  # has no token until the test stores one
+STOP_WITHIN = 30.0  # DESIGN.md: a forwarder exits within 30 s of SIGTERM
 
 
 def free_port() -> int:
@@ -87,6 +116,14 @@ class Process:
             return False
         return True
 
+    def children(self) -> list[int]:
+        """The ids of this process's children (gunicorn's workers), from /proc."""
+        try:
+            return [int(pid) for pid in
+                    Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()]
+        except FileNotFoundError:  # exited
+            return []
+
     def kill_group(self) -> None:
         """SIGKILL the process and everything in its group, then reap it."""
         try:
@@ -154,3 +191,209 @@ def gunicorn(*args: str) -> list[str]:
     """The web process exactly as the Procfile starts it."""
     return [str(BIN / "gunicorn"), "--config", "config/gunicorn.conf.py", *args,
             "service:create_app()"]
+
+
+@dataclass
+class Relay:
+    """The running service: web (gunicorn) and worker (forwarder) processes, one HTTP session."""
+
+    procs: Processes
+    url: str
+    session: requests.Session
+    web: Process | None = None
+    forwarders: list[Process] = field(default_factory=list)
+
+    @property
+    def forwarder(self) -> Process:
+        return self.forwarders[-1]
+
+    def start_forwarder(self) -> Process:
+        proc = self.procs.start("forwarder", flask("forwarder"))
+        self.forwarders.append(proc)
+        return proc
+
+    def start_web(self, port: int) -> Relay:
+        """Another machine behind the load balancer: its own gunicorn master on ``port``,
+        on the same store, sharing this relay's forwarders; returned once it is ready."""
+        other = Relay(self.procs, f"http://127.0.0.1:{port}", self.session,
+                      forwarders=self.forwarders)
+        other.web = self.procs.start("gunicorn", gunicorn(), PORT=str(port))
+        other.wait_ready()
+        return other
+
+    def request(self, method: str, path: str, *, key: str = INGEST_KEY,
+                body: object = None) -> tuple[int, object]:
+        with self.session.request(method, self.url + path, json=body, timeout=10,
+                                  headers={"Authorization": f"Bearer {key}"}) as resp:
+            return resp.status_code, (resp.json() if resp.content else None)
+
+    def post_events(self, body: dict) -> dict:
+        status, answer = self.request("POST", "/v1/events", body=body)
+        assert status == 202, answer
+        return answer
+
+    def store_token(self, location_id: str, token: str = HL_TOKEN) -> dict:
+        status, answer = self.request("PUT", f"/v1/locations/{location_id}/token",
+                                      key=ADMIN_KEY, body={"accessToken": token})
+        assert status == 200, answer
+        return answer
+
+    def event(self, event_id: str) -> dict:
+        status, answer = self.request("GET", f"/v1/events/{event_id}")
+        assert status == 200, answer
+        return answer
+
+    def wait_delivered(self, *event_ids: str, timeout: float = 20.0) -> list[dict]:
+        """Poll until every event is ``delivered``; fail on ``failed`` or after ``timeout``."""
+        def check():
+            states = [self.event(i) for i in event_ids]
+            failed = [s for s in states if s["status"] == "failed"]
+            assert not failed, failed
+            return states if all(s["status"] == "delivered" for s in states) else None
+
+        return wait_for(check, timeout=timeout, interval=0.1,
+                        what=f"delivery of {len(event_ids)} event(s)")
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until /readyz answers 200 and every gunicorn worker has booted."""
+        def ready():
+            assert self.web.running(), f"gunicorn exited {self.web.returncode}"
+            try:
+                with self.session.get(self.url + "/readyz", timeout=5) as resp:
+                    return resp.status_code == 200
+            except (requests.ConnectionError, requests.Timeout):
+                return False  # not listening yet, or a worker still importing the app
+
+        wait_for(ready, timeout=timeout, interval=0.1, what="GET /readyz 200")
+        # Every worker booted (each would answer /readyz on its own).
+        workers = int(self.procs.env["WEB_CONCURRENCY"])
+        wait_for(lambda: self.web.stdout().count("Booting worker") >= workers, timeout=20,
+                 what=f"{workers} gunicorn workers")
+
+
+def base_env(db_url: str, hl_url: str, port: int) -> dict[str, str]:
+    """The environment every process gets: ours, with no stray relay settings inherited."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("FLASK_", "GUNICORN_")) and k not in {s.name for s in SETTINGS}}
+    env.update({
+        "DATABASE_URL": db_url,
+        "RELAY_ENV": "test",
+        "INGEST_API_KEYS": INGEST_KEY,
+        "ADMIN_API_KEYS": ADMIN_KEY,
+        "PIXEL_SIGNING_KEYS": PIXEL_KEY,
+        "TOKEN_ENCRYPTION_KEYS": FERNET_KEY,
+        "HIGHLEVEL_BASE_URL": hl_url,
+        "HOST": "127.0.0.1",  # gunicorn binds loopback only
+        "PORT": str(port),
+        "WEB_CONCURRENCY": "2",
+        "COALESCE_WINDOW_SECONDS": str(WINDOW),
+        "LOG_FORMAT": "json",
+        "LOG_LEVEL": "INFO",
+        "PYTHONUNBUFFERED": "1",
+        "FLASK_SKIP_DOTENV": "1",  # a developer's .env must not change what is tested
+    })
+    return env
+
+
+def stop_cleanly(*procs: Process) -> None:
+    """SIGTERM each process; each must exit 0 within STOP_WITHIN and leave no process behind."""
+    for proc in procs:
+        proc.signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_WITHIN
+    for proc in procs:
+        try:
+            code = proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"{proc.name} still running {STOP_WITHIN:g}s after SIGTERM") from None
+        assert code == 0, f"{proc.name} exited {code} after SIGTERM"
+        wait_for(lambda p=proc: not p.group_alive(), timeout=5,
+                 what=f"{proc.name}'s children to exit")
+
+
+def json_lines(text: str) -> list[dict]:
+    """The JSON log records in a process's stdout (the CLI's final echo is plain text)."""
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def attempts(proc: Process) -> list[dict]:
+    return [r for r in json_lines(proc.stdout()) if r.get("event") == "delivery.attempt"]
+
+
+def patches_for(fake: FakeHighLevel, document_id: str) -> list[ReceivedRequest]:
+    return [r for r in list(fake.requests) if r.document_id == document_id]
+
+
+def assert_no_secret_logged(*procs: Process) -> None:
+    for proc in procs:
+        logs = proc.stdout() + proc.stderr()
+        leaked = [i for i, s in enumerate(SECRETS) if s in logs]
+        assert not leaked, f"{proc.name} logged secret(s) #{leaked}"
+
+
+@dataclass(frozen=True)
+class ViewCount:
+    """Where the stored views stand (``count_views``); ``stored`` is the sum of the rest."""
+
+    stored: int
+    delivered: int
+    pending: int
+    failed: int
+
+
+def count_views(db_url: str, fake: FakeHighLevel, *, accepted: Iterable[str] = ()) -> ViewCount:
+    """Check that no view is lost or half-written, in the store and at HighLevel; count them.
+
+    Fails unless: every ``accepted`` event id is stored; each document's views carry the
+    sequence numbers 1..views_seq exactly once (a view counted without its event row, or
+    the reverse, breaks this); each document's delivered mark is backed by a delivery
+    logged with a 200 and each logged 200 by a PATCH HighLevel answered 200 (more
+    PATCHes than logged deliveries is at-least-once: a send whose answer was lost).
+    Then each stored view is delivered (seq <= sent_seq), failed, or still pending.
+    """
+    engine = create_engine(db_url)
+    conn = read_only(engine)  # SQLite: one deferred transaction, one snapshot for all reads
+    if engine.dialect.name == "postgresql":  # one snapshot there too
+        conn = conn.execution_options(isolation_level="REPEATABLE READ")
+    try:
+        with conn:
+            e, d, log = events.c, documents.c, delivery_log.c
+            views = conn.execute(sa.select(e.id, e.document_row, e.seq, e.forward)).all()
+            docs = {r.id: r for r in conn.execute(sa.select(
+                d.id, d.document_id, d.views_seq, d.sent_seq, d.failed_seq))}
+            logged = conn.execute(sa.select(log.document_row, log.seq_to).where(
+                log.outcome == "delivered", log.http_status == 200)).all()
+    finally:
+        engine.dispose()
+    missing = set(accepted) - {v.id for v in views}
+    assert not missing, f"{len(missing)} accepted event(s) not in the store: {sorted(missing)[:5]}"
+    assert all(v.forward for v in views), "a test view was filtered (a machine open?)"
+    seqs: dict[int, list[int]] = defaultdict(list)
+    for v in views:
+        seqs[v.document_row].append(v.seq)
+    for row_id, doc in docs.items():
+        assert sorted(seqs[row_id]) == list(range(1, doc.views_seq + 1)), \
+            f"{doc.document_id}: views_seq {doc.views_seq}, event seqs {sorted(seqs[row_id])}"
+    assert set(seqs) <= set(docs), "events pointing at no document row"
+    logged_to: dict[int, int] = defaultdict(int)
+    for row in logged:
+        logged_to[row.document_row] = max(logged_to[row.document_row], row.seq_to)
+    patched = Counter(r.document_id for r in list(fake.requests)
+                      if r.method == "PATCH" and r.status == 200)
+    logged_count = Counter(docs[r.document_row].document_id for r in logged)
+    for row_id, doc in docs.items():
+        assert logged_to[row_id] == doc.sent_seq, \
+            f"{doc.document_id}: sent_seq {doc.sent_seq}, logged 200s up to {logged_to[row_id]}"
+        assert patched[doc.document_id] >= logged_count[doc.document_id], \
+            (f"{doc.document_id}: {logged_count[doc.document_id]} deliveries logged, "
+             f"HighLevel answered {patched[doc.document_id]} PATCH(es) with 200")
+    delivered = failed = pending = 0
+    for v in views:
+        doc = docs[v.document_row]
+        if v.seq <= doc.sent_seq:
+            delivered += 1
+        elif v.seq <= doc.failed_seq:
+            failed += 1
+        else:
+            pending += 1
+    return ViewCount(len(views), delivered, pending, failed)

@@ -302,7 +302,7 @@ def test_forwarder_serves_its_metrics_while_it_runs(migrated_db_url, hl, monkeyp
 
 @pytest.mark.e2e
 def test_gunicorn_workers_add_up_and_logs_are_structured(tmp_path):
-    from .test_e2e import ADMIN_KEY, INGEST_KEY, base_env, json_lines, stop_cleanly
+    from .processes import ADMIN_KEY, INGEST_KEY, base_env, json_lines, stop_cleanly
 
     token = "pit-e2e-" + secrets.token_hex(8)
     fake = FakeHighLevel(tokens={token}, enforce_rate_limit=False).start()
