@@ -290,16 +290,18 @@ def private_pg() -> Iterator[Cluster]:
         cluster.start()
         yield cluster
     finally:
-        if cluster.running():
-            try:
-                cluster.stop("immediate")
-            except AssertionError as exc:  # pg_ctl failed: kill the postmaster we started
-                print(f"pg_ctl stop failed, killing the postmaster: {exc}")
-                pid = int((root / "data" / "postmaster.pid").read_text().split()[0])
-                os.kill(pid, signal.SIGKILL)
-        if cluster.log.exists():
-            print(f"===== private PostgreSQL log\n{cluster.log.read_text(errors='replace')}")
-        shutil.rmtree(root)
+        try:
+            if cluster.running():
+                try:
+                    cluster.stop("immediate")
+                except AssertionError as exc:  # pg_ctl failed: kill the postmaster we started
+                    print(f"pg_ctl stop failed, killing the postmaster: {exc}")
+                    pid = int((root / "data" / "postmaster.pid").read_text().split()[0])
+                    os.kill(pid, signal.SIGKILL)
+            log = cluster.log.read_text(errors="replace") if cluster.log.exists() else ""
+        finally:  # removed even if stopping failed
+            shutil.rmtree(root)
+        print(f"===== private PostgreSQL log\n{log}")
 
 
 @dataclass
