@@ -17,6 +17,7 @@ import re
 import uuid
 from collections.abc import Callable, Iterable
 
+from sqlalchemy.exc import DBAPIError
 from werkzeug.datastructures import EnvironHeaders
 
 from .metrics import observe_ingest
@@ -56,7 +57,10 @@ def record_view(svc, token: str, *, source: str, user_agent: str | None, ip: str
         accepted = svc.store.record_views([view], now=now)
         observe_ingest([view], accepted, source=source)
         return True
-    except Exception:  # the store is down, or anything else: log it, still answer
+    except DBAPIError as exc:  # the store is down: one line per view, not a traceback
+        logger.warning("pixel.record_failed", extra={**log, "error": type(exc.orig).__name__})
+        return False
+    except Exception:  # anything else: log it with its traceback, still answer
         logger.exception("pixel.record_failed", extra=log)
         return False
 

@@ -166,7 +166,21 @@ def test_store_down_still_answers_the_gif(app, client, monkeypatch, caplog):
 
     monkeypatch.setattr(app.extensions["service"].store, "record_views", down)
     assert_gif(client.get(f"/v1/pixel/{token_for()}.gif"))
-    assert "pixel.record_failed" in caplog.text
+    [line] = [r for r in caplog.records if r.getMessage() == "pixel.record_failed"]
+    # One line per view while the store is down, not a traceback each (log floods).
+    assert line.levelname == "WARNING" and line.exc_info is None
+    assert line.error == "Exception"
+
+
+def test_an_unexpected_error_still_answers_the_gif_and_logs_its_traceback(
+        app, client, monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise KeyError("bug")
+
+    monkeypatch.setattr(app.extensions["service"].classifier, "classify", broken)
+    assert_gif(client.get(f"/v1/pixel/{token_for()}.gif"))
+    [line] = [r for r in caplog.records if r.getMessage() == "pixel.record_failed"]
+    assert line.levelname == "ERROR" and line.exc_info is not None
 
 
 def test_unexpired_token_counts(client, services):
