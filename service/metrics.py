@@ -17,7 +17,7 @@ import datetime as dt
 import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
@@ -63,10 +63,16 @@ REFRESHES = Counter("relay_token_refreshes", "OAuth token refreshes, by result (
 
 # -- what the domain code calls (one line each) ------------------------------------------
 
+_EVENT_CHILDREN: dict[tuple[str, str, str], Any] = {}  # EVENTS' labelled children
+
 def observe_ingest(views: Sequence[View], accepted: Sequence[Accepted], *, source: str) -> None:
     """Count views just recorded through one ingest route (``source``: api, pixel, ...)."""
     for view, answer in zip(views, accepted, strict=True):
-        EVENTS.labels(source, view.verdict, answer.status).inc()
+        key = (source, view.verdict, answer.status)
+        child = _EVENT_CHILDREN.get(key)
+        if child is None:  # labels() validates and locks on every call: once per key
+            child = _EVENT_CHILDREN.setdefault(key, EVENTS.labels(*key))
+        child.inc()
         if answer.coalesced:
             COALESCED.inc()
 
