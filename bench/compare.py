@@ -1,7 +1,7 @@
 """Relay vs a bare Flask app: pixel GET and JSON ingest, throughput and latency, in one run.
 
 For each gunicorn setting (``--configs``, WEB_CONCURRENCYxGUNICORN_THREADS; default the
-shipped default on this machine, 2 x nproc workers x 8 threads) and each server, on the
+shipped default on this machine, 2 x nproc workers x 16 threads) and each server, on the
 same gunicorn config file (``config/gunicorn.conf.py``), each on a free 127.0.0.1 port:
 
 - ``bare``: ``bench/bare_app.py``: the same GIF and headers for ``GET /v1/pixel/...``, and a
@@ -118,7 +118,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     cpus = os.cpu_count() or 1
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--configs", type=_configs, default=_configs(f"{2 * cpus}x8"),
+    p.add_argument("--configs", type=_configs, default=_configs(f"{2 * cpus}x16"),
                    help="gunicorn WEB_CONCURRENCYxGUNICORN_THREADS settings (default: the "
                         "shipped default on this machine)")
     p.add_argument("--duration", type=int, default=DEFAULTS["duration"],

@@ -96,7 +96,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--latency", type=float, default=0.15,
                    help="seconds the fake HighLevel takes to answer each PATCH")
     p.add_argument("--workers", type=int, default=2 * cpus, help="WEB_CONCURRENCY")
-    p.add_argument("--threads", type=int, default=8, help="GUNICORN_THREADS")
+    p.add_argument("--threads", type=int, default=16, help="GUNICORN_THREADS (the shipped default)")
     p.add_argument("--forward-concurrency", type=int, default=16, help="FORWARD_CONCURRENCY")
     p.add_argument("--coalesce-window", type=int, default=60,
                    help="COALESCE_WINDOW_SECONDS (the service default: 60)")
