@@ -63,13 +63,16 @@ def error_response(status: int, message: str, errors: dict | None = None,
 def handle_http_exception(error: HTTPException):
     data = getattr(error, "data", None) or {}
     errors = data.get("errors") or data.get("messages")
+    where = "request"
     if isinstance(errors, dict) and set(errors) <= {"json", "query", "headers", "view_args"}:
-        # webargs nests field errors under the location; the body is all we load.
+        # webargs nests field errors under the location: name it, flatten the fields.
+        where = {"json": "request body", "query": "query string"}.get(
+            next(iter(errors)), "request") if len(errors) == 1 else "request"
         errors = {k: v for loc in errors.values() for k, v in loc.items()} \
             if all(isinstance(v, dict) for v in errors.values()) else errors
     message = data.get("message") or error.description or error.name
     if error.code == 422 and not data.get("message"):
-        message = "The request body is not valid"
+        message = f"The {where} is not valid"
     elif error.code == 400 and isinstance(errors, dict) and "json" in errors:
         message, errors = "The body is not valid JSON", None
     headers = dict(data.get("headers") or {})

@@ -135,6 +135,7 @@ def test_invalid_event_is_422_with_the_field(client, services, event, field):
     resp = client.post("/v1/events", json=event, headers=ingest_headers())
     assert resp.status_code == 422, resp.json
     assert resp.json["statusCode"] == 422
+    assert resp.json["message"] == "The request body is not valid"
     assert field in resp.json["errors"], resp.json
     assert stored_events(services) == 0
 

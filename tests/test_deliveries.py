@@ -80,6 +80,7 @@ def test_cursor_pages_through_everything_once(client, store):
 def test_bad_queries_are_422(client, query):
     resp = client.get(f"/v1/deliveries?{query}", headers=admin_headers())
     assert resp.status_code == 422 and resp.json["errors"]
+    assert resp.json["message"] == "The query string is not valid"
 
 
 def test_deliveries_need_the_admin_key(client):
