@@ -285,6 +285,7 @@ def describe(r: dict) -> str:
 
 
 ENDPOINT_NAMES = {"pixel": "pixel GET", "ingest": "POST /v1/events (one event)"}
+CHART_NAMES = {"pixel": "pixel GET", "ingest": "POST /v1/events"}  # short: no overlap
 
 
 def draw(rows: list[dict], path: Path) -> None:
@@ -298,7 +299,7 @@ def draw(rows: list[dict], path: Path) -> None:
     colours = ["#9e9e9e", "#1f77b4", "#ff7f0e", "#2ca02c"]
     width = 0.8 / len(servers)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
-    labels = [f"{ENDPOINT_NAMES[e]}\n{w}x{t}" for e, w, t in groups]
+    labels = [f"{CHART_NAMES[e]}\n{w}x{t}" for e, w, t in groups]
     for k, server in enumerate(servers):
         xs = [g + (k - (len(servers) - 1) / 2) * width for g in range(len(groups))]
         found = [cell.get((*grp, server)) for grp in groups]
