@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import functools
-import os
-import sqlite3
 from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
+
+from .sqlite_lock import locking_connection
 
 UTC = dt.UTC
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -225,7 +224,7 @@ def create_engine(url: str) -> Engine:
     connect_args: dict = {"timeout": 30}
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        connect_args["factory"] = _locking_connection(f"{parsed.database}.writelock")
+        connect_args["factory"] = locking_connection(f"{parsed.database}.writelock")
     engine = sa.create_engine(url, connect_args=connect_args)
 
     @sa.event.listens_for(engine, "connect")
@@ -259,57 +258,6 @@ def create_engine(url: str) -> Engine:
             raise
 
     return engine
-
-
-def _locking_connection(lock_path: str) -> type[sqlite3.Connection]:
-    """A sqlite3 connection class whose write transactions queue on a lock file first.
-
-    SQLite lets one writer in at a time; a writer that finds the database locked sleeps
-    in its busy handler (1, 2, 5 ... 100 ms naps) and retries, so writers in several
-    processes (gunicorn workers, forwarders) lose most of their time napping, and a
-    request can wait for seconds. Writers here first take an exclusive ``flock`` on
-    ``<database>.writelock``, which blocks in the kernel and wakes the next writer the
-    moment the last one commits; BEGIN IMMEDIATE then finds the database free. The
-    kernel drops the lock if a process dies. (~30 lines: no library does this.)
-    """
-
-    class LockingConnection(sqlite3.Connection):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self._lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-            self._locked = False
-
-        def lock_for_write(self) -> None:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)  # releases the GIL while it waits
-            self._locked = True
-
-        def unlock_for_write(self) -> None:
-            if self._locked:
-                self._locked = False
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-
-        def commit(self) -> None:
-            try:
-                super().commit()
-            finally:
-                self.unlock_for_write()
-
-        def rollback(self) -> None:
-            try:
-                super().rollback()
-            finally:
-                self.unlock_for_write()
-
-        def close(self) -> None:
-            try:
-                super().close()
-            finally:
-                self._locked = False
-                if self._lock_fd >= 0:
-                    os.close(self._lock_fd)  # also releases the lock
-                    self._lock_fd = -1
-
-    return LockingConnection
 
 
 def read_only(engine: Engine) -> sa.Connection:

@@ -1,4 +1,4 @@
-"""SQLite writers queue on a lock file (service.db._locking_connection), not in naps."""
+"""SQLite writers queue on a lock file (service.sqlite_lock), not in the busy handler's naps."""
 
 from __future__ import annotations
 
