@@ -49,10 +49,8 @@ def _register_converter(state):
     "Only a GET with a valid, unexpired token that is not a prefetch records a view."),
     responses={"200": {"description": "1x1 GIF", "content": {"image/gif": {}}}})
 def pixel(rest: str):
-    # GETs are answered by pixel_front.PixelFrontDoor before they reach Flask; this
-    # view answers HEAD (and GET where the app runs without that middleware).
-    if request.method == "GET" and rest.endswith(".gif") and not is_prefetch(request.headers):
-        record_pixel_view(rest[: -len(".gif")], source="pixel")
+    # Every GET under /v1/pixel/ is answered (and recorded) by pixel_front.PixelFrontDoor
+    # before it reaches Flask; this view documents the route and answers HEAD.
     return Response(GIF, status=200, headers=GIF_HEADERS)
 
 

@@ -152,14 +152,14 @@ class ViewWriter:
 
     def _run(self, conn, sql: dict[str, str], keys: tuple[str, ...], rows: list[dict]):
         """Execute one of the statements below for ``rows``: PostgreSQL takes one array per
-        column (unnest), SQLite one JSON array of rows (json_each)."""
-        for row in rows:
-            for key in _TIMES.intersection(row):
-                if row[key] is not None and row[key].tzinfo is None:
-                    raise ValueError("naive datetime given to the store")
+        column (unnest), SQLite one JSON array of rows (json_each). Naive times are
+        refused on both, as ``db.UTCDateTime`` (which formats SQLite's) refuses them."""
         if self._pg:
-            return conn.exec_driver_sql(sql["postgresql"],
-                                        {k: [row[k] for row in rows] for k in keys})
+            columns = {k: [row[k] for row in rows] for k in keys}
+            for key in _TIMES.intersection(keys):
+                if any(t is not None and t.tzinfo is None for t in columns[key]):
+                    raise ValueError("naive datetime given to the store")
+            return conn.exec_driver_sql(sql["postgresql"], columns)
         if self._time is None:
             self._time = UTCDateTime().dialect_impl(conn.dialect).bind_processor(conn.dialect)
         fmt = self._time
