@@ -3,9 +3,11 @@
 On SQLite every commit is an fsync under one write lock (synchronous=FULL), so one
 transaction per pixel request caps the whole machine at one fsync per view. Here a
 request hands its views over and waits; whichever request finds no writer running
-becomes the writer (no extra thread to manage across gunicorn's fork), commits every
-view queued by then in ONE transaction and wakes their requests; once its own views are
-written it hands the writing to the next waiting request. A request still returns only
+becomes the writer (no extra thread to manage across gunicorn's fork), opens a
+transaction, which on SQLite first waits for the write lock, takes every view queued by
+then (all that arrived while it waited) into that ONE transaction, commits, and wakes
+their requests; once its own views are written it hands the writing to the next waiting
+request. A request still returns only
 after the transaction holding its views has committed, so a 202 (or the pixel's GIF)
 still means the view is durable.
 
@@ -16,9 +18,8 @@ library does this for SQLAlchemy; it is ~60 lines, so it is written here.
 
 from __future__ import annotations
 
-import datetime as dt
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,8 +32,8 @@ def _held_lock() -> threading.Lock:
 
 @dataclass
 class _Job:
-    views: Sequence[Any]
-    now: dt.datetime
+    item: Any  # what the request hands over (its prepared views)
+    size: int
     # Held from the start; released (once per wait) to wake the job's thread. A bare
     # lock costs less than an Event's condition variable, on every request.
     wake: threading.Lock = field(default_factory=_held_lock)
@@ -47,18 +48,17 @@ class GroupCommitter:
 
     def __init__(self, begin: Callable, write_group: Callable, write_alone: Callable, *,
                  max_views: int = 2000):
-        self.begin = begin  # () -> context manager yielding a connection in a transaction
-        # (conn, [(views, now), ...]) -> [result, ...], inside the shared transaction
-        self.write_group = write_group
-        self.write_alone = write_alone  # (views, now) -> result, its own transaction(s)
+        self.begin = begin  # () -> context manager: a transaction (and its write lock)
+        self.write_group = write_group  # (conn, [item, ...]) -> [result, ...], inside it
+        self.write_alone = write_alone  # item -> result, in its own transaction(s)
         self.max_views = max_views
         self._lock = threading.Lock()
         self._queue: list[_Job] = []
         self._writing = False
 
-    def submit(self, views: Sequence[Any], *, now: dt.datetime) -> Any:
-        """Write ``views`` durably (together with any others waiting); return the result."""
-        job = _Job(views, now)
+    def submit(self, item: Any, *, size: int = 1) -> Any:
+        """Write ``item`` (``size`` views) durably, with any others waiting; its result."""
+        job = _Job(item, size)
         with self._lock:
             self._queue.append(job)
             if not self._writing:
@@ -79,14 +79,7 @@ class GroupCommitter:
         writing other requests' views while its own answer waits.
         """
         while not own.finished:
-            with self._lock:
-                group, size = [], 0
-                while self._queue and (not group or size + len(self._queue[0].views)
-                                       <= self.max_views):
-                    job = self._queue.pop(0)
-                    group.append(job)
-                    size += len(job.views)
-            self._commit(group)
+            self._commit()
         with self._lock:
             if self._queue:
                 successor = self._queue[0]
@@ -95,19 +88,33 @@ class GroupCommitter:
             else:
                 self._writing = False
 
-    def _commit(self, group: list[_Job]) -> None:
+    def _take(self) -> list[_Job]:
+        with self._lock:
+            group, size = [], 0
+            while self._queue and (not group or size + self._queue[0].size <= self.max_views):
+                job = self._queue.pop(0)
+                group.append(job)
+                size += job.size
+        return group
+
+    def _commit(self) -> None:
+        """Open a transaction, THEN take the queue: on SQLite, opening waits for the write
+        lock (other processes' commits), and every request that arrives meanwhile joins."""
+        group: list[_Job] = []
         try:
             try:
                 with self.begin() as conn:
-                    results = self.write_group(conn, [(job.views, job.now) for job in group])
+                    group = self._take()
+                    results = self.write_group(conn, [job.item for job in group])
             except Exception:  # each job is written again on its own just below
                 results = None
+                group = group or self._take()
             for i, job in enumerate(group):
                 if results is not None:
                     job.result = results[i]
                     continue
                 try:
-                    job.result = self.write_alone(job.views, job.now)
+                    job.result = self.write_alone(job.item)
                 except Exception as exc:  # re-raised in the job's own thread
                     job.error = exc
         finally:

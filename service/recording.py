@@ -1,15 +1,24 @@
-"""Writing views: the statements that record a group of requests' views in one transaction.
+"""Writing views: two statements record a group of requests' views in one transaction.
 
 A group is the views of one request, or of several concurrent requests that share a
-commit (``groupcommit.GroupCommitter``). Whatever its size, a group costs three
-statements: a look-up of the eventIds it carries (idempotency), ONE upsert of the
-``documents`` rows it touches (each counting all of its views: ``views_seq + k``,
-RETURNING the new count, from which every view's sequence number is given in arrival
-order), and ONE insert into ``events``. The upsert and the insert take the whole group as
-one parameter (PostgreSQL: an array per column, unnested; SQLite: a JSON array of rows,
-read with json_each), so their text is fixed and they run as one call each: building
-SQLAlchemy constructs or binding row by row cost more than the database's own work, and
-every call is a point where a thread holding SQLite's write lock can lose the GIL.
+commit (``groupcommit.GroupCommitter``). The work is split so that as little as possible
+happens while the transaction (on SQLite: the database's one write lock) is open:
+
+- ``prepare`` runs in the request's own thread, before it joins a group: it gives each
+  view its id and turns it into the row the statements read (on SQLite a JSON array with
+  the times already formatted; on PostgreSQL a tuple).
+- ``write`` runs inside the transaction, on a DB-API cursor. It looks up the eventIds the
+  group carries (idempotency) only when it carries some, then runs two statements of
+  fixed text that take the whole group as ONE parameter (SQLite: a JSON array read with
+  json_each; PostgreSQL: one array per column, unnested): ONE upsert of the ``documents``
+  rows the group touches, each counting all of its views (``views_seq + k``, RETURNING
+  the new count), and ONE insert into ``events`` that reads each view's document row and
+  sequence number back from ``documents`` (the view's rank among the group's later views
+  of the same document, by a window function). So no Python runs between the statements,
+  and building SQLAlchemy constructs or binding row by row, which cost more than the
+  database's own work, is not done at all.
+- The answers (ids, ``queued``/``duplicate``/``filtered``, ``coalesced``) come from the
+  upsert's RETURNING rows.
 
 The result is what a view-by-view write would give: the same sequence numbers, the same
 ``coalesced`` flags, ``due_at`` / ``pending_since`` from the earliest view of a document
@@ -26,10 +35,9 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from .db import UTCDateTime, events
 from .outcomes import DEAD, IDLE, PENDING
 
-Group = Sequence[tuple[Sequence["View"], dt.datetime]]  # (a request's views, its now)
+UTC = dt.UTC
 
 
 @dataclass(frozen=True)
@@ -57,140 +65,165 @@ class Accepted:
     coalesced: bool = False  # joined views already waiting for the same document
 
 
-class _Doc:
-    """A document touched by the group: how many views, the first and last of them."""
+@dataclass(frozen=True)
+class Prepared:
+    """One request's views, ready for ``ViewWriter.write``: (view, new id, row) each."""
 
-    __slots__ = ("views", "first", "last", "request_id", "row_id", "next_seq", "done_seq")
-
-    def __init__(self, now: dt.datetime):
-        self.views, self.first, self.last, self.request_id = 0, now, now, None
+    views: tuple[tuple[View, str, object], ...]
 
 
 class ViewWriter:
-    """Record groups of views with three statements of fixed text (see the module doc)."""
+    """Record groups of views with two statements of fixed text (see the module doc)."""
 
-    def __init__(self, dialect: str):
-        e = events.c
-        self._by_keys = sa.select(e.event_key, e.id).where(
-            e.event_key.in_(sa.bindparam("keys", expanding=True)))
-        self._pg = dialect == "postgresql"
-        self._time = None  # SQLite: db.UTCDateTime's own formatting, set on first use
+    def __init__(self, dialect: sa.Dialect):
+        self._pg = dialect.name == "postgresql"
+        self._sql = _SQL["postgresql" if self._pg else "sqlite"]
+        self._dbapi_error = dialect.loaded_dbapi.Error
 
-    def record(self, conn, views: Sequence[View], now: dt.datetime) -> list[Accepted]:
-        """Record one request's views in ``conn``'s transaction."""
-        return self.record_group(conn, [(views, now)])[0]
+    # -- in the request's thread -------------------------------------------------------
 
-    def record_group(self, conn, group: Group) -> list[list[Accepted]]:
-        """Record every request of ``group`` in ``conn``'s transaction; a result each.
+    def prepare(self, views: Sequence[View], now: dt.datetime) -> Prepared:
+        """Give each view its id and its row (no database work)."""
+        received = self._time(now)
+        out = []
+        for view in views:
+            event_id = str(uuid.uuid4())
+            viewed = received if view.viewed_at is now else self._time(view.viewed_at)
+            row = (event_id, view.event_key, view.kind, view.location_id, view.document_id,
+                   viewed, received, view.source, view.user_agent, view.ip, view.verdict,
+                   view.verdict_reason, view.forward, view.request_id)
+            out.append((view, event_id, row if self._pg else json.dumps(row)))
+        return Prepared(tuple(out))
+
+    def _time(self, value: dt.datetime | None):
+        """PostgreSQL takes aware datetimes; SQLite the text ``db.UTCDateTime`` stores."""
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store")
+        if self._pg:
+            return value
+        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+    # -- inside the transaction ----------------------------------------------------------
+
+    def write(self, cur, group: Sequence[Prepared]) -> list[list[Accepted]]:
+        """Record every request of ``group`` with the DB-API cursor ``cur``, inside its
+        transaction; an answer list per request.
 
         A view whose ``event_key`` was seen before (earlier, or earlier in the group) is
         answered ``duplicate`` with the first event's id and changes nothing.
         """
-        keys = [v.event_key for views, _ in group for v in views if v.event_key is not None]
-        seen: dict[str, str] = {}  # eventId -> id
+        keys = [v.event_key for prep in group for v, _, _ in prep.views
+                if v.event_key is not None]
+        seen = self._seen(cur, keys) if keys else {}
+        rows: list[tuple[View, str, object]] = []
+        answers: list[list] = []  # per request: an Accepted, or the index of its row
+        for prep in group:
+            out: list = []
+            for item in prep.views:
+                key = item[0].event_key
+                if key is not None:
+                    if key in seen:
+                        out.append(Accepted(seen[key], "duplicate"))
+                        continue
+                    seen[key] = item[1]
+                out.append(len(rows))
+                rows.append(item)
+            answers.append(out)
+        if not rows:
+            return answers
+        payload = self._payload([row for _, _, row in rows])
+        docs = {}
+        if any(view.forward for view, _, _ in rows):
+            for row in self._execute(cur, self._sql["upsert"], payload, fetch=True):
+                docs[tuple(row[1:4])] = (row[4], max(row[5], row[6]))  # views_seq, done
+        self._execute(cur, self._sql["insert"], payload)
+        return self._answers(rows, answers, docs)
+
+    def _seen(self, cur, keys: list[str]) -> dict[str, str]:
+        """eventId -> id of the events already stored with these eventIds."""
+        seen: dict[str, str] = {}
         for start in range(0, len(keys), 500):
-            seen.update(conn.execute(self._by_keys, {"keys": keys[start:start + 500]}).all())
-        # First pass: ids, duplicates, and the views each document gets.
-        docs: dict[tuple[str, str, str], _Doc] = {}
-        plan: list[list[tuple[View, str, _Doc | None] | Accepted]] = []
-        for views, now in group:
-            steps: list = []
-            for view in views:
-                if view.event_key is not None and view.event_key in seen:
-                    steps.append(Accepted(seen[view.event_key], "duplicate"))
-                    continue
-                event_id = str(uuid.uuid4())
-                if view.event_key is not None:
-                    seen[view.event_key] = event_id
-                doc = None
-                if view.forward:
-                    key = (view.kind, view.location_id, view.document_id)
-                    doc = docs.get(key) or docs.setdefault(key, _Doc(now))
-                    doc.views += 1
-                    doc.last, doc.request_id = now, view.request_id
-                steps.append((view, event_id, doc))
-            plan.append(steps)
-        if docs:
-            # Sorted: every writer locks rows in one order, so two never deadlock.
-            params = [{"p_kind": k[0], "p_location_id": k[1], "p_document_id": k[2],
-                       "p_views": doc.views, "p_first": doc.first, "p_last": doc.last,
-                       "p_request_id": doc.request_id} for k, doc in sorted(docs.items())]
-            for row in self._run(conn, _UPSERT, _UPSERT_KEYS, params):
-                doc = docs[(row.kind, row.location_id, row.document_id)]
-                doc.row_id = row.id
-                doc.next_seq = row.views_seq - doc.views + 1
-                doc.done_seq = max(row.sent_seq, row.failed_seq)
-        # Second pass: sequence numbers in arrival order, the events rows, the answers.
-        rows, results = [], []
-        for (_, now), steps in zip(group, plan, strict=True):
-            out = []
-            for step in steps:
-                if isinstance(step, Accepted):
-                    out.append(step)
-                    continue
-                view, event_id, doc = step
-                row_id = seq = None
-                coalesced = False
-                if doc is not None:
-                    row_id, seq = doc.row_id, doc.next_seq
-                    doc.next_seq += 1
-                    coalesced = seq - doc.done_seq > 1
-                rows.append({
-                    "id": event_id, "event_key": view.event_key, "document_row": row_id,
-                    "seq": seq, "kind": view.kind, "location_id": view.location_id,
-                    "document_id": view.document_id, "viewed_at": view.viewed_at,
-                    "received_at": now, "source": view.source, "user_agent": view.user_agent,
-                    "ip": view.ip, "verdict": view.verdict,
-                    "verdict_reason": view.verdict_reason, "forward": view.forward,
-                    "request_id": view.request_id})
-                out.append(Accepted(event_id, "queued" if view.forward else "filtered",
-                                    coalesced=coalesced))
-            results.append(out)
-        if rows:
-            self._run(conn, _INSERT_EVENTS, _EVENT_KEYS, rows)
-        return results
+            chunk = keys[start:start + 500]
+            param = chunk if self._pg else json.dumps(chunk)
+            seen.update(self._execute(cur, self._sql["seen"], (param,), fetch=True))
+        return seen
 
-    def _run(self, conn, sql: dict[str, str], keys: tuple[str, ...], rows: list[dict]):
-        """Execute one of the statements below for ``rows``: PostgreSQL takes one array per
-        column (unnest), SQLite one JSON array of rows (json_each). Naive times are
-        refused on both, as ``db.UTCDateTime`` (which formats SQLite's) refuses them."""
+    def _payload(self, rows: list) -> tuple:
         if self._pg:
-            columns = {k: [row[k] for row in rows] for k in keys}
-            for key in _TIMES.intersection(keys):
-                if any(t is not None and t.tzinfo is None for t in columns[key]):
-                    raise ValueError("naive datetime given to the store")
-            return conn.exec_driver_sql(sql["postgresql"], columns)
-        if self._time is None:
-            self._time = UTCDateTime().dialect_impl(conn.dialect).bind_processor(conn.dialect)
-        fmt = self._time
-        data = [[fmt(row[k]) if k in _TIMES else row[k] for k in keys] for row in rows]
-        return conn.exec_driver_sql(sql["sqlite"], (json.dumps(data),))
+            return tuple(list(column) for column in zip(*rows, strict=True))
+        return ("[" + ",".join(rows) + "]",)
+
+    def _execute(self, cur, sql: str, params: tuple, *, fetch: bool = False):
+        """Run one statement; a driver error becomes SQLAlchemy's (IntegrityError,
+        OperationalError, ...), as on the rest of the store's paths."""
+        try:
+            cur.execute(sql, params)
+            return cur.fetchall() if fetch else None
+        except self._dbapi_error as exc:
+            raise sa.exc.DBAPIError.instance(sql, None, exc, self._dbapi_error,
+                                             hide_parameters=True) from exc
+
+    @staticmethod
+    def _answers(rows, answers, docs) -> list[list[Accepted]]:
+        """Each view's sequence number counts back from its document's new ``views_seq``
+        (the upsert's), as the insert did: a view is coalesced when views sent or failed
+        before it leave another one waiting ahead of it."""
+        later: dict[tuple, int] = {}
+        coalesced = [False] * len(rows)
+        for i in range(len(rows) - 1, -1, -1):
+            view = rows[i][0]
+            if view.forward:
+                key = (view.kind, view.location_id, view.document_id)
+                behind = later.get(key, 0)
+                later[key] = behind + 1
+                views_seq, done = docs[key]
+                coalesced[i] = views_seq - behind - done > 1
+        return [[a if isinstance(a, Accepted) else
+                 Accepted(rows[a][1], "queued" if rows[a][0].forward else "filtered",
+                          coalesced=coalesced[a]) for a in out] for out in answers]
 
 
-# Each statement takes all of a group's rows as ONE parameter: on PostgreSQL one array per
-# column, unnested; on SQLite one JSON array of rows, read with json_each. So a group of
-# any size is one statement with a fixed text (one call, one plan) instead of one per row.
-_UPSERT_KEYS = ("p_kind", "p_location_id", "p_document_id", "p_views", "p_first", "p_last",
-                "p_request_id")
-_EVENT_KEYS = ("id", "event_key", "document_row", "seq", "kind", "location_id", "document_id",
-               "viewed_at", "received_at", "source", "user_agent", "ip", "verdict",
-               "verdict_reason", "forward", "request_id")
-_UPSERT_COLUMNS = ("kind", "location_id", "document_id", "views", "first", "last",
-                   "request_id")
-_TIMES = frozenset({"p_first", "p_last", "viewed_at", "received_at"})
+# The statements. Both read the group's rows (``_COLUMNS``, in arrival order ``pos``) from
+# ONE parameter: on SQLite a JSON array of rows read with json_each, on PostgreSQL one
+# array per column, unnested. ``later`` is how many forwarded views of the same document
+# come after the row in the group: its sequence number is the document's new views_seq
+# minus that.
+_COLUMNS = ("id", "event_key", "kind", "location_id", "document_id", "viewed_at",
+            "received_at", "source", "user_agent", "ip", "verdict", "verdict_reason",
+            "forward", "request_id")
+_PG_TYPES = ("varchar", "varchar", "varchar", "varchar", "varchar", "timestamptz",
+             "timestamptz", "varchar", "varchar", "varchar", "varchar", "varchar", "boolean",
+             "varchar")
+_SOURCE = {
+    "sqlite": "SELECT j.key AS pos, " + ", ".join(
+        f"json_extract(j.value, '$[{i}]') AS {name}" for i, name in enumerate(_COLUMNS))
+    + " FROM json_each(?) AS j",
+    "postgresql": "SELECT * FROM unnest(" + ", ".join(
+        f"%s::{t}[]" for t in _PG_TYPES) + ") WITH ORDINALITY AS j(" + ", ".join(_COLUMNS)
+    + ", pos)",
+}
+_ROWS = """
+WITH v AS (
+    SELECT r.*, CASE WHEN r.forward THEN row_number() OVER (
+        PARTITION BY r.forward, r.kind, r.location_id, r.document_id ORDER BY r.pos DESC
+    ) - 1 END AS later
+    FROM ({source}) AS r
+)
+"""
 _REOPEN = f"d.status IN ('{IDLE}', '{DEAD}')"
-
-
-def _json_columns(names: tuple[str, ...]) -> str:
-    """SQLite: the columns of json_each's rows (JSON arrays), named."""
-    return ", ".join(f"json_extract(j.value, '$[{i}]') AS {name}"
-                     for i, name in enumerate(names))
-
-
 # Count the group's views of each document in one upsert (concurrent writers never lose
 # a count); an idle or dead row becomes pending, due at once or at the end of the
-# coalescing window after its last send. SET expressions see the row as it was.
-_UPSERT_TAIL = f"""
+# coalescing window after its last send. SET expressions see the row as it was. Sorted:
+# every writer locks rows in one order, so two never deadlock.
+_UPSERT = f"""
+INSERT INTO documents AS d (kind, location_id, document_id, status, views_seq, due_at,
+                            pending_since, updated_at, last_request_id)
+SELECT v.kind, v.location_id, v.document_id, '{PENDING}', count(*), min(v.received_at),
+       min(v.received_at), max(v.received_at), max(CASE WHEN v.later = 0 THEN v.request_id END)
+FROM v WHERE v.forward
+GROUP BY v.kind, v.location_id, v.document_id ORDER BY v.kind, v.location_id, v.document_id
 ON CONFLICT (kind, location_id, document_id) DO UPDATE SET
     views_seq = d.views_seq + excluded.views_seq,
     status = CASE WHEN {_REOPEN} THEN '{PENDING}' ELSE d.status END,
@@ -205,37 +238,26 @@ ON CONFLICT (kind, location_id, document_id) DO UPDATE SET
     updated_at = excluded.updated_at
 RETURNING id, kind, location_id, document_id, views_seq, sent_seq, failed_seq
 """
-_UPSERT_HEAD = """
-INSERT INTO documents AS d (kind, location_id, document_id, status, views_seq, due_at,
-                            pending_since, updated_at, last_request_id)
-SELECT u.kind, u.location_id, u.document_id, '{status}', u.views, u.first, u.first, u.last,
-       u.request_id
+_INSERT = """
+INSERT INTO events (id, event_key, document_row, seq, kind, location_id, document_id,
+                    viewed_at, received_at, source, user_agent, ip, verdict, verdict_reason,
+                    forward, request_id)
+SELECT v.id, v.event_key, d.id, d.views_seq - v.later, v.kind, v.location_id,
+       v.document_id, v.viewed_at, v.received_at, v.source, v.user_agent, v.ip, v.verdict,
+       v.verdict_reason, v.forward, v.request_id
+FROM v LEFT JOIN documents AS d
+    ON v.forward AND d.kind = v.kind AND d.location_id = v.location_id
+       AND d.document_id = v.document_id
+ORDER BY v.pos
 """
-_UPSERT = {
-    "postgresql": _UPSERT_HEAD.format(status=PENDING) + f"""
-FROM unnest(%(p_kind)s::varchar[], %(p_location_id)s::varchar[], %(p_document_id)s::varchar[],
-            %(p_views)s::int[], %(p_first)s::timestamptz[], %(p_last)s::timestamptz[],
-            %(p_request_id)s::varchar[])
-     AS u({", ".join(_UPSERT_COLUMNS)})
-""" + _UPSERT_TAIL,
-    # WHERE true: SQLite's parser needs it between INSERT .. SELECT and ON CONFLICT.
-    "sqlite": _UPSERT_HEAD.format(status=PENDING) + f"""
-FROM (SELECT {_json_columns(_UPSERT_COLUMNS)} FROM json_each(?) AS j) AS u WHERE true
-""" + _UPSERT_TAIL,
-}
-_EVENT_COLUMNS = ", ".join(_EVENT_KEYS)
-_INSERT_EVENTS = {
-    "postgresql": f"""
-INSERT INTO events ({_EVENT_COLUMNS})
-SELECT * FROM unnest(
-    %(id)s::varchar[], %(event_key)s::varchar[], %(document_row)s::bigint[], %(seq)s::int[],
-    %(kind)s::varchar[], %(location_id)s::varchar[], %(document_id)s::varchar[],
-    %(viewed_at)s::timestamptz[], %(received_at)s::timestamptz[], %(source)s::varchar[],
-    %(user_agent)s::varchar[], %(ip)s::varchar[], %(verdict)s::varchar[],
-    %(verdict_reason)s::varchar[], %(forward)s::boolean[], %(request_id)s::varchar[])
-""",
-    "sqlite": f"""
-INSERT INTO events ({_EVENT_COLUMNS})
-SELECT {_json_columns(_EVENT_KEYS)} FROM json_each(?) AS j
-""",
+_SQL = {
+    dialect: {
+        "upsert": _ROWS.format(source=source) + _UPSERT,
+        "insert": _ROWS.format(source=source) + _INSERT,
+        "seen": ("SELECT event_key, id FROM events WHERE event_key = ANY(%s)"
+                 if dialect == "postgresql" else
+                 "SELECT event_key, id FROM events WHERE event_key IN "
+                 "(SELECT value FROM json_each(?))"),
+    }
+    for dialect, source in _SOURCE.items()
 }

@@ -6,6 +6,7 @@ about Flask or HTTP. Times are passed in (``now``) so tests drive the clock.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import secrets
 from collections import Counter
@@ -28,7 +29,8 @@ from .groupcommit import GroupCommitter
 from .highlevel import RateLimit
 from .outcomes import BLOCKED, PENDING, record_outcomes
 from .ratelimit import NoLimit
-from .recording import Accepted, View, ViewWriter
+from .recording import Accepted, Prepared, View, ViewWriter
+from .write_connection import WriteConnection
 
 
 @dataclass(frozen=True)
@@ -77,10 +79,14 @@ class Store:
         self.window = dt.timedelta(seconds=coalesce_window)
         self.lease = dt.timedelta(seconds=lease_seconds)
         self.dialect = engine.dialect.name
-        self._writer = ViewWriter(self.dialect)
-        # Web processes share commits between concurrent requests (one fsync for many).
-        self._committer = GroupCommitter(engine.begin, self._writer.record_group,
-                                         self._record_alone) if group_commit else None
+        self._writer = ViewWriter(engine.dialect)
+        # Web processes share commits between concurrent requests (one fsync for many),
+        # on a connection of their own (see write_connection).
+        self._committer = None
+        if group_commit:
+            self._write_connection = WriteConnection(engine)
+            self._committer = GroupCommitter(self._write_connection.begin,
+                                             self._writer.write, self._record_alone)
 
     # -- ingest ---------------------------------------------------------------
 
@@ -90,15 +96,17 @@ class Store:
         A view whose ``event_key`` was seen before is answered ``duplicate`` with the
         first event's id and changes nothing.
         """
+        prepared = self._writer.prepare(views, now)
         if self._committer is not None:
-            return self._committer.submit(views, now=now)
-        return self._record_alone(views, now)
+            return self._committer.submit(prepared, size=len(views))
+        return self._record_alone(prepared)
 
-    def _record_alone(self, views: Sequence[View], now: dt.datetime) -> list[Accepted]:
+    def _record_alone(self, prepared: Prepared) -> list[Accepted]:
         for attempt in range(3):
             try:
-                with self.engine.begin() as conn:
-                    return self._writer.record(conn, views, now)
+                with self.engine.begin() as conn, \
+                        contextlib.closing(conn.connection.dbapi_connection.cursor()) as cur:
+                    return self._writer.write(cur, [prepared])[0]
             except IntegrityError:
                 # Two requests raced on one new eventId (PostgreSQL): the loser's
                 # transaction is rolled back whole; on retry it finds the winner's row.

@@ -38,14 +38,21 @@ def run_concurrently(fn, n):
     return results, errors
 
 
-def count_commits(engine):
-    commits = []
-    sa.event.listen(engine, "commit", lambda conn: commits.append(1))
-    return commits
+def count_groups(store):
+    """Count the group transactions ``store`` commits (each is one commit)."""
+    groups, write = [], store._committer.write_group
+
+    def counted(cursor, items):
+        results = write(cursor, items)
+        groups.append(len(items))
+        return results
+
+    store._committer.write_group = counted
+    return groups
 
 
 def test_concurrent_requests_are_all_stored_in_fewer_commits(grouped):
-    commits = count_commits(grouped.engine)
+    commits = count_groups(grouped)
     results, errors = run_concurrently(
         lambda i: grouped.record_views([make_view(document_id=f"inv_{i}")] * 3, now=T0), 24)
     assert errors == [None] * 24
@@ -78,41 +85,43 @@ def test_one_event_id_from_two_requests_is_stored_once(grouped):
 
 
 def test_the_writer_hands_over_and_nobody_waits_forever():
-    """Many threads, many rounds, a slow "commit": every call returns its own result,
-    and a request that wrote its own group does not stay on to write later ones."""
+    """Many threads, many rounds, a slow "commit", groups of at most 4: every call
+    returns its own result, a group takes what queued while its transaction opened, and
+    a request whose own views are written does not stay on to write later groups."""
     import contextlib
     import time
 
     from service.groupcommit import GroupCommitter
 
-    groups = []
+    groups, written, own, stayed_on = [], set(), {}, []
 
-    def write(conn, views, now):
-        return [f"stored:{v}" for v in views]
-
-    def write_group(conn, group):
-        return [write(conn, views, now) for views, now in group]
+    def write_group(conn, items):
+        if own[threading.get_ident()] in written:
+            stayed_on.append(items)
+        written.update(item[0] for item in items)
+        groups.append((threading.get_ident(), len(items)))
+        return [[f"stored:{item[0]}"] for item in items]
 
     @contextlib.contextmanager
     def begin():
-        time.sleep(0.002)  # a commit takes a while, so groups form
-        groups.append(threading.get_ident())
+        time.sleep(0.002)  # opening waits (SQLite's write lock): requests queue meanwhile
         yield None
 
-    committer = GroupCommitter(begin, write_group, lambda views, now: write(None, views, now))
-    writes_by = {}
+    committer = GroupCommitter(begin, write_group, lambda item: [f"stored:{item[0]}"],
+                               max_views=4)
 
     def worker(i):
         for round_ in range(20):
-            assert committer.submit([f"{i}-{round_}"], now=T0) == [f"stored:{i}-{round_}"]
-        return threading.get_ident()
+            own[threading.get_ident()] = item = f"{i}-{round_}"
+            assert committer.submit([item]) == [f"stored:{item}"]
 
     results, errors = run_concurrently(worker, 16)
     assert errors == [None] * 16
-    for ident in groups:
-        writes_by[ident] = writes_by.get(ident, 0) + 1
-    assert len(groups) < 16 * 20  # groups formed
-    assert len(writes_by) > 1  # the pen was handed over between threads
+    assert len(written) == 16 * 20
+    assert stayed_on == []
+    assert max(size for _, size in groups) == 4  # groups formed, up to the bound
+    assert len(groups) < 16 * 20
+    assert len({ident for ident, _ in groups}) > 1  # the pen was handed over
 
 
 def _state(store, location_id):
@@ -159,10 +168,12 @@ def test_a_group_writes_exactly_what_one_request_at_a_time_writes(grouped):
         store.record_outcome(claim, Outcome("delivered", "delivered", http_status=200),
                              now=T0)
         if loc == "one_by_one":
-            got = [store._record_alone(views, now) for views, now in requests(loc)]
+            got = [store._record_alone(store._writer.prepare(views, now))
+                   for views, now in requests(loc)]
         else:
-            with store.engine.begin() as conn:
-                got = store._writer.record_group(conn, requests(loc))
+            with store._write_connection.begin() as cursor:
+                got = store._writer.write(
+                    cursor, [store._writer.prepare(views, now) for views, now in requests(loc)])
         answers[loc] = [[(a.status, a.coalesced) for a in r] for r in got]
         assert got[5][0].id == first.id  # a duplicate answers the first event's id
         assert got[2][0].id == got[1][0].id
