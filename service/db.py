@@ -103,7 +103,8 @@ events = sa.Table(
     sa.Column("verdict_reason", sa.String(100)),
     sa.Column("forward", sa.Boolean, nullable=False, server_default=sa.true()),
     sa.Column("request_id", sa.String(64)),
-    sa.Index("ix_events_document_row_seq", "document_row", "seq"),
+    # No index on document_row: no query looks events up by document, and each index
+    # costs every pixel view a B-tree page in its commit (migration 0006).
 )
 
 # One row per location (or company): the token HighLevel calls use, encrypted.
