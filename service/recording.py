@@ -98,8 +98,8 @@ class ViewWriter:
         if value.tzinfo is None:
             raise ValueError("naive datetime given to the store")
         if self._pg:
-            return value
-        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+            return value.isoformat()  # read from JSON by the statements
+        return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
     # -- inside the transaction ----------------------------------------------------------
 
@@ -173,7 +173,7 @@ class ViewWriter:
         if not params:
             return []
         if self._pg:
-            return self._execute(cur, _UPSERT_PG, _columns(params), fetch=True)
+            return self._execute(cur, _UPSERT_PG, (_json(_UPSERT_KEYS, params),), fetch=True)
         return [self._execute(cur, _UPSERT_SQLITE, doc, fetch=True)[0] for doc in params]
 
     def _reopen(self, cur, row_id: int, first) -> None:
@@ -184,7 +184,7 @@ class ViewWriter:
 
     def _insert(self, cur, records: list[tuple]) -> None:
         if self._pg:
-            self._execute(cur, _INSERT_PG, _columns(records))
+            self._execute(cur, _INSERT_PG, (_json(_EVENT_KEYS, records),))
         else:
             self._execute(cur, _INSERT_SQLITE, records, many=True)
 
@@ -211,9 +211,10 @@ class ViewWriter:
                                              hide_parameters=True) from exc
 
 
-def _columns(rows: list[tuple]) -> list[list]:
-    """PostgreSQL: rows as one array per column (unnested by the statement)."""
-    return [list(column) for column in zip(*rows, strict=True)]
+def _json(keys: tuple[str, ...], rows: list[tuple]) -> str:
+    """PostgreSQL: rows as one JSON parameter, read by json_to_recordset. (Lists as arrays,
+    one per column, cost several times more: psycopg dumps them element by element.)"""
+    return json.dumps([dict(zip(keys, row, strict=True)) for row in rows])
 
 
 # Count a document's views in the group (concurrent writers never lose a count).
@@ -235,12 +236,13 @@ INSERT INTO documents AS d (kind, location_id, document_id, status, views_seq, d
 """
 _UPSERT_SQLITE = _UPSERT_HEAD + f"""
 VALUES (?1, ?2, ?3, '{PENDING}', ?4, ?5, ?5, ?6, ?7)""" + _UPSERT_TAIL
+_UPSERT_KEYS = ("kind", "location_id", "document_id", "views", "first", "last", "request_id")
 _UPSERT_PG = _UPSERT_HEAD + f"""
 SELECT u.kind, u.location_id, u.document_id, '{PENDING}', u.views, u.first, u.first, u.last,
        u.request_id
-FROM unnest(%s::varchar[], %s::varchar[], %s::varchar[], %s::int[], %s::timestamptz[],
-            %s::timestamptz[], %s::varchar[])
-     AS u(kind, location_id, document_id, views, first, last, request_id)
+FROM json_to_recordset(%s::json) AS u(kind varchar, location_id varchar, document_id varchar,
+                                      views int, first timestamptz, last timestamptz,
+                                      request_id varchar)
 WHERE true""" + _UPSERT_TAIL
 # An idle or dead document that got views is pending again: due at once, or at the end of
 # the coalescing window after its last send. Parameters: the first view's arrival, the
@@ -251,17 +253,20 @@ UPDATE documents SET status = '{PENDING}',
     due_at = CASE WHEN quiet_until > {p} THEN quiet_until ELSE {p} END,
     pending_since = {p}, attempts = 0, dead_reason = NULL
 WHERE id = {i} AND status IN ('{IDLE}', '{DEAD}')
-""" for dialect, p, i in (("sqlite", "?1", "?2"), ("postgresql", "%(first)s", "%(id)s"))}
-_EVENT_COLUMNS = """id, event_key, document_row, seq, kind, location_id, document_id,
-                    viewed_at, received_at, source, user_agent, ip, verdict, verdict_reason,
-                    forward, request_id"""
+""" for dialect, p, i in (("sqlite", "?1", "?2"),
+                         ("postgresql", "%(first)s::timestamptz", "%(id)s"))}
+_EVENT_KEYS = ("id", "event_key", "document_row", "seq", "kind", "location_id",
+               "document_id", "viewed_at", "received_at", "source", "user_agent", "ip",
+               "verdict", "verdict_reason", "forward", "request_id")
+_EVENT_COLUMNS = ", ".join(_EVENT_KEYS)
 _INSERT_SQLITE = f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES ({', '.join('?' * 16)})"
 _INSERT_PG = f"""
 INSERT INTO events ({_EVENT_COLUMNS})
-SELECT * FROM unnest(
-    %s::varchar[], %s::varchar[], %s::bigint[], %s::int[], %s::varchar[], %s::varchar[],
-    %s::varchar[], %s::timestamptz[], %s::timestamptz[], %s::varchar[], %s::varchar[],
-    %s::varchar[], %s::varchar[], %s::varchar[], %s::boolean[], %s::varchar[])
+SELECT {_EVENT_COLUMNS} FROM json_to_recordset(%s::json) AS r(
+    id varchar, event_key varchar, document_row bigint, seq int, kind varchar,
+    location_id varchar, document_id varchar, viewed_at timestamptz, received_at timestamptz,
+    source varchar, user_agent varchar, ip varchar, verdict varchar, verdict_reason varchar,
+    forward boolean, request_id varchar)
 """
 _SEEN = {
     "postgresql": "SELECT event_key, id FROM events WHERE event_key = ANY(%s)",
