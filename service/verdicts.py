@@ -13,8 +13,10 @@ Nothing matches: ``human``. The data file documents its format and every entry's
 
 from __future__ import annotations
 
+import bisect
 import functools
 import ipaddress
+import itertools
 import re
 import threading
 import tomllib
@@ -72,10 +74,37 @@ class Rule:
         """The network half, for a user agent that matched: the reason, or None."""
         if not self.networks:
             return f"ua:{self.name}"
-        # `addr in net` is False when the IP versions differ.
-        hit = next((net for net in self.networks if addr is not None and addr in net), None)
+        hit = None if addr is None else self._ranges[addr.version].find(int(addr))
         kind = "ip+ua" if self.user_agents else "ip"
         return None if hit is None else f"{kind}:{self.name} {hit}"
+
+    @functools.cached_property
+    def _ranges(self) -> dict[int, _Ranges]:
+        # Scanner rules list hundreds of networks and match every view's address: a
+        # binary search instead of `addr in net` for each (~0.5 us apiece).
+        return {v: _Ranges([n for n in self.networks if n.version == v]) for v in (4, 6)}
+
+
+class _Ranges:
+    """Networks of one IP version, searchable by address (as an int) in O(log n)."""
+
+    def __init__(self, networks: list[Network]):
+        nets = sorted(networks, key=lambda n: int(n.network_address))
+        self.nets = nets
+        self.starts = [int(n.network_address) for n in nets]
+        ends = [int(n.broadcast_address) for n in nets]
+        # reach[i]: the highest address any of nets[0..i] covers (networks may overlap).
+        self.reach = list(itertools.accumulate(ends, max))
+        self.ends = ends
+
+    def find(self, addr: int) -> Network | None:
+        """The network containing ``addr`` (the one listed latest by start), or None."""
+        i = bisect.bisect_right(self.starts, addr) - 1
+        while i >= 0 and self.reach[i] >= addr:
+            if self.ends[i] >= addr:
+                return self.nets[i]
+            i -= 1
+        return None
 
 
 class Classifier:
