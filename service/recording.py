@@ -12,9 +12,11 @@ the transaction (on SQLite: the database's one write lock) is open:
   ``documents`` row the group touches once, counting all of its views (``views_seq +
   k``, RETURNING the new count, from which every view's sequence number follows in
   arrival order); and inserts the ``events`` rows. On PostgreSQL each of the two is ONE
-  statement taking one array per column (one round trip, whatever the group's size); on
-  SQLite, which has no round trips, plain per-row statements (executemany) cost several
-  times less CPU than one statement reading a JSON array.
+  statement taking the rows as one JSON parameter (one round trip, whatever the group's
+  size). On SQLite each is ONE statement with a row of VALUES per document or view (a
+  JSON parameter read with json_extract cost several times more CPU there), and the
+  counts are read back as one JSON row rather than RETURNING's row per document: every
+  row a cursor steps through hands the GIL over, while the write lock is held.
 
 The result is what a view-by-view write would give: the same sequence numbers, the same
 ``coalesced`` flags, ``due_at`` / ``pending_since`` from the earliest view of a document
@@ -24,6 +26,7 @@ that reopened it and ``updated_at`` / ``last_request_id`` from its latest.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -167,14 +170,23 @@ class ViewWriter:
                           coalesced=coalesced[a]) for a in out] for out in answers]
 
     def _upsert(self, cur, params: list[tuple]) -> list[tuple]:
-        """Count the group's views of each document: PostgreSQL in one statement (one
-        array per column), SQLite one statement per document (its statements cost no
-        round trip, and many small ones cost less than one that parses JSON)."""
+        """Count the group's views of each document, in one statement: on PostgreSQL one
+        JSON parameter; on SQLite many rows of VALUES, then one row reading the counts
+        back as JSON (each row a cursor returns costs a GIL hand-off, taken while the
+        write lock is held)."""
         if not params:
             return []
         if self._pg:
             return self._execute(cur, _UPSERT_PG, (_json(_UPSERT_KEYS, params),), fetch=True)
-        return [self._execute(cur, _UPSERT_SQLITE, doc, fetch=True)[0] for doc in params]
+        found = []
+        for chunk in _chunks(params, 1000):
+            flat = [v for kind, loc, doc, n, first, last, rid in chunk
+                    for v in (kind, loc, doc, n, first, first, last, rid)]
+            self._execute(cur, _sqlite_upsert(len(chunk)), flat)
+            keys = [v for key in chunk for v in key[:3]]
+            [(rows,)] = self._execute(cur, _sqlite_counts(len(chunk)), keys, fetch=True)
+            found.extend(json.loads(rows))
+        return found
 
     def _reopen(self, cur, row_id: int, first) -> None:
         if self._pg:
@@ -185,8 +197,9 @@ class ViewWriter:
     def _insert(self, cur, records: list[tuple]) -> None:
         if self._pg:
             self._execute(cur, _INSERT_PG, (_json(_EVENT_KEYS, records),))
-        else:
-            self._execute(cur, _INSERT_SQLITE, records, many=True)
+            return
+        for chunk in _chunks(records, 1000):  # SQLite takes up to 32,766 parameters
+            self._execute(cur, _sqlite_insert(len(chunk)), [v for r in chunk for v in r])
 
     def _seen(self, cur, keys: list[str]) -> dict[str, str]:
         """eventId -> id of the events already stored with these eventIds."""
@@ -197,13 +210,10 @@ class ViewWriter:
             seen.update(self._execute(cur, self._seen_sql, (param,), fetch=True))
         return seen
 
-    def _execute(self, cur, sql: str, params, *, fetch: bool = False, many: bool = False):
+    def _execute(self, cur, sql: str, params, *, fetch: bool = False):
         """Run one statement; a driver error becomes SQLAlchemy's (IntegrityError,
         OperationalError, ...), as on the rest of the store's paths."""
         try:
-            if many:
-                cur.executemany(sql, params)
-                return None
             cur.execute(sql, params)
             return cur.fetchall() if fetch else None
         except self._dbapi_error as exc:
@@ -223,19 +233,17 @@ def _json(keys: tuple[str, ...], rows: list[tuple]) -> str:
 # entries of every index on a column the SET names, even to the same value, which cost
 # ~30 us per view; the few documents that were idle or dead (RETURNING says) are reopened
 # by ``_REOPEN`` after it.
-_UPSERT_TAIL = """
+_UPSERT_SET = """
 ON CONFLICT (kind, location_id, document_id) DO UPDATE SET
     views_seq = d.views_seq + excluded.views_seq,
     last_request_id = excluded.last_request_id,
     updated_at = excluded.updated_at
-RETURNING id, kind, location_id, document_id, views_seq, sent_seq, failed_seq, status
 """
+_COUNTS = "id, kind, location_id, document_id, views_seq, sent_seq, failed_seq, status"
 _UPSERT_HEAD = """
 INSERT INTO documents AS d (kind, location_id, document_id, status, views_seq, due_at,
                             pending_since, updated_at, last_request_id)
 """
-_UPSERT_SQLITE = _UPSERT_HEAD + f"""
-VALUES (?1, ?2, ?3, '{PENDING}', ?4, ?5, ?5, ?6, ?7)""" + _UPSERT_TAIL
 _UPSERT_KEYS = ("kind", "location_id", "document_id", "views", "first", "last", "request_id")
 _UPSERT_PG = _UPSERT_HEAD + f"""
 SELECT u.kind, u.location_id, u.document_id, '{PENDING}', u.views, u.first, u.first, u.last,
@@ -243,7 +251,7 @@ SELECT u.kind, u.location_id, u.document_id, '{PENDING}', u.views, u.first, u.fi
 FROM json_to_recordset(%s::json) AS u(kind varchar, location_id varchar, document_id varchar,
                                       views int, first timestamptz, last timestamptz,
                                       request_id varchar)
-WHERE true""" + _UPSERT_TAIL
+WHERE true""" + _UPSERT_SET + f"RETURNING {_COUNTS}"
 # An idle or dead document that got views is pending again: due at once, or at the end of
 # the coalescing window after its last send. Parameters: the first view's arrival, the
 # row id.
@@ -259,7 +267,6 @@ _EVENT_KEYS = ("id", "event_key", "document_row", "seq", "kind", "location_id",
                "document_id", "viewed_at", "received_at", "source", "user_agent", "ip",
                "verdict", "verdict_reason", "forward", "request_id")
 _EVENT_COLUMNS = ", ".join(_EVENT_KEYS)
-_INSERT_SQLITE = f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES ({', '.join('?' * 16)})"
 _INSERT_PG = f"""
 INSERT INTO events ({_EVENT_COLUMNS})
 SELECT {_EVENT_COLUMNS} FROM json_to_recordset(%s::json) AS r(
@@ -268,6 +275,33 @@ SELECT {_EVENT_COLUMNS} FROM json_to_recordset(%s::json) AS r(
     source varchar, user_agent varchar, ip varchar, verdict varchar, verdict_reason varchar,
     forward boolean, request_id varchar)
 """
+
+
+def _chunks(items: list, size: int):
+    return (items[i:i + size] for i in range(0, len(items), size))
+
+
+# SQLite: statements for n rows of VALUES; the module caches prepared statements by text.
+@functools.lru_cache(maxsize=64)
+def _sqlite_upsert(n: int) -> str:
+    return (_UPSERT_HEAD + "VALUES " + ", ".join([f"(?, ?, ?, '{PENDING}', ?, ?, ?, ?, ?)"] * n)
+            + _UPSERT_SET)
+
+
+@functools.lru_cache(maxsize=64)
+def _sqlite_counts(n: int) -> str:
+    return ("WITH k(kind, location_id, document_id) AS (VALUES "
+            + ", ".join(["(?, ?, ?)"] * n) + ") "
+            f"SELECT json_group_array(json_array({_COUNTS})) "
+            "FROM k JOIN documents USING (kind, location_id, document_id)")
+
+
+@functools.lru_cache(maxsize=64)
+def _sqlite_insert(n: int) -> str:
+    return (f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES "
+            + ", ".join([f"({', '.join('?' * 16)})"] * n))
+
+
 _SEEN = {
     "postgresql": "SELECT event_key, id FROM events WHERE event_key = ANY(%s)",
     "sqlite": "SELECT event_key, id FROM events WHERE event_key IN "

@@ -188,3 +188,16 @@ def test_a_group_writes_exactly_what_one_request_at_a_time_writes(grouped):
     idle = dict((r[0], r) for r in docs_g)["inv_idle"]
     assert idle[1:3] == ("pending", 2)
     assert idle[3] == T0 + store.window  # reopened inside the window: due at its end
+
+
+def test_a_group_larger_than_one_statement_takes_is_written_whole(grouped):
+    """SQLite statements take up to 1,000 rows of VALUES: a bigger group is split into
+    several statements, in the same transaction, with the same answers."""
+    views = [make_view(document_id=f"inv_{i % 1100}") for i in range(2000)]
+    answers = grouped.record_views(views, now=T0)
+    assert len(answers) == 2000 and {a.status for a in answers} == {"queued"}
+    assert [a.coalesced for a in answers] == [False] * 1100 + [True] * 900
+    assert grouped.queue_depth() == {"pending": 1100}
+    with grouped.engine.connect() as conn:
+        seqs = conn.execute(sa.select(events.c.document_id, events.c.seq)).all()
+    assert sorted(seqs) == sorted((f"inv_{i % 1100}", 1 + i // 1100) for i in range(2000))
