@@ -140,6 +140,13 @@ def _configs(value: str) -> list[tuple[int, int]]:
     return out
 
 
+def _ints(value: str) -> list[int]:
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected numbers, e.g. 32,64") from None
+
+
 def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
@@ -152,7 +159,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--duration", type=int, default=15, help="measured seconds per case")
     p.add_argument("--warmup", type=int, default=2,
                    help="seconds of unmeasured load after start-up, before each case")
-    p.add_argument("--connections", type=int, default=32, help="concurrent connections")
+    p.add_argument("--connections", type=_ints, default=[32],
+                   help="concurrent connections; several (e.g. 32,64,128) run each setting at "
+                        "each, and the summary shows each server's peak")
     p.add_argument("--wrk-threads", type=int, default=2, help="wrk -t")
     p.add_argument("--timeout", type=int, default=10, help="seconds before wrk gives up on one")
     p.add_argument("--backends", type=_csv, default=["sqlite", "postgresql"],
@@ -378,7 +387,7 @@ def run_case(args, target: str, backend: str | None, store, workers: int, thread
     log = OUT / f"pixel-{name}-{workers}x{threads}.log"
     server = Proc(f"gunicorn {name} {workers}x{threads}", cmd, env, log)
     result = {"target": target, "backend": backend or "-", "workers": workers,
-              "threads": threads, "cmd": cmd}
+              "threads": threads, "connections": args.connections, "cmd": cmd}
     try:
         wait_ready(f"http://127.0.0.1:{port}", server)
         answer = smoke(port, paths[0])
@@ -432,18 +441,26 @@ def label(r: dict) -> str:
 
 def report(args, rows: list[dict], notes: list[str], facts: list, started: dt.datetime,
            durability: list[str]) -> str:
-    bare = {(r["round"], r["workers"], r["threads"]): r["rps"] for r in rows
-            if r["target"] == "bare"}
+    several = len(args.connections) > 1
+
+    def setting(r: dict) -> tuple[int, int, int]:
+        return r["workers"], r["threads"], r["connections"]
+
+    def name(w: int, t: int, c: int) -> str:
+        return f"{w}x{t} -c{c}" if several else f"{w}x{t}"
+
+    bare = {(r["round"], *setting(r)): r["rps"] for r in rows if r["target"] == "bare"}
 
     def ratio(r: dict) -> str:
-        ref = bare.get((r["round"], r["workers"], r["threads"]))
+        ref = bare.get((r["round"], *setting(r)))
         return f"{r['rps'] / ref:.2f}" if ref else "-"
 
-    headers = ["round", "workers x threads", "server", "200s", "req/s", "p50 ms", "p99 ms",
+    headers = ["round", "workers x threads" + (" -c connections" if several else ""),
+               "server", "200s", "req/s", "p50 ms", "p99 ms",
                "max ms", "non-2xx", "socket errors / timeouts", "vs bare",
                "server CPU (cores, of it system)", "server CPU ms / request",
                "load gen CPU (cores)", "views stored / 200s"]
-    table = [[r["round"], f"{r['workers']}x{r['threads']}", label(r), f"{r['ok']:,}",
+    table = [[r["round"], name(*setting(r)), label(r), f"{r['ok']:,}",
               f"{r['rps']:,.0f}", f"{r['p50']:.1f}", f"{r['p99']:.1f}", f"{r['max']:.0f}",
               r["non2xx"], f"{r['sock_errors']} / {r['timeouts']}", ratio(r),
               f"{r['server_cpu']:.2f} ({r.get('server_sys', 0):.2f})",
@@ -453,36 +470,38 @@ def report(args, rows: list[dict], notes: list[str], facts: list, started: dt.da
                if "stored" in r else "n/a")]
              for r in rows]
 
-    # Summary: the median req/s per (server, config) over rounds; best config per server.
+    # Summary: the median req/s per (server, setting) over rounds; best setting per server.
     cells: dict = {}
     for r in rows:
-        cells.setdefault((label(r), r["workers"], r["threads"]), []).append(r)
+        cells.setdefault((label(r), *setting(r)), []).append(r)
     med = {k: statistics.median(x["rps"] for x in v) for k, v in cells.items()}
     servers = list(dict.fromkeys(label(r) for r in rows))
-    configs = list(dict.fromkeys((r["workers"], r["threads"]) for r in rows))
-    summary_headers = ["server"] + [f"{w}x{t}" for w, t in configs] + ["best"]
+    configs = list(dict.fromkeys(setting(r) for r in rows))
+    summary_headers = ["server"] + [name(*c) for c in configs] + ["best"]
     summary = []
     for s in servers:
         row = [s]
-        for w, t in configs:
-            v = med.get((s, w, t))
-            b = med.get(("bare Flask", w, t))
+        for c in configs:
+            v = med.get((s, *c))
+            b = med.get(("bare Flask", *c))
             row.append("-" if v is None else
                        f"{v:,.0f}" + (f" ({v / b:.2f}x)" if b and s != "bare Flask" else ""))
-        present = [(med[(s, w, t)], w, t) for w, t in configs if (s, w, t) in med]
+        present = [(med[(s, *c)], *c) for c in configs if (s, *c) in med]
         best = max(present)
-        row.append(f"{best[1]}x{best[2]} ({best[0]:,.0f})")
+        row.append(f"{name(*best[1:])} ({best[0]:,.0f})")
         summary.append(row)
-    best_bare = max((v for (s, _w, _t), v in med.items() if s == "bare Flask"), default=None)
+    best_bare = max((v for (s, *_c), v in med.items() if s == "bare Flask"), default=None)
 
     why = "--loadgen python" if shutil.which("wrk") else "wrk not installed"
     loadgen = (f"wrk ({subprocess.run(['wrk', '-v'], capture_output=True, text=True).stdout.split(chr(10))[0].strip()}), "  # noqa: E501
-               f"-t{args.wrk_threads} -c{args.connections} -d{args.duration}s "
+               f"-t{args.wrk_threads} -c{','.join(map(str, args.connections))} "
+               f"-d{args.duration}s "
                f"--timeout {args.timeout}s --latency, Lua script rotating through the paths"
                if args.loadgen == "wrk" else
                f"python fallback ({why}): "
                f"{args.client_procs} processes, "
-               f"{args.connections} keep-alive http.client connections in all")
+               f"{','.join(map(str, args.connections))} keep-alive http.client connections "
+               "in all")
     lines = [
         "# Pixel benchmark (`GET /v1/pixel/<token>.gif`)",
         "",
@@ -500,8 +519,8 @@ def report(args, rows: list[dict], notes: list[str], facts: list, started: dt.da
     if best_bare:
         lines += [f"Best bare app: {best_bare:,.0f} req/s. Best of each relay against the "
                   "best bare: " + "; ".join(
-                      f"{s}: {max(v for (s2, _w, _t), v in med.items() if s2 == s):,.0f} "
-                      f"({max(v for (s2, _w, _t), v in med.items() if s2 == s) / best_bare:.2f}x)"
+                      f"{s}: {max(v for (s2, *_c), v in med.items() if s2 == s):,.0f} "
+                      f"({max(v for (s2, *_c), v in med.items() if s2 == s) / best_bare:.2f}x)"
                       for s in servers if s != "bare Flask") + ".", ""]
     lines += [
         "## Every case",
@@ -631,15 +650,18 @@ def main(argv=None) -> int:
                 plan.append(("bare", None))
             else:
                 plan += [(t, b) for b in stores]
+        settings = [(w, th, c) for w, th in args.configs for c in args.connections]
         for rnd in range(1, args.rounds + 1):
-            for w, th in args.configs:
+            for w, th, conns in settings:
                 order = plan if rnd % 2 else list(reversed(plan))
+                case_args = argparse.Namespace(**{**vars(args), "connections": conns})
                 for target, backend in order:
-                    print(f"[round {rnd}] {w}x{th} {target}{'/' + backend if backend else ''}: "
+                    print(f"[round {rnd}] {w}x{th} -c{conns} "
+                          f"{target}{'/' + backend if backend else ''}: "
                           f"{args.warmup} s warm-up + {args.duration} s ...", flush=True)
                     try:
-                        r = run_case(args, target, backend, stores.get(backend), w, th, keys,
-                                     paths, paths_file, script, reference)
+                        r = run_case(case_args, target, backend, stores.get(backend), w, th,
+                                     keys, paths, paths_file, script, reference)
                     except Exception as exc:  # noqa: BLE001 - reported, the run goes on
                         notes.append(f"round {rnd} {w}x{th} {target} {backend or ''}: "
                                      f"FAILED: {exc}")
