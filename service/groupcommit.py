@@ -7,9 +7,8 @@ becomes the writer (no extra thread to manage across gunicorn's fork), opens a
 transaction, which on SQLite first waits for the write lock, takes every view queued by
 then (all that arrived while it waited) into that ONE transaction, commits, and wakes
 their requests; once its own views are written it hands the writing to the next waiting
-request. A request still returns only
-after the transaction holding its views has committed, so a 202 (or the pixel's GIF)
-still means the view is durable.
+request. A request still returns only after the transaction holding its views has
+committed, so a 202 (or the pixel's GIF) still means the view is durable.
 
 If a group's transaction fails (a constraint race, say), each request of the group is
 written again on its own, so one bad request never fails the others. No well-kept

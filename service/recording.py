@@ -72,7 +72,7 @@ class Prepared:
 
 
 class ViewWriter:
-    """Record groups of views with two statements of fixed text (see the module doc)."""
+    """Record groups of views: one upsert and one insert per group (see the module doc)."""
 
     def __init__(self, dialect: sa.Dialect):
         self._pg = dialect.name == "postgresql"
@@ -95,7 +95,8 @@ class ViewWriter:
         return Prepared(tuple(out))
 
     def _time(self, value: dt.datetime | None):
-        """PostgreSQL takes aware datetimes; SQLite the text ``db.UTCDateTime`` stores."""
+        """ISO text: with its offset for PostgreSQL (read from JSON), and on SQLite in UTC
+        without one, the text ``db.UTCDateTime`` stores."""
         if value is None:
             return None
         if value.tzinfo is None:
