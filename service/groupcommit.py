@@ -60,13 +60,20 @@ class GroupCommitter:
         job = _Job(item, size)
         with self._lock:
             self._queue.append(job)
-            if not self._writing:
+            elected = not self._writing
+            if elected:
                 self._writing = job.lead = True
+        if elected:  # (not job.lead: a handover may already have set it, see below)
+            self._lead(job)
+        # Every release of ``wake`` (the pen handed over, or the job written) is consumed
+        # by one acquire here, even when this thread sees the news before it waits: a
+        # handover that landed early must not leave the lock released, or the group's
+        # end would release it again (RuntimeError, and the group's later waiters and
+        # every later request of the process would wait forever).
         while not job.finished:
-            if job.lead:
+            job.wake.acquire()
+            if job.lead and not job.finished:
                 self._lead(job)
-            else:
-                job.wake.acquire()
         if job.error is not None:
             raise job.error
         return job.result

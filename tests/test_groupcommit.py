@@ -20,7 +20,11 @@ def grouped(services):
     return Store(services.engine, group_commit=True)
 
 
-def run_concurrently(fn, n):
+def run_concurrently(fn, n, timeout=60.0):
+    """Run fn(0..n-1) in n threads started together; their results and exceptions (a
+    thread still running after ``timeout`` seconds in all leaves None in both)."""
+    import time
+
     results, errors, start = [None] * n, [None] * n, threading.Barrier(n)
 
     def worker(i):
@@ -30,11 +34,12 @@ def run_concurrently(fn, n):
         except Exception as exc:  # collected and asserted by the caller
             errors[i] = exc
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(n)]
     for t in threads:
         t.start()
+    deadline = time.monotonic() + timeout
     for t in threads:
-        t.join(timeout=60)
+        t.join(timeout=max(0.0, deadline - time.monotonic()))
     return results, errors
 
 
@@ -201,3 +206,38 @@ def test_a_group_larger_than_one_statement_takes_is_written_whole(grouped):
     with grouped.engine.connect() as conn:
         seqs = conn.execute(sa.select(events.c.document_id, events.c.seq)).all()
     assert sorted(seqs) == sorted((f"inv_{i % 1100}", 1 + i // 1100) for i in range(2000))
+
+
+def test_a_handover_that_lands_before_its_thread_waits_is_not_signalled_twice():
+    """The writer hands over to the next queued request by setting its ``lead`` and
+    releasing its wake lock; that request may see ``lead`` before it ever waited. Its
+    lock must then not be released a second time when its group is done (it was:
+    "RuntimeError: release unlocked lock", a 500 seen once under load)."""
+    import contextlib
+    import sys
+
+    from service.groupcommit import GroupCommitter
+
+    @contextlib.contextmanager
+    def begin():
+        yield None
+
+    def write_group(conn, items):
+        return [[f"stored:{item[0]}"] for item in items]
+
+    committer = GroupCommitter(begin, write_group, lambda item: [f"stored:{item[0]}"])
+
+    def worker(i):
+        for round_ in range(3000):
+            item = f"{i}-{round_}"
+            assert committer.submit([item]) == [f"stored:{item}"]
+        return "done"
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads between any two bytecodes, nearly
+    try:
+        results, errors = run_concurrently(worker, 24, timeout=30)
+    finally:
+        sys.setswitchinterval(interval)
+    assert errors == [None] * 24
+    assert results == ["done"] * 24  # nobody left waiting
