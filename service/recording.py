@@ -66,9 +66,10 @@ class Accepted:
 
 @dataclass(frozen=True)
 class Prepared:
-    """One request's views, ready for ``ViewWriter.write``: (view, new id, row) each."""
+    """One request's views, ready for ``ViewWriter.write``: (view, row) each, the row's
+    first value being the view's new id (see ``_ID``, ``_DOC``... below)."""
 
-    views: tuple[tuple[View, str, object], ...]
+    views: tuple[tuple[View, tuple], ...]
 
 
 class ViewWriter:
@@ -91,7 +92,7 @@ class ViewWriter:
             row = (event_id, view.event_key, view.kind, view.location_id, view.document_id,
                    viewed, received, view.source, view.user_agent, view.ip, view.verdict,
                    view.verdict_reason, view.forward, view.request_id)
-            out.append((view, event_id, row))
+            out.append((view, row))
         return Prepared(tuple(out))
 
     def _time(self, value: dt.datetime | None):
@@ -114,10 +115,10 @@ class ViewWriter:
         A view whose ``event_key`` was seen before (earlier, or earlier in the group) is
         answered ``duplicate`` with the first event's id and changes nothing.
         """
-        keys = [v.event_key for prep in group for v, _, _ in prep.views
+        keys = [v.event_key for prep in group for v, _ in prep.views
                 if v.event_key is not None]
         seen = self._seen(cur, keys) if keys else {}
-        rows: list[tuple[View, str, object]] = []
+        rows: list[tuple[View, tuple]] = []
         answers: list[list] = []  # per request: an Accepted, or the index of its row
         for prep in group:
             out: list = []
@@ -127,7 +128,7 @@ class ViewWriter:
                     if key in seen:
                         out.append(Accepted(seen[key], "duplicate"))
                         continue
-                    seen[key] = item[1]
+                    seen[key] = item[1][_ID]
                 out.append(len(rows))
                 rows.append(item)
             answers.append(out)
@@ -135,14 +136,14 @@ class ViewWriter:
             return answers
         # Each document's views in this group: how many, the first and the last arrival.
         docs: dict[tuple, list] = {}  # (kind, location, document) -> [n, first, last, rid]
-        for _, _, row in rows:
-            if row[12]:  # forward
-                doc = docs.get(row[2:5])
+        for _, row in rows:
+            if row[_FORWARD]:
+                doc = docs.get(row[_DOC])
                 if doc is None:
-                    docs[row[2:5]] = [1, row[6], row[6], row[13]]
+                    docs[row[_DOC]] = [1, row[_RECEIVED], row[_RECEIVED], row[_REQUEST_ID]]
                 else:
                     doc[0] += 1
-                    doc[2], doc[3] = row[6], row[13]
+                    doc[2], doc[3] = row[_RECEIVED], row[_REQUEST_ID]
         # Sorted: every writer locks rows in one order, so two never deadlock.
         params = [(*key, *doc) for key, doc in sorted(docs.items())]
         seqs = {}  # document -> [row id, next sequence number, last sent or failed]
@@ -155,10 +156,10 @@ class ViewWriter:
                 self._reopen(cur, row_id, first)
         # Sequence numbers in arrival order; the events rows; the answers.
         records, coalesced = [], []
-        for _, _, row in rows:
+        for _, row in rows:
             document_row = seq = None
-            if row[12]:  # forward
-                doc = seqs[row[2:5]]
+            if row[_FORWARD]:
+                doc = seqs[row[_DOC]]
                 document_row, seq = doc[0], doc[1]
                 doc[1] += 1
                 coalesced.append(seq - doc[2] > 1)  # views sent or failed left one waiting
@@ -167,7 +168,7 @@ class ViewWriter:
             records.append((*row[:2], document_row, seq, *row[2:]))
         self._insert(cur, records)
         return [[a if isinstance(a, Accepted) else
-                 Accepted(rows[a][1], "queued" if rows[a][0].forward else "filtered",
+                 Accepted(rows[a][1][_ID], "queued" if rows[a][0].forward else "filtered",
                           coalesced=coalesced[a]) for a in out] for out in answers]
 
     def _upsert(self, cur, params: list[tuple]) -> list[tuple]:
@@ -205,8 +206,7 @@ class ViewWriter:
     def _seen(self, cur, keys: list[str]) -> dict[str, str]:
         """eventId -> id of the events already stored with these eventIds."""
         seen: dict[str, str] = {}
-        for start in range(0, len(keys), 500):
-            chunk = keys[start:start + 500]
+        for chunk in _chunks(keys, 500):
             param = chunk if self._pg else json.dumps(chunk)
             seen.update(self._execute(cur, self._seen_sql, (param,), fetch=True))
         return seen
@@ -220,6 +220,11 @@ class ViewWriter:
         except self._dbapi_error as exc:
             raise sa.exc.DBAPIError.instance(sql, None, exc, self._dbapi_error,
                                              hide_parameters=True) from exc
+
+
+# Positions in a prepared row (``ViewWriter.prepare``): the id, the document's key
+# (kind, location, document), the arrival time, whether it is forwarded, the request id.
+_ID, _DOC, _RECEIVED, _FORWARD, _REQUEST_ID = 0, slice(2, 5), 6, 12, 13
 
 
 def _json(keys: tuple[str, ...], rows: list[tuple]) -> str:
