@@ -86,7 +86,8 @@ class Store:
         if group_commit:
             self._write_connection = WriteConnection(engine)
             self._committer = GroupCommitter(self._write_connection.begin,
-                                             self._writer.write, self._record_alone)
+                                             self._writer.write, self._record_alone,
+                                             sync=self._write_connection.sync)
 
     # -- ingest ---------------------------------------------------------------
 

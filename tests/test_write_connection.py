@@ -1,0 +1,109 @@
+"""The group commits' own connection: on SQLite the WAL is synced after the write lock."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+
+import pytest
+import sqlalchemy as sa
+
+from service import write_connection
+from service.db import create_engine, events
+from service.store import Store
+
+from .conftest import T0, make_view
+from .test_groupcommit import run_concurrently
+from .test_sqlite_writelock import lock_is_free
+
+
+@pytest.fixture
+def sqlite_store(sqlite_template, tmp_path):
+    path = tmp_path / "relay.db"
+    shutil.copy(sqlite_template, path)
+    engine = create_engine(f"sqlite:///{path}")
+    yield Store(engine, group_commit=True), str(path)
+    engine.dispose()
+
+
+@pytest.fixture
+def syncs(monkeypatch):
+    """Every fdatasync of the write connection: (file synced, write lock free then)."""
+    calls, real = [], write_connection._fdatasync
+
+    def spy(fd):
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        calls.append((path, lock_is_free(path.removesuffix("-wal") + ".writelock")))
+        return real(fd)
+
+    monkeypatch.setattr(write_connection, "_fdatasync", spy)
+    return calls
+
+
+def count_events(store) -> int:
+    with store.engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(events)).scalar()
+
+
+def test_each_group_syncs_the_wal_after_releasing_the_write_lock(sqlite_store, syncs):
+    store, path = sqlite_store
+    results, errors = run_concurrently(
+        lambda i: store.record_views([make_view(document_id=f"inv_{i}")], now=T0), 12)
+    assert errors == [None] * 12
+    assert count_events(store) == 12
+    # One sync per group transaction (at least one, at most one per request), each of
+    # the WAL file, each taken once the lock was free for the next writer.
+    assert 1 <= len(syncs) <= 12
+    assert syncs == [(os.path.realpath(path) + "-wal", True)] * len(syncs)
+
+
+def test_only_the_group_connection_commits_without_its_own_sync(sqlite_store, syncs):
+    """NORMAL on the connection whose commits ``sync`` makes durable; FULL everywhere else
+    (the forwarder, the API's fallback writes)."""
+    store, _ = sqlite_store
+    store.record_views([make_view()], now=T0)
+    group_connection = store._write_connection._fairy.dbapi_connection
+    assert group_connection.execute("PRAGMA synchronous").fetchone() == (1,)  # NORMAL
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+
+
+def test_a_failed_sync_fails_its_requests_and_writes_nothing_twice(sqlite_store,
+                                                                   monkeypatch):
+    """The group committed but the disk refused the sync: each request gets the store's
+    error (503 on the API, a logged failure on the pixel) and its views are not written
+    a second time by the one-by-one fallback; the next group syncs again."""
+    store, _ = sqlite_store
+    failing = {"on": True}
+    real = write_connection._fdatasync
+
+    def flaky(fd):
+        if failing["on"]:
+            raise OSError(errno.EIO, "Input/output error")
+        return real(fd)
+
+    monkeypatch.setattr(write_connection, "_fdatasync", flaky)
+    with pytest.raises(sa.exc.OperationalError) as raised:
+        store.record_views([make_view(document_id="inv_a")], now=T0)
+    assert isinstance(raised.value.orig, OSError)
+    assert count_events(store) == 1  # committed once, not rewritten
+    failing["on"] = False
+    [answer] = store.record_views([make_view(document_id="inv_b")], now=T0)
+    assert answer.status == "queued"
+    assert count_events(store) == 2
+
+
+def test_a_memory_database_has_no_wal_to_sync(syncs):
+    engine = create_engine("sqlite://")
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("CREATE TABLE t (x INTEGER)")
+        connection = write_connection.WriteConnection(engine)
+        with connection.begin() as cursor:
+            cursor.execute("SELECT 1")
+        connection.sync()
+        assert syncs == []
+        connection.close()
+    finally:
+        engine.dispose()
