@@ -10,13 +10,14 @@ the transaction (on SQLite: the database's one write lock) is open:
   result processing cost more than the database's own work here). It looks up the
   eventIds the group carries (idempotency) only when it carries some; upserts each
   ``documents`` row the group touches once, counting all of its views (``views_seq +
-  k``, RETURNING the new count, from which every view's sequence number follows in
-  arrival order); and inserts the ``events`` rows. On PostgreSQL each of the two is ONE
-  statement taking the rows as one JSON parameter (one round trip, whatever the group's
-  size). On SQLite each is ONE statement with a row of VALUES per document or view (a
-  JSON parameter read with json_extract cost several times more CPU there), and the
-  counts are read back as one JSON row rather than RETURNING's row per document: every
-  row a cursor steps through hands the GIL over, while the write lock is held.
+  k``, the new count giving every view's sequence number in arrival order); and inserts
+  the ``events`` rows. On PostgreSQL all of it is ONE statement taking the rows as JSON
+  parameters, sent in autocommit (one round trip, whatever the group's size: each round
+  trip hands the GIL over twice). On SQLite each step is ONE statement with a row of
+  VALUES per document or view (a JSON parameter read with json_extract cost several
+  times more CPU there), and the counts are read back as one JSON row rather than
+  RETURNING's row per document: every row a cursor steps through hands the GIL over,
+  while the write lock is held. The statements are in ``view_sql``.
 
 The result is what a view-by-view write would give: the same sequence numbers, the same
 ``coalesced`` flags, ``due_at`` / ``pending_since`` from the earliest view of a document
@@ -26,7 +27,6 @@ that reopened it and ``updated_at`` / ``last_request_id`` from its latest.
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,7 +34,8 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from uuid6 import uuid7
 
-from .outcomes import DEAD, IDLE, PENDING
+from . import view_sql
+from .outcomes import DEAD, IDLE
 
 UTC = dt.UTC
 
@@ -77,7 +78,7 @@ class ViewWriter:
 
     def __init__(self, dialect: sa.Dialect):
         self._pg = dialect.name == "postgresql"
-        self._seen_sql = _SEEN["postgresql" if self._pg else "sqlite"]
+        self._seen_sql = view_sql.SEEN["postgresql" if self._pg else "sqlite"]
         self._dbapi_error = dialect.loaded_dbapi.Error
 
     # -- in the request's thread -------------------------------------------------------
@@ -146,13 +147,14 @@ class ViewWriter:
                     doc[2], doc[3] = row[_RECEIVED], row[_REQUEST_ID]
         # Sorted: every writer locks rows in one order, so two never deadlock.
         params = [(*key, *doc) for key, doc in sorted(docs.items())]
+        counted = (self._write_pg(cur, params, rows, docs) if self._pg
+                   else self._upsert(cur, params))
         seqs = {}  # document -> [row id, next sequence number, last sent or failed]
-        for row_id, kind, location_id, document_id, views_seq, sent, failed, status in \
-                self._upsert(cur, params):
+        for row_id, kind, location_id, document_id, views_seq, sent, failed, status in counted:
             n, first = docs[(kind, location_id, document_id)][:2]
             seqs[(kind, location_id, document_id)] = [row_id, views_seq - n + 1,
                                                       max(sent, failed)]
-            if status in (IDLE, DEAD):
+            if status in (IDLE, DEAD):  # (PostgreSQL reopens them in its one statement)
                 self._reopen(cur, row_id, first)
         # Sequence numbers in arrival order; the events rows; the answers.
         records, coalesced = [], []
@@ -166,42 +168,55 @@ class ViewWriter:
             else:
                 coalesced.append(False)
             records.append((*row[:2], document_row, seq, *row[2:]))
-        self._insert(cur, records)
+        if not self._pg:  # (PostgreSQL inserted them in its one statement)
+            self._insert(cur, records)
         return [[a if isinstance(a, Accepted) else
                  Accepted(rows[a][1][_ID], "queued" if rows[a][0].forward else "filtered",
                           coalesced=coalesced[a]) for a in out] for out in answers]
 
+    def _write_pg(self, cur, params: list[tuple], rows: list[tuple], docs: dict) -> list:
+        """PostgreSQL: count, reopen and insert in ONE statement (one round trip, in
+        autocommit: no BEGIN and COMMIT round trips either), the documents and the events
+        each as one JSON parameter; the documents' counts come back. Each event row
+        carries its document's view count in the group and its place among them, from
+        which the statement numbers it as ``_upsert`` + ``write`` do on SQLite."""
+        places: dict[tuple, int] = {}
+        events = []
+        for _, row in rows:
+            place = n = None
+            if row[_FORWARD]:
+                place = places[row[_DOC]] = places.get(row[_DOC], 0) + 1
+                n = docs[row[_DOC]][0]
+            events.append((*row, n, place))
+        return self._execute(cur, view_sql.WRITE_PG, {
+            "docs": _json(view_sql.UPSERT_KEYS, params),
+            "events": _json(view_sql.PG_EVENT_KEYS, events),
+        }, fetch=True)
+
     def _upsert(self, cur, params: list[tuple]) -> list[tuple]:
-        """Count the group's views of each document, in one statement: on PostgreSQL one
-        JSON parameter; on SQLite many rows of VALUES, then one row reading the counts
-        back as JSON (each row a cursor returns costs a GIL hand-off, taken while the
-        write lock is held)."""
+        """SQLite: count the group's views of each document, in one statement of many
+        rows of VALUES, then one row reading the counts back as JSON (each row a cursor
+        returns costs a GIL hand-off, taken while the write lock is held)."""
         if not params:
             return []
-        if self._pg:
-            return self._execute(cur, _UPSERT_PG, (_json(_UPSERT_KEYS, params),), fetch=True)
         found = []
         for chunk in _chunks(params, 1000):
             flat = [v for kind, loc, doc, n, first, last, rid in chunk
                     for v in (kind, loc, doc, n, first, first, last, rid)]
-            self._execute(cur, _sqlite_upsert(len(chunk)), flat)
+            self._execute(cur, view_sql.sqlite_upsert(len(chunk)), flat)
             keys = [v for key in chunk for v in key[:3]]
-            [(rows,)] = self._execute(cur, _sqlite_counts(len(chunk)), keys, fetch=True)
+            [(rows,)] = self._execute(cur, view_sql.sqlite_counts(len(chunk)), keys,
+                                      fetch=True)
             found.extend(json.loads(rows))
         return found
 
     def _reopen(self, cur, row_id: int, first) -> None:
-        if self._pg:
-            self._execute(cur, _REOPEN["postgresql"], {"first": first, "id": row_id})
-        else:
-            self._execute(cur, _REOPEN["sqlite"], (first, row_id))
+        self._execute(cur, view_sql.REOPEN, (first, row_id))
 
     def _insert(self, cur, records: list[tuple]) -> None:
-        if self._pg:
-            self._execute(cur, _INSERT_PG, (_json(_EVENT_KEYS, records),))
-            return
         for chunk in _chunks(records, 1000):  # SQLite takes up to 32,766 parameters
-            self._execute(cur, _sqlite_insert(len(chunk)), [v for r in chunk for v in r])
+            self._execute(cur, view_sql.sqlite_insert(len(chunk)),
+                          [v for r in chunk for v in r])
 
     def _seen(self, cur, keys: list[str]) -> dict[str, str]:
         """eventId -> id of the events already stored with these eventIds."""
@@ -233,83 +248,5 @@ def _json(keys: tuple[str, ...], rows: list[tuple]) -> str:
     return json.dumps([dict(zip(keys, row, strict=True)) for row in rows])
 
 
-# Count a document's views in the group (concurrent writers never lose a count).
-# Parameters, per document: kind, location, document, views, first and last arrival, the
-# last view's request id. The SET leaves status and due_at alone: SQLite rewrites the
-# entries of every index on a column the SET names, even to the same value, which cost
-# ~30 us per view; the few documents that were idle or dead (RETURNING says) are reopened
-# by ``_REOPEN`` after it.
-_UPSERT_SET = """
-ON CONFLICT (kind, location_id, document_id) DO UPDATE SET
-    views_seq = d.views_seq + excluded.views_seq,
-    last_request_id = excluded.last_request_id,
-    updated_at = excluded.updated_at
-"""
-_COUNTS = "id, kind, location_id, document_id, views_seq, sent_seq, failed_seq, status"
-_UPSERT_HEAD = """
-INSERT INTO documents AS d (kind, location_id, document_id, status, views_seq, due_at,
-                            pending_since, updated_at, last_request_id)
-"""
-_UPSERT_KEYS = ("kind", "location_id", "document_id", "views", "first", "last", "request_id")
-_UPSERT_PG = _UPSERT_HEAD + f"""
-SELECT u.kind, u.location_id, u.document_id, '{PENDING}', u.views, u.first, u.first, u.last,
-       u.request_id
-FROM json_to_recordset(%s::json) AS u(kind varchar, location_id varchar, document_id varchar,
-                                      views int, first timestamptz, last timestamptz,
-                                      request_id varchar)
-WHERE true""" + _UPSERT_SET + f"RETURNING {_COUNTS}"
-# An idle or dead document that got views is pending again: due at once, or at the end of
-# the coalescing window after its last send. Parameters: the first view's arrival, the
-# row id.
-_REOPEN = {
-    dialect: f"""
-UPDATE documents SET status = '{PENDING}',
-    due_at = CASE WHEN quiet_until > {p} THEN quiet_until ELSE {p} END,
-    pending_since = {p}, attempts = 0, dead_reason = NULL
-WHERE id = {i} AND status IN ('{IDLE}', '{DEAD}')
-""" for dialect, p, i in (("sqlite", "?1", "?2"),
-                         ("postgresql", "%(first)s::timestamptz", "%(id)s"))}
-_EVENT_KEYS = ("id", "event_key", "document_row", "seq", "kind", "location_id",
-               "document_id", "viewed_at", "received_at", "source", "user_agent", "ip",
-               "verdict", "verdict_reason", "forward", "request_id")
-_EVENT_COLUMNS = ", ".join(_EVENT_KEYS)
-_INSERT_PG = f"""
-INSERT INTO events ({_EVENT_COLUMNS})
-SELECT {_EVENT_COLUMNS} FROM json_to_recordset(%s::json) AS r(
-    id varchar, event_key varchar, document_row bigint, seq int, kind varchar,
-    location_id varchar, document_id varchar, viewed_at timestamptz, received_at timestamptz,
-    source varchar, user_agent varchar, ip varchar, verdict varchar, verdict_reason varchar,
-    forward boolean, request_id varchar)
-"""
-
-
 def _chunks(items: list, size: int):
     return (items[i:i + size] for i in range(0, len(items), size))
-
-
-# SQLite: statements for n rows of VALUES; the module caches prepared statements by text.
-@functools.lru_cache(maxsize=64)
-def _sqlite_upsert(n: int) -> str:
-    return (_UPSERT_HEAD + "VALUES " + ", ".join([f"(?, ?, ?, '{PENDING}', ?, ?, ?, ?, ?)"] * n)
-            + _UPSERT_SET)
-
-
-@functools.lru_cache(maxsize=64)
-def _sqlite_counts(n: int) -> str:
-    return ("WITH k(kind, location_id, document_id) AS (VALUES "
-            + ", ".join(["(?, ?, ?)"] * n) + ") "
-            f"SELECT json_group_array(json_array({_COUNTS})) "
-            "FROM k JOIN documents USING (kind, location_id, document_id)")
-
-
-@functools.lru_cache(maxsize=64)
-def _sqlite_insert(n: int) -> str:
-    return (f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES "
-            + ", ".join([f"({', '.join('?' * 16)})"] * n))
-
-
-_SEEN = {
-    "postgresql": "SELECT event_key, id FROM events WHERE event_key = ANY(%s)",
-    "sqlite": "SELECT event_key, id FROM events WHERE event_key IN "
-              "(SELECT value FROM json_each(?))",
-}

@@ -195,6 +195,27 @@ def test_a_group_writes_exactly_what_one_request_at_a_time_writes(grouped):
     assert idle[3] == T0 + store.window  # reopened inside the window: due at its end
 
 
+def test_a_group_costs_one_statement_on_postgresql_and_three_on_sqlite(grouped, monkeypatch):
+    """Each statement (each round trip to PostgreSQL) hands the GIL over, while the
+    transaction (on SQLite: the write lock) is open: PostgreSQL counts, reopens and
+    inserts in one; SQLite upserts, reads the counts back, inserts. An eventId lookup
+    is added only for a group that carries eventIds."""
+    statements, execute = [], grouped._writer._execute
+
+    def counted(cur, sql, params, **kw):
+        statements.append(sql.split()[0])
+        return execute(cur, sql, params, **kw)
+
+    monkeypatch.setattr(grouped._writer, "_execute", counted)
+    views = [make_view(document_id=d) for d in ("inv_a", "inv_b", "inv_a")]
+    assert [a.status for a in grouped.record_views(views, now=T0)] == ["queued"] * 3
+    expected = 1 if grouped.dialect == "postgresql" else 3
+    assert len(statements) == expected
+    statements.clear()
+    grouped.record_views([make_view(event_key="evt-1")], now=T0)
+    assert statements[0] == "SELECT" and len(statements) == expected + 1
+
+
 def test_a_group_larger_than_one_statement_takes_is_written_whole(grouped):
     """SQLite statements take up to 1,000 rows of VALUES: a bigger group is split into
     several statements, in the same transaction, with the same answers."""

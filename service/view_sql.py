@@ -1,0 +1,111 @@
+"""The statements ``recording.ViewWriter`` records a group of views with, per dialect.
+
+SQLite: a statement per step, each with a row of VALUES per document or view (cached
+by the number of rows; the sqlite3 module caches prepared statements by their text).
+PostgreSQL: ONE statement for the whole group, the rows as JSON parameters.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from .outcomes import DEAD, IDLE, PENDING
+
+_UPSERT_HEAD = """
+INSERT INTO documents AS d (kind, location_id, document_id, status, views_seq, due_at,
+                            pending_since, updated_at, last_request_id)
+"""
+# Count a document's views in the group (concurrent writers never lose a count).
+# Parameters, per document: kind, location, document, views, first and last arrival, the
+# last view's request id. On SQLite the SET leaves status and due_at alone: SQLite
+# rewrites the entries of every index on a column the SET names, even to the same value,
+# which cost ~30 us per view; the few documents that were idle or dead (the counts read
+# back say) are reopened by ``REOPEN`` after it.
+_UPSERT_SET = """
+ON CONFLICT (kind, location_id, document_id) DO UPDATE SET
+    views_seq = d.views_seq + excluded.views_seq,
+    last_request_id = excluded.last_request_id,
+    updated_at = excluded.updated_at"""
+COUNTS = "id, kind, location_id, document_id, views_seq, sent_seq, failed_seq, status"
+UPSERT_KEYS = ("kind", "location_id", "document_id", "views", "first", "last", "request_id")
+# An idle or dead document that got views is pending again: due at once, or at the end of
+# the coalescing window after its last send. Parameters: the first view's arrival, the
+# row id.
+REOPEN = f"""
+UPDATE documents SET status = '{PENDING}',
+    due_at = CASE WHEN quiet_until > ?1 THEN quiet_until ELSE ?1 END,
+    pending_since = ?1, attempts = 0, dead_reason = NULL
+WHERE id = ?2 AND status IN ('{IDLE}', '{DEAD}')
+"""
+EVENT_KEYS = ("id", "event_key", "document_row", "seq", "kind", "location_id",
+              "document_id", "viewed_at", "received_at", "source", "user_agent", "ip",
+              "verdict", "verdict_reason", "forward", "request_id")
+_EVENT_COLUMNS = ", ".join(EVENT_KEYS)
+
+# PostgreSQL, one round trip: upsert the documents (reopening idle or dead ones in the same
+# SET: PostgreSQL has no index cost for a column set to its own value), insert the events
+# numbered from the counts the upsert returns, and return those counts. A view's number is
+# its document's new count, less the group's views of it, plus its place among them.
+# Parameters: ``docs`` (UPSERT_KEYS) and ``events`` (PG_EVENT_KEYS), JSON arrays.
+PG_EVENT_KEYS = ("id", "event_key", "kind", "location_id", "document_id", "viewed_at",
+                 "received_at", "source", "user_agent", "ip", "verdict", "verdict_reason",
+                 "forward", "request_id", "n", "place")
+_REOPENED = f"d.status IN ('{IDLE}', '{DEAD}')"
+WRITE_PG = f"""
+WITH up AS ({_UPSERT_HEAD}
+    SELECT u.kind, u.location_id, u.document_id, '{PENDING}', u.views, u.first, u.first,
+           u.last, u.request_id
+    FROM json_to_recordset(%(docs)s::json) AS u(
+        kind varchar, location_id varchar, document_id varchar, views int,
+        first timestamptz, last timestamptz, request_id varchar)
+    WHERE true{_UPSERT_SET},
+    status = CASE WHEN {_REOPENED} THEN '{PENDING}' ELSE d.status END,
+    due_at = CASE WHEN {_REOPENED} THEN GREATEST(d.quiet_until, excluded.due_at)
+                  ELSE d.due_at END,
+    pending_since = CASE WHEN {_REOPENED} THEN excluded.pending_since
+                         ELSE d.pending_since END,
+    attempts = CASE WHEN {_REOPENED} THEN 0 ELSE d.attempts END,
+    dead_reason = CASE WHEN {_REOPENED} THEN NULL ELSE d.dead_reason END
+    RETURNING {COUNTS}
+), inserted AS (
+    INSERT INTO events ({_EVENT_COLUMNS})
+    SELECT r.id, r.event_key, up.id, up.views_seq - r.n + r.place, r.kind, r.location_id,
+           r.document_id, r.viewed_at, r.received_at, r.source, r.user_agent, r.ip,
+           r.verdict, r.verdict_reason, r.forward, r.request_id
+    FROM json_to_recordset(%(events)s::json) AS r(
+        id varchar, event_key varchar, kind varchar, location_id varchar,
+        document_id varchar, viewed_at timestamptz, received_at timestamptz,
+        source varchar, user_agent varchar, ip varchar, verdict varchar,
+        verdict_reason varchar, forward boolean, request_id varchar, n int, place int)
+    LEFT JOIN up ON r.forward AND up.kind = r.kind AND up.location_id = r.location_id
+                    AND up.document_id = r.document_id
+)
+SELECT {COUNTS} FROM up
+"""
+
+SEEN = {
+    "postgresql": "SELECT event_key, id FROM events WHERE event_key = ANY(%s)",
+    "sqlite": "SELECT event_key, id FROM events WHERE event_key IN "
+              "(SELECT value FROM json_each(?))",
+}
+
+
+@functools.lru_cache(maxsize=64)
+def sqlite_upsert(n: int) -> str:
+    return (_UPSERT_HEAD + "VALUES " + ", ".join([f"(?, ?, ?, '{PENDING}', ?, ?, ?, ?, ?)"] * n)
+            + _UPSERT_SET)
+
+
+@functools.lru_cache(maxsize=64)
+def sqlite_counts(n: int) -> str:
+    """The counts of n documents, as one row of JSON (one row to step through)."""
+    return ("WITH k(kind, location_id, document_id) AS (VALUES "
+            + ", ".join(["(?, ?, ?)"] * n) + ") "
+            f"SELECT json_group_array(json_array({COUNTS})) "
+            "FROM k JOIN documents USING (kind, location_id, document_id)")
+
+
+@functools.lru_cache(maxsize=64)
+def sqlite_insert(n: int) -> str:
+    return (f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES "
+            + ", ".join([f"({', '.join('?' * len(EVENT_KEYS))})"] * n))
