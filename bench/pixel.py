@@ -592,7 +592,10 @@ def sqlite_durability(url: str) -> str:
         engine.dispose()
     names = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
     return (f"SQLite (service.db.create_engine): journal_mode={mode}, "
-            f"synchronous={names.get(sync, sync)}, writes in BEGIN IMMEDIATE")
+            f"synchronous={names.get(sync, sync)}, writes in BEGIN IMMEDIATE; the web "
+            "processes' group commits (service.write_connection) commit with "
+            "synchronous=NORMAL and fdatasync the WAL after releasing the write lock, "
+            "before the response")
 
 
 def main(argv=None) -> int:

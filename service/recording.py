@@ -12,8 +12,8 @@ the transaction (on SQLite: the database's one write lock) is open:
   ``documents`` row the group touches once, counting all of its views (``views_seq +
   k``, the new count giving every view's sequence number in arrival order); and inserts
   the ``events`` rows. On PostgreSQL all of it is ONE statement taking the rows as JSON
-  parameters, sent in autocommit (one round trip, whatever the group's size: each round
-  trip hands the GIL over twice). On SQLite each step is ONE statement with a row of
+  parameters (one round trip, whatever the group's size: each round trip hands the GIL
+  over while the transaction is open). On SQLite each step is ONE statement with a row of
   VALUES per document or view (a JSON parameter read with json_extract cost several
   times more CPU there), and the counts are read back as one JSON row rather than
   RETURNING's row per document: every row a cursor steps through hands the GIL over,
@@ -175,9 +175,11 @@ class ViewWriter:
                           coalesced=coalesced[a]) for a in out] for out in answers]
 
     def _write_pg(self, cur, params: list[tuple], rows: list[tuple], docs: dict) -> list:
-        """PostgreSQL: count, reopen and insert in ONE statement (one round trip, in
-        autocommit: no BEGIN and COMMIT round trips either), the documents and the events
-        each as one JSON parameter; the documents' counts come back. Each event row
+        """PostgreSQL: count, reopen and insert in ONE statement (one round trip), the
+        documents and the events each as one JSON parameter; the documents' counts come
+        back. (Autocommit would save the BEGIN and COMMIT round trips too, but gained
+        nothing measurable, and a failure after the statement would then leave the group
+        committed and written again one by one.) Each event row
         carries its document's view count in the group and its place among them, from
         which the statement numbers it as ``_upsert`` + ``write`` do on SQLite."""
         places: dict[tuple, int] = {}

@@ -21,10 +21,9 @@ view survives a power loss. NORMAL keeps every other sync SQLite makes: the WAL 
 a checkpoint, the database after one, and the WAL header when the file is reused
 (https://www.sqlite.org/pragma.html#pragma_synchronous), so a checkpoint or a reuse of
 the WAL never leaves a synced transaction behind. Meanwhile the next process writes
-its own group, and the kernel's journal folds the concurrent syncs together. The
-directory is synced once when the WAL file is first opened here, as SQLite does for
-a new WAL under FULL. The engine's other connections (the forwarder, the API's
-fallback writes) keep FULL.
+its own group. The directory is synced once when the WAL file is first opened here, as
+SQLite does for a new WAL under FULL. The engine's other connections (the forwarder,
+the API's fallback writes) keep FULL.
 
 Only one thread uses it at a time (the group's writer). After a failed transaction it is
 rolled back, or dropped if that fails too (PostgreSQL restarted, say), and the next
@@ -77,7 +76,7 @@ class WriteConnection:
 
     def sync(self) -> None:
         """Make the transactions committed by ``begin`` durable (SQLite: fdatasync the
-        WAL, outside the write lock); raises OSError if the disk says it failed."""
+        WAL, outside the write lock); OperationalError if the disk says it failed."""
         if self._wal_fd >= 0 and self._pid == os.getpid():
             try:
                 _fdatasync(self._wal_fd)
