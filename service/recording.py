@@ -167,8 +167,9 @@ class ViewWriter:
                 coalesced.append(seq - doc[2] > 1)  # views sent or failed left one waiting
             else:
                 coalesced.append(False)
-            records.append((*row[:2], document_row, seq, *row[2:]))
-        if not self._pg:  # (PostgreSQL inserted them in its one statement)
+            if not self._pg:  # (PostgreSQL inserted them in its one statement)
+                records.append((*row[:2], document_row, seq, *row[2:]))
+        if records:
             self._insert(cur, records)
         return [[a if isinstance(a, Accepted) else
                  Accepted(rows[a][1][_ID], "queued" if rows[a][0].forward else "filtered",
