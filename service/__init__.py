@@ -48,6 +48,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         engine=engine,
         store=Store(engine, coalesce_window=settings["COALESCE_WINDOW_SECONDS"],
                     lease_seconds=settings["LEASE_SECONDS"], group_commit=True,
+                    retain_ip=settings["RETAIN_CLIENT_IP"],
                     limiter=StoreLimiter(engine.dialect.name, burst=settings["RATE_LIMIT_BURST"],
                                          daily=settings["RATE_LIMIT_DAILY"])),
         vault=TokenVault(engine, settings["TOKEN_ENCRYPTION_KEYS"]),

@@ -10,6 +10,8 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException, InternalServerError
 
+from .recording import IdempotencyConflict
+
 logger = logging.getLogger(__name__)
 
 
@@ -90,6 +92,10 @@ def handle_validation_error(error: ma.ValidationError):
     return error_response(422, "The request body is not valid", messages)
 
 
+def handle_idempotency_conflict(error: Exception):
+    return error_response(409, str(error), {"eventId": ["Already used for another document."]})
+
+
 def handle_store_down(error: Exception):
     logger.error("store.unavailable", extra={"error": type(error).__name__})
     return handle_service_error(StoreUnavailableError())
@@ -107,6 +113,7 @@ def init_app(app: Flask) -> None:
     app.register_error_handler(HTTPException, handle_http_exception)
     app.register_error_handler(ServiceError, handle_service_error)
     app.register_error_handler(ma.ValidationError, handle_validation_error)
+    app.register_error_handler(IdempotencyConflict, handle_idempotency_conflict)
     app.register_error_handler(OperationalError, handle_store_down)
     app.register_error_handler(PoolTimeout, handle_store_down)
     app.register_error_handler(Exception, handle_unexpected)

@@ -42,6 +42,9 @@ EVENTS = Counter(
 COALESCED = Counter(
     "relay_views_coalesced", "Views that joined views of the same document already waiting "
     "to be sent (one PATCH covers them all)")
+REPEATS = Counter(
+    "relay_views_repeated", "Views a client repeated within the coalescing window, counted "
+    "on the row it stored for that document (events.views) rather than stored again")
 SENDS = Counter(
     "relay_sends", "Delivery attempts (one delivery.attempt log line each), by outcome and "
     "HighLevel's HTTP status (none: no answer, or parked without sending)",
@@ -75,6 +78,8 @@ def observe_ingest(views: Sequence[View], accepted: Sequence[Accepted], *, sourc
         child.inc()
         if answer.coalesced:
             COALESCED.inc()
+        if answer.repeat:
+            REPEATS.inc()
 
 
 def observe_outcomes(results: Iterable[tuple[Claim, Outcome]], *, now: dt.datetime) -> None:

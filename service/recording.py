@@ -8,7 +8,9 @@ the transaction (on SQLite: the database's one write lock) is open:
   view its id and its row (times already in the form the database takes).
 - ``write`` runs inside the transaction, on a DB-API cursor (SQLAlchemy's constructs and
   result processing cost more than the database's own work here). It looks up the
-  eventIds the group carries (idempotency) only when it carries some; upserts each
+  eventIds the group carries (idempotency, per location) only when it carries some, and
+  the rows its clients already stored in this window (``clients.client_key``): a repeat
+  adds to that row's ``views`` and is not a new view of the document; it upserts each
   ``documents`` row the group touches once, counting all of its views (``views_seq +
   k``, the new count giving every view's sequence number in arrival order); and inserts
   the ``events`` rows. On PostgreSQL all of it is ONE statement taking the rows as JSON
@@ -28,13 +30,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
-from uuid6 import uuid7
+from uuid6 import UUID
 
 from . import view_sql
+from .clients import client_key, retain_ip
 from .outcomes import DEAD, IDLE
 
 UTC = dt.UTC
@@ -63,6 +67,19 @@ class Accepted:
     id: str
     status: str  # queued | duplicate | filtered
     coalesced: bool = False  # joined views already waiting for the same document
+    repeat: bool = False  # a client's repeat in the window: counted on the row ``id``
+
+
+class IdempotencyConflict(Exception):
+    """An eventId this location already used for another document (Stripe's rule for a
+    reused idempotency key: refuse, rather than answer for the other document)."""
+
+    def __init__(self, event_key: str, location_id: str):
+        super().__init__(
+            f"eventId {event_key!r} was already used for another document of location "
+            f"{location_id!r}; use a new eventId for each event")
+        self.event_key = event_key
+        self.location_id = location_id
 
 
 @dataclass(frozen=True)
@@ -76,23 +93,34 @@ class Prepared:
 class ViewWriter:
     """Record groups of views: one upsert and one insert per group (see the module doc)."""
 
-    def __init__(self, dialect: sa.Dialect):
+    def __init__(self, dialect: sa.Dialect, *, window: int = 60, retain_ip: str = "full"):
         self._pg = dialect.name == "postgresql"
-        self._seen_sql = view_sql.SEEN["postgresql" if self._pg else "sqlite"]
+        name = "postgresql" if self._pg else "sqlite"
+        self._seen_sql = view_sql.SEEN[name]
+        self._clients_sql = view_sql.CLIENTS[name]
         self._dbapi_error = dialect.loaded_dbapi.Error
+        self._window = window  # seconds; 0: repeats are never folded
+        self._retain_ip = retain_ip
 
     # -- in the request's thread -------------------------------------------------------
 
     def prepare(self, views: Sequence[View], now: dt.datetime) -> Prepared:
         """Give each view its id and its row (no database work)."""
         received = self._time(now)
+        window_start = int(now.timestamp()) // self._window if self._window > 0 else None
         out = []
         for view in views:
-            event_id = str(uuid7())  # time-ordered: new ids append to the index
+            event_id = event_id_at(now)  # time-ordered: new ids append to the index
             viewed = received if view.viewed_at is now else self._time(view.viewed_at)
+            ip = retain_ip(view.ip, self._retain_ip)  # before anything is stored
+            key = None
+            if view.event_key is None and window_start is not None:
+                key = client_key(kind=view.kind, location_id=view.location_id,
+                                 document_id=view.document_id, ip=ip,
+                                 user_agent=view.user_agent, window_start=window_start)
             row = (event_id, view.event_key, view.kind, view.location_id, view.document_id,
-                   viewed, received, view.source, view.user_agent, view.ip, view.verdict,
-                   view.verdict_reason, view.forward, view.request_id)
+                   viewed, received, view.source, view.user_agent, ip, view.verdict,
+                   view.verdict_reason, view.forward, view.request_id, key)
             out.append((view, row))
         return Prepared(tuple(out))
 
@@ -109,30 +137,24 @@ class ViewWriter:
 
     # -- inside the transaction ----------------------------------------------------------
 
-    def write(self, cur, group: Sequence[Prepared]) -> list[list[Accepted]]:
+    def write(self, cur, group: Sequence[Prepared]) -> list[list[Accepted] | Exception]:
         """Record every request of ``group`` with the DB-API cursor ``cur``, inside its
-        transaction; an answer list per request.
+        transaction; an answer list per request, or the ``IdempotencyConflict`` that
+        refuses that request whole (nothing of it is written).
 
-        A view whose ``event_key`` was seen before (earlier, or earlier in the group) is
-        answered ``duplicate`` with the first event's id and changes nothing.
+        A view whose ``event_key`` its location used before (earlier, or earlier in the
+        group) for the same document is answered ``duplicate`` with the first event's id
+        and changes nothing. A client's repeat in the window adds to its row's ``views``.
         """
-        keys = [v.event_key for prep in group for v, _ in prep.views
+        keys = [(v.location_id, v.event_key) for prep in group for v, _ in prep.views
                 if v.event_key is not None]
         seen = self._seen(cur, keys) if keys else {}
-        rows: list[tuple[View, tuple]] = []
-        answers: list[list] = []  # per request: an Accepted, or the index of its row
-        for prep in group:
-            out: list = []
-            for item in prep.views:
-                key = item[0].event_key
-                if key is not None:
-                    if key in seen:
-                        out.append(Accepted(seen[key], "duplicate"))
-                        continue
-                    seen[key] = item[1][_ID]
-                out.append(len(rows))
-                rows.append(item)
-            answers.append(out)
+        clients = [(row[_LOCATION], row[_CLIENT]) for prep in group for _, row in prep.views
+                   if row[_CLIENT] is not None]
+        known = self._known_clients(cur, clients) if clients else {}
+        rows, answers, repeats, folded = _sort(group, seen, known)
+        for event_id, n in folded.items():
+            self._execute(cur, view_sql.ADD_VIEWS[self._pg], (n, event_id))
         if not rows:
             return answers
         # Each document's views in this group: how many, the first and the last arrival.
@@ -147,7 +169,7 @@ class ViewWriter:
                     doc[2], doc[3] = row[_RECEIVED], row[_REQUEST_ID]
         # Sorted: every writer locks rows in one order, so two never deadlock.
         params = [(*key, *doc) for key, doc in sorted(docs.items())]
-        counted = (self._write_pg(cur, params, rows, docs) if self._pg
+        counted = (self._write_pg(cur, params, rows, docs, repeats) if self._pg
                    else self._upsert(cur, params))
         seqs = {}  # document -> [row id, next sequence number, last sent or failed]
         for row_id, kind, location_id, document_id, views_seq, sent, failed, status in counted:
@@ -158,7 +180,7 @@ class ViewWriter:
                 self._reopen(cur, row_id, first)
         # Sequence numbers in arrival order; the events rows; the answers.
         records, coalesced = [], []
-        for _, row in rows:
+        for (_, row), views in zip(rows, repeats, strict=True):
             document_row = seq = None
             if row[_FORWARD]:
                 doc = seqs[row[_DOC]]
@@ -168,14 +190,16 @@ class ViewWriter:
             else:
                 coalesced.append(False)
             if not self._pg:  # (PostgreSQL inserted them in its one statement)
-                records.append((*row[:2], document_row, seq, *row[2:]))
+                records.append((*row[:2], document_row, seq, *row[2:], views))
         if records:
             self._insert(cur, records)
-        return [[a if isinstance(a, Accepted) else
+        return [out if isinstance(out, Exception) else
+                [a if isinstance(a, Accepted) else
                  Accepted(rows[a][1][_ID], "queued" if rows[a][0].forward else "filtered",
                           coalesced=coalesced[a]) for a in out] for out in answers]
 
-    def _write_pg(self, cur, params: list[tuple], rows: list[tuple], docs: dict) -> list:
+    def _write_pg(self, cur, params: list[tuple], rows: list[tuple], docs: dict,
+                  repeats: list[int]) -> list:
         """PostgreSQL: count, reopen and insert in ONE statement (one round trip), the
         documents and the events each as one JSON parameter; the documents' counts come
         back. (Autocommit would save the BEGIN and COMMIT round trips too, but gained
@@ -185,12 +209,12 @@ class ViewWriter:
         which the statement numbers it as ``_upsert`` + ``write`` do on SQLite."""
         places: dict[tuple, int] = {}
         events = []
-        for _, row in rows:
+        for (_, row), views in zip(rows, repeats, strict=True):
             place = n = None
             if row[_FORWARD]:
                 place = places[row[_DOC]] = places.get(row[_DOC], 0) + 1
                 n = docs[row[_DOC]][0]
-            events.append((*row, n, place))
+            events.append((*row, views, n, place))
         return self._execute(cur, view_sql.WRITE_PG, {
             "docs": _json(view_sql.UPSERT_KEYS, params),
             "events": _json(view_sql.PG_EVENT_KEYS, events),
@@ -221,13 +245,29 @@ class ViewWriter:
             self._execute(cur, view_sql.sqlite_insert(len(chunk)),
                           [v for r in chunk for v in r])
 
-    def _seen(self, cur, keys: list[str]) -> dict[str, str]:
-        """eventId -> id of the events already stored with these eventIds."""
-        seen: dict[str, str] = {}
-        for chunk in _chunks(keys, 500):
-            param = chunk if self._pg else json.dumps(chunk)
-            seen.update(self._execute(cur, self._seen_sql, (param,), fetch=True))
+    def _seen(self, cur, keys: list[tuple[str, str]]) -> dict[tuple, tuple]:
+        """(location, eventId) -> (id, kind, document) of the events already stored."""
+        seen: dict[tuple, tuple] = {}
+        for location_id, key, event_id, kind, document_id in self._pairs(
+                cur, self._seen_sql, keys):
+            seen[(location_id, key)] = (event_id, kind, document_id)
         return seen
+
+    def _known_clients(self, cur, keys: list[tuple[str, str]]) -> dict[tuple, str]:
+        """(location, client key) -> id of the rows this window already stored."""
+        return {(location_id, key): event_id for location_id, key, event_id
+                in self._pairs(cur, self._clients_sql, keys)}
+
+    def _pairs(self, cur, sql: str, pairs: list[tuple[str, str]]) -> list[tuple]:
+        """Run a look-up of (location, key) pairs, 500 at a time."""
+        found: list[tuple] = []
+        for chunk in _chunks(list(dict.fromkeys(pairs)), 500):
+            if self._pg:
+                params = ([p[0] for p in chunk], [p[1] for p in chunk])
+            else:
+                params = (json.dumps(chunk),)
+            found.extend(self._execute(cur, sql, params, fetch=True))
+        return found
 
     def _execute(self, cur, sql: str, params, *, fetch: bool = False):
         """Run one statement; a driver error becomes SQLAlchemy's (IntegrityError,
@@ -241,8 +281,80 @@ class ViewWriter:
 
 
 # Positions in a prepared row (``ViewWriter.prepare``): the id, the document's key
-# (kind, location, document), the arrival time, whether it is forwarded, the request id.
-_ID, _DOC, _RECEIVED, _FORWARD, _REQUEST_ID = 0, slice(2, 5), 6, 12, 13
+# (kind, location, document), the location, the arrival time, whether it is forwarded,
+# the request id, the client key.
+_ID, _DOC, _LOCATION, _RECEIVED, _FORWARD, _REQUEST_ID, _CLIENT = (
+    0, slice(2, 5), 3, 6, 12, 13, 14)
+
+
+def _sort(group: Sequence[Prepared], seen: dict, known: dict):
+    """Decide what each view of ``group`` is: a duplicate (its eventId seen for the same
+    document), a repeat (its client key already has a row), a conflict (its eventId seen
+    for another document: the whole request is refused) or a new row.
+
+    Returns the new rows, an answer list per request (an ``Accepted``, or the index of
+    its new row; or the request's ``IdempotencyConflict``), the ``views`` of each new row,
+    and the views to add to rows already stored (event id -> n).
+    """
+    rows: list[tuple[View, tuple]] = []
+    repeats: list[int] = []  # per new row: the views it stands for
+    folded: dict[str, int] = {}
+    answers: list = []
+    fresh: dict[tuple, int] = {}  # (location, client key) -> index of its new row
+    for prep in group:
+        conflict = _conflict(prep, seen)
+        if conflict is not None:
+            answers.append(conflict)
+            continue
+        out: list = []
+        for view, row in prep.views:
+            status = "queued" if view.forward else "filtered"
+            if view.event_key is not None:
+                first = seen.get((view.location_id, view.event_key))
+                if first is not None:
+                    out.append(Accepted(first[0], "duplicate"))
+                    continue
+                seen[(view.location_id, view.event_key)] = (row[_ID], view.kind,
+                                                             view.document_id)
+            elif row[_CLIENT] is not None:
+                client = (view.location_id, row[_CLIENT])
+                if client in known:
+                    folded[known[client]] = folded.get(known[client], 0) + 1
+                    out.append(Accepted(known[client], status, repeat=True))
+                    continue
+                if client in fresh:
+                    repeats[fresh[client]] += 1
+                    out.append(Accepted(rows[fresh[client]][1][_ID], status, repeat=True))
+                    continue
+                fresh[client] = len(rows)
+            out.append(len(rows))
+            rows.append((view, row))
+            repeats.append(1)
+        answers.append(out)
+    return rows, answers, repeats, folded
+
+
+def _conflict(prep: Prepared, seen: dict) -> IdempotencyConflict | None:
+    """The conflict that refuses ``prep``: an eventId its location used (before, or
+    earlier in this request) for another document."""
+    mine: dict[tuple, tuple] = {}
+    for view, _ in prep.views:
+        if view.event_key is None:
+            continue
+        key = (view.location_id, view.event_key)
+        first = mine.get(key) or seen.get(key)
+        if first is not None and first[1:] != (view.kind, view.document_id):
+            return IdempotencyConflict(view.event_key, view.location_id)
+        mine.setdefault(key, (None, view.kind, view.document_id))
+    return None
+
+
+def event_id_at(now: dt.datetime) -> str:
+    """A new event id: a UUIDv7 of the time the view was received, so ids sort by arrival
+    (appending to the primary key's index) and the time of an id is ``received_at``'s,
+    which lets pruning walk the primary key (``retention.prune_events``)."""
+    ms = int(now.timestamp() * 1000) & 0xFFFFFFFFFFFF
+    return str(UUID(int=(ms << 80) | secrets.randbits(76), version=7))
 
 
 def _json(keys: tuple[str, ...], rows: list[tuple]) -> str:

@@ -29,7 +29,7 @@ from .groupcommit import GroupCommitter
 from .highlevel import RateLimit
 from .outcomes import BLOCKED, PENDING, record_outcomes
 from .ratelimit import NoLimit
-from .recording import Accepted, Prepared, View, ViewWriter
+from .recording import Accepted, IdempotencyConflict, Prepared, View, ViewWriter
 from .write_connection import WriteConnection
 
 
@@ -73,13 +73,13 @@ class Store:
     """Queue operations over one SQLAlchemy engine (SQLite or PostgreSQL)."""
 
     def __init__(self, engine: Engine, *, coalesce_window: int = 60, lease_seconds: int = 120,
-                 limiter=None, group_commit: bool = False):
+                 limiter=None, group_commit: bool = False, retain_ip: str = "full"):
         self.engine = engine
         self.limiter = limiter or NoLimit()
         self.window = dt.timedelta(seconds=coalesce_window)
         self.lease = dt.timedelta(seconds=lease_seconds)
         self.dialect = engine.dialect.name
-        self._writer = ViewWriter(engine.dialect)
+        self._writer = ViewWriter(engine.dialect, window=coalesce_window, retain_ip=retain_ip)
         # Web processes share commits between concurrent requests (one fsync for many),
         # on a connection of their own (see write_connection).
         self._committer = None
@@ -94,15 +94,23 @@ class Store:
     def record_views(self, views: Sequence[View], *, now: dt.datetime) -> list[Accepted]:
         """Store ``views`` in one transaction (all or nothing); return an id and status each.
 
-        A view whose ``event_key`` was seen before is answered ``duplicate`` with the
-        first event's id and changes nothing.
+        A view whose ``event_key`` its location used before for the same document is
+        answered ``duplicate`` with the first event's id and changes nothing; a client's
+        repeat of a view within the coalescing window is counted on the row it stored.
+
+        :raises IdempotencyConflict: an ``event_key`` the location used for another
+            document; nothing of ``views`` is stored.
         """
         prepared = self._writer.prepare(views, now)
         if self._committer is not None:
-            return self._committer.submit(prepared, size=len(views))
-        return self._record_alone(prepared)
+            answer = self._committer.submit(prepared, size=len(views))
+        else:
+            answer = self._record_alone(prepared)
+        if isinstance(answer, IdempotencyConflict):
+            raise answer
+        return answer
 
-    def _record_alone(self, prepared: Prepared) -> list[Accepted]:
+    def _record_alone(self, prepared: Prepared) -> list[Accepted] | IdempotencyConflict:
         for attempt in range(3):
             try:
                 with self.engine.begin() as conn, \
@@ -276,10 +284,11 @@ class Store:
                 .where(d.location_id == location_id).group_by(d.status)
             )
             verdicts = conn.execute(
-                sa.select(e.verdict, sa.func.count())
+                sa.select(e.verdict, sa.func.sum(e.views))
                 .where(e.location_id == location_id).group_by(e.verdict)
             )
-            return {"documents": dict(docs.all()), "verdicts": dict(verdicts.all())}
+            return {"documents": dict(docs.all()),
+                    "verdicts": {verdict: int(n) for verdict, n in verdicts}}
 
     def ping(self) -> None:
         """Raise if the store cannot be reached."""

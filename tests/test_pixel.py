@@ -56,7 +56,7 @@ def test_valid_get_records_one_view(client, services):
         row = conn.execute(sa.select(events)).one()
     assert (row.kind, row.location_id, row.document_id, row.source, row.verdict) == (
         "invoice", LOC, INV, "pixel", "human")
-    assert row.user_agent == CHROME and row.ip == "127.0.0.1"
+    assert row.user_agent == CHROME and row.ip == "127.0.0.0"  # RETAIN_CLIENT_IP=truncate
     assert services.store.queue_depth() == {"pending": 1}
 
 
@@ -91,7 +91,8 @@ def test_client_ip_comes_through_trusted_proxies_only(migrated_db_url, clock):
 
     forwarded = {"X-Forwarded-For": "203.0.113.7"}
     for proxies, expected in ((1, "203.0.113.7"), (0, "127.0.0.1")):
-        app = create_app(test_config(migrated_db_url, TRUSTED_PROXIES=proxies))
+        app = create_app(test_config(migrated_db_url, TRUSTED_PROXIES=proxies,
+                                     RETAIN_CLIENT_IP="full"))
         svc = app.extensions["service"]
         svc.clock = clock
         try:

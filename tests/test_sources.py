@@ -161,7 +161,7 @@ def test_sendgrid_open_events_become_views(client, services, keys):
     assert (human.source, human.event_key, human.kind, human.location_id, human.document_id) \
         == ("sendgrid", "sg:rbtnWrG1DVDGGGFHFyun0A", "invoice", LOC, INV)
     assert human.viewed_at == T0 - dt.timedelta(seconds=60)
-    assert (human.ip, human.verdict, human.forward) == ("255.255.255.255", "human", True)
+    assert (human.ip, human.verdict, human.forward) == ("255.255.255.0", "human", True)
     assert (machine.verdict, machine.verdict_reason, machine.forward) == (
         "machine_prefetch", "sendgrid:sg_machine_open", False)
     assert services.store.queue_depth() == {"pending": 1}
@@ -228,7 +228,7 @@ def test_mailgun_opened_becomes_a_view(client, services, keys):
     assert (resp.json["views"], resp.json["queued"]) == (1, 1)
     [row] = stored(services)
     assert (row.source, row.event_key, row.location_id, row.document_id, row.ip) == (
-        "mailgun", "mg:Ase7i2zsRYeDXztHGENqRA", LOC, INV, "50.56.129.169")
+        "mailgun", "mg:Ase7i2zsRYeDXztHGENqRA", LOC, INV, "50.56.129.0")
     assert row.user_agent.startswith("Mozilla/5.0 (X11; Linux x86_64)")
     assert row.viewed_at == T0 - dt.timedelta(seconds=30.126)
 
@@ -346,7 +346,7 @@ def test_postmark_open_becomes_a_view(client, services, keys):
     assert resp.json["queued"] == 1
     [row] = stored(services)
     assert (row.source, row.location_id, row.document_id, row.ip) == (
-        "postmark", LOC, INV, "188.2.95.4")
+        "postmark", LOC, INV, "188.2.95.0")
     assert row.event_key.startswith("pm~")  # MessageID + ReceivedAt, hashed to fit 64
     assert row.viewed_at == dt.datetime(2026, 1, 5, 11, 59, 34, 907025, tzinfo=dt.UTC)
 
@@ -399,7 +399,7 @@ def test_ses_open_through_sns_becomes_a_view(client, services, keys, downloads, 
     assert resp.json["queued"] == 1
     [row] = stored(services)
     assert (row.source, row.event_key, row.location_id, row.document_id, row.ip) == (
-        "ses", "ses:22b80b92-fdea-4c2c-8f9d-bdfb0c7bf324", LOC, INV, "192.0.2.1")
+        "ses", "ses:22b80b92-fdea-4c2c-8f9d-bdfb0c7bf324", LOC, INV, "192.0.2.0")
     assert downloads.urls == [CERT_URL]
 
 
