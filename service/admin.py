@@ -10,7 +10,7 @@ from flask_smorest import Blueprint
 from .auth import require_admin_key
 from .deps import services
 from .errors import NotFoundError, ServiceError
-from .schemas import ID_PATTERN, LocationListSchema, LocationSchema, TokenSchema
+from .schemas import ID_PATTERN, LocationListSchema, LocationSchema, PurgeSchema, TokenSchema
 
 bp = Blueprint("locations", __name__, url_prefix="/v1/locations",
                description="Per-location HighLevel tokens")
@@ -84,3 +84,16 @@ def get_location(location_id):
     if summary is None:
         raise NotFoundError("No token stored for that location")
     return summary
+
+
+@bp.route("/<location_id>", methods=["DELETE"])
+@bp.doc(security=SECURITY)
+@require_admin_key
+@bp.response(200, PurgeSchema)
+def purge_location(location_id):
+    """Delete everything stored for a location (a data-erasure request): its events,
+    documents, delivery log, token, installs and rate-limit state. Idempotent."""
+    from .retention import purge_location as purge
+
+    return {"locationId": location_id,
+            "deleted": purge(services().engine, _location_id(location_id))}

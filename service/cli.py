@@ -48,7 +48,8 @@ def build_forwarder(stop=None, executor=None):
     return Forwarder(svc.store, svc.vault, client,
                      executor=executor or ThreadPoolExecutor(concurrency, "send"),
                      concurrency=concurrency, max_age_seconds=cfg["MAX_EVENT_AGE_SECONDS"],
-                     log_days=cfg["DELIVERY_LOG_DAYS"], clock=svc.clock, stop=stop,
+                     log_days=cfg["DELIVERY_LOG_DAYS"], event_days=cfg["EVENT_RETENTION_DAYS"],
+                     clock=svc.clock, stop=stop,
                      tokens=TokenProvider(svc.vault, svc.oauth, margin=dt.timedelta(
                          seconds=cfg["TOKEN_REFRESH_MARGIN_SECONDS"])))
 
@@ -261,9 +262,24 @@ def replay_command(location_id, document_id, outcome, since, until, replay_all) 
     click.echo(f"replayed {replay(svc.engine, filters, now=svc.clock())} document(s)")
 
 
+@click.command("purge")
+@click.argument("location_id")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@with_appcontext
+def purge_command(location_id: str, yes: bool) -> None:
+    """Delete everything stored for a location (a data-erasure request)."""
+    from .retention import purge_location
+
+    if not yes:
+        click.confirm(f"Delete every event, document, delivery, token and install of "
+                      f"{location_id!r}?", abort=True)
+    counts = purge_location(services().engine, location_id)
+    click.echo(f"purged {location_id}: " + ", ".join(f"{n} {what}" for what, n in counts.items()))
+
+
 def init_app(app: Flask) -> None:
     """Register the commands."""
     for command in (db_cli, tokens_cli, keys_cli, forwarder_command, pixel_url_command,
-                    deliveries_command, replay_command):
+                    deliveries_command, replay_command, purge_command):
         app.cli.add_command(command)
 

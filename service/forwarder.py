@@ -17,6 +17,7 @@ from .credentials import TokenProvider
 from .deliverylog import prune
 from .highlevel import HighLevel, HighLevelError, Response
 from .metrics import observe_outcomes
+from .retention import prune_events
 from .store import Claim, Outcome, Store
 from .tokens import Credentials, TokenDecryptError, TokenVault
 
@@ -100,6 +101,7 @@ class Forwarder:
                  clock: Callable[[], dt.datetime] = utcnow,
                  rand: Callable[[], float] = random.random,
                  stop: threading.Event | None = None, log_days: int = 30,
+                 event_days: int = 30,
                  tokens: TokenProvider | None = None):
         self.store = store
         self.vault = vault
@@ -112,6 +114,7 @@ class Forwarder:
         self.rand = rand
         self.stop = stop or threading.Event()
         self.log_days = dt.timedelta(days=log_days)
+        self.event_days = dt.timedelta(days=event_days)
         self._last_unblock: dt.datetime | None = None
         self._last_prune: dt.datetime | None = None
         self._invalidated: set[tuple[str, int]] = set()  # (location, token generation)
@@ -130,6 +133,9 @@ class Forwarder:
             pruned = prune(self.store.engine, older_than=now - self.log_days)
             if pruned:
                 logger.info("delivery_log.pruned", extra={"rows": pruned})
+            pruned = prune_events(self.store.engine, older_than=now - self.event_days)
+            if pruned:
+                logger.info("events.pruned", extra={"rows": pruned})
         claims = self.store.claim_due(now=now, limit=self.concurrency)
         if not claims:
             return 0

@@ -196,6 +196,15 @@ class LocationListSchema(ma.Schema):
     locations = ma.fields.List(ma.fields.Nested(LocationSchema))
 
 
+class PurgeSchema(ma.Schema):
+    """What a purge deleted, per table (all zero when nothing was stored)."""
+
+    locationId = ma.fields.String()
+    deleted = ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.Integer(), metadata={
+        "description": "rows deleted: events, documents, deliveries, tokens, installs, "
+                       "rateLimits"})
+
+
 class ErrorSchema(ma.Schema):
     statusCode = ma.fields.Integer()
     message = ma.fields.String()

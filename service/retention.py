@@ -1,0 +1,90 @@
+"""What is deleted, and when: events after their retention, and a location on request.
+
+Both work in small batches, each its own short transaction, so neither holds SQLite's
+write lock (or PostgreSQL's row locks) for long while views keep arriving. (The delivery
+log's own pruning is ``deliverylog.prune``; the forwarder runs both every hour.)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from .db import delivery_log, documents, events, installs, locations, rate_limits
+from .outcomes import DEAD, IDLE
+
+BATCH = 5000
+
+
+def _uuid7_floor(at: dt.datetime) -> str:
+    """The smallest UUIDv7 text of the millisecond ``at``: every event id made before it
+    sorts below (ids are time-ordered, ``recording.ViewWriter.prepare``)."""
+    ms = f"{int(at.timestamp() * 1000):012x}"
+    return f"{ms[:8]}-{ms[8:]}-7000-8000-000000000000"
+
+
+def prune_events(engine: Engine, *, older_than: dt.datetime, batch: int = BATCH) -> int:
+    """Delete events received before ``older_than`` whose view is finished: its document
+    delivered (idle) or dead, or the view filtered (never to be sent). Events of
+    documents still pending or parked are kept, whatever their age. Returns how many.
+
+    Walks the primary key (time-ordered ids) a batch at a time: each transaction reads
+    at most ``batch`` ids and deletes among them, however many old events are kept.
+    """
+    e, d = events.c, documents.c
+    finished = sa.select(d.id).where(d.status.in_((IDLE, DEAD)))
+    ceiling, after, total = _uuid7_floor(older_than), "", 0
+    while True:
+        with engine.begin() as conn:
+            ids = conn.execute(
+                sa.select(e.id).where(e.id > after, e.id < ceiling)
+                .order_by(e.id).limit(batch)).scalars().all()
+            if not ids:
+                return total
+            after = ids[-1]
+            total += conn.execute(events.delete().where(
+                e.id.in_(ids), e.received_at < older_than,
+                sa.or_(e.document_row.is_(None), e.document_row.in_(finished)),
+            )).rowcount
+        if len(ids) < batch:
+            return total
+
+
+def purge_location(engine: Engine, location_id: str, *, batch: int = BATCH) -> dict[str, int]:
+    """Delete everything stored for a location (a data-erasure request): its events,
+    documents, delivery log, token, installs and rate-limit state. Returns the rows
+    deleted per table (all zero when nothing was stored)."""
+    counts = {
+        # Events before documents (they reference them); each by the location's index.
+        "events": _delete_batched(engine, events, events.c.location_id == location_id,
+                                  events.c.id, batch),
+        "documents": _delete_batched(engine, documents,
+                                     documents.c.location_id == location_id,
+                                     documents.c.id, batch),
+        "deliveries": _delete_batched(engine, delivery_log,
+                                      delivery_log.c.location_id == location_id,
+                                      delivery_log.c.id, batch),
+    }
+    with engine.begin() as conn:
+        counts["tokens"] = conn.execute(
+            locations.delete().where(locations.c.location_id == location_id)).rowcount
+        counts["installs"] = conn.execute(installs.delete().where(
+            installs.c.target_type == "location", installs.c.target_id == location_id
+        )).rowcount
+        counts["rateLimits"] = conn.execute(
+            rate_limits.delete().where(rate_limits.c.resource == location_id)).rowcount
+    return counts
+
+
+def _delete_batched(engine: Engine, table: sa.Table, where, key: sa.Column,
+                    batch: int) -> int:
+    total = 0
+    while True:
+        with engine.begin() as conn:
+            ids = conn.execute(sa.select(key).where(where).limit(batch)).scalars().all()
+            if ids:
+                total += conn.execute(table.delete().where(key.in_(ids))).rowcount
+        if len(ids) < batch:
+            return total
