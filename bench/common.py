@@ -593,17 +593,18 @@ def put_tokens(base_url: str, admin_key: str, tokens: dict[str, str]) -> None:
 
 
 def event_counts(store: Store) -> dict[str, int]:
-    """Views stored, those to forward, and those HighLevel has been told of (the store's
+    """Views stored (a client's repeats count on one row: ``events.views``), those to
+    forward, and those HighLevel has been told of (the store's
     own rule, as ``GET /v1/events/<id>`` answers ``delivered``: seq <= the document's
     sent_seq)."""
     import sqlalchemy as sa
 
     with store.engine.connect() as conn:
         row = conn.execute(sa.text(
-            "SELECT count(*), "
-            "       coalesce(sum(CASE WHEN e.forward THEN 1 ELSE 0 END), 0), "
+            "SELECT coalesce(sum(e.views), 0), "
+            "       coalesce(sum(CASE WHEN e.forward THEN e.views ELSE 0 END), 0), "
             "       coalesce(sum(CASE WHEN e.forward AND e.seq <= d.sent_seq "
-            "                    THEN 1 ELSE 0 END), 0) "
+            "                    THEN e.views ELSE 0 END), 0) "
             "FROM events e LEFT JOIN documents d ON d.id = e.document_row")).one()
     return {"stored": int(row[0]), "forward": int(row[1]), "delivered": int(row[2])}
 

@@ -217,7 +217,7 @@ def run_case(args, store, server: Proc, port: int, key: str, mode: str, conns: i
             raise RuntimeError("load generator did not start within 60 s")
         pipe.recv()
 
-    before = store.scalar("SELECT count(*) FROM events")
+    before = store.scalar("SELECT coalesce(sum(views), 0) FROM events")
     start_at = time.time() + 0.3
     window = {"start_at": start_at, "measure_from": start_at + args.warmup,
               "measure_to": start_at + args.warmup + args.duration}
@@ -233,7 +233,7 @@ def run_case(args, store, server: Proc, port: int, key: str, mode: str, conns: i
         proc.join(10)
     wall = time.time() - start_at
     server_cpu = process_tree_cpu(server.pid) - cpu_before
-    after = store.scalar("SELECT count(*) FROM events")
+    after = store.scalar("SELECT coalesce(sum(views), 0) FROM events")
 
     lat = sorted(x for r in results for x in r["latencies"])
     errors: Counter = Counter()

@@ -210,7 +210,8 @@ def main(argv=None) -> int:
                                             alive=relay.forwarder.alive)
         take("drained")
         hl_patches = fake.patches()
-        not_human = store.scalar("SELECT count(*) FROM events WHERE verdict <> 'human'")
+        not_human = store.scalar(
+            "SELECT coalesce(sum(views), 0) FROM events WHERE verdict <> 'human'")
     logs = {p.name: p.log.read_text(errors="replace") for p in (relay.web, relay.forwarder)}
 
     # -- what the load got, what the store holds --------------------------------------------

@@ -226,7 +226,7 @@ def test_headless_chromium_opening_the_email_records_one_view_and_forwards_it(
                 [row] = conn.execute(sa.select(events)).all()
             assert (row.kind, row.location_id, row.document_id, row.source) == (
                 "invoice", LOCATION, INVOICE, "pixel")
-            assert row.user_agent == ua and row.ip == "127.0.0.1"
+            assert row.user_agent == ua and row.ip == "127.0.0.0"  # RETAIN_CLIENT_IP=truncate
             expected = svc.classifier.classify(user_agent=ua, ip="127.0.0.1")
             assert (row.verdict, row.verdict_reason) == (expected.verdict, expected.reason)
             assert row.forward is True  # MACHINE_OPENS=forward: whatever the verdict
