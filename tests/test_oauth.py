@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from .conftest import (
     ADMIN_KEY,
     FERNET_KEY,
     INGEST_KEY,
+    PG_URL,
     PIXEL_KEY,
     make_view,
     test_config,
@@ -254,6 +256,28 @@ def test_callback_with_another_browsers_install_cookie_is_refused(app, client, s
     other.set_cookie(INSTALL_COOKIE, "forged", path="/oauth")
     assert other.get(f"/oauth/callback?code={code}&state={state}").status_code == 400
     assert code_exchanges(hl) == 0
+    assert services.vault.list() == []
+
+
+@pytest.mark.skipif(not PG_URL, reason="only PostgreSQL enforces a column's length: "
+                    "set TEST_DATABASE_URL")
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_a_grant_the_store_cannot_hold_logs_no_token_or_ciphertext(client, services, hl,
+                                                                    caplog):
+    """A location id longer than the column: the INSERT of the encrypted tokens fails with
+    a DataError, whose text would quote its parameters."""
+    state = start_install(client)
+    code = hl.oauth.authorize(location_id="L" * 100, company_id=COMPANY,
+                              redirect_uri=CALLBACK)
+    caplog.set_level(logging.INFO)
+    resp = client.get(f"/oauth/callback?code={code}&state={state}")
+    assert resp.status_code == 500
+    [record] = [r for r in caplog.records if r.getMessage() == "request.unhandled"]
+    assert issubclass(record.exc_info[0], sa.exc.DataError)
+    shown = caplog.text + resp.get_data(as_text=True)
+    assert "value too long" in shown  # the error itself is still there to read
+    assert "gAAAAA" not in shown  # the prefix of every Fernet ciphertext
+    assert hl.tokens and not [token for token in hl.tokens if token[:16] in shown]
     assert services.vault.list() == []
 
 
