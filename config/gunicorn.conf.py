@@ -6,7 +6,7 @@ import tempfile
 
 from gunicorn import glogging
 
-from service.logging import logging_config
+from service.logging import logging_config, redact_path
 
 _env = os.environ.get
 
@@ -44,7 +44,9 @@ class AccessLogger(glogging.Logger):
     """Gunicorn's logger, with each access line a ``http.request`` record whose fields
     (method, path, status, duration, request id) the service's formatter writes as JSON.
 
-    The path has no query string: an OAuth callback's carries the authorization code.
+    The path has no query string (an OAuth callback's carries the authorization code),
+    and a pixel or beacon token in it is cut to its first characters (``redact_path``):
+    the token is a credential, and access logs travel further than the store.
     """
 
     def access(self, resp, req, environ, request_time):
@@ -52,7 +54,8 @@ class AccessLogger(glogging.Logger):
             return
         status = resp.status.split(None, 1)[0] if isinstance(resp.status, str) else resp.status
         self.access_log.info("http.request", extra={
-            "method": environ.get("REQUEST_METHOD"), "path": environ.get("PATH_INFO"),
+            "method": environ.get("REQUEST_METHOD"),
+            "path": redact_path(environ.get("PATH_INFO", "")),
             "status": int(status), "duration_ms": round(request_time.total_seconds() * 1e3, 1),
             "bytes": getattr(resp, "sent", None), "remote_addr": environ.get("REMOTE_ADDR"),
             "user_agent": environ.get("HTTP_USER_AGENT"), "pid": os.getpid(),

@@ -234,15 +234,37 @@ def dialect_insert(table: sa.Table, dialect: str):
 
 
 def create_engine(url: str) -> Engine:
-    """Create the engine: SQLite in WAL mode with a busy timeout, or PostgreSQL via psycopg."""
+    """Create the engine: SQLite in WAL mode with a busy timeout, or PostgreSQL via psycopg.
+
+    A failed statement's error never quotes its values (``hide_parameters``; on PostgreSQL
+    also the server's DETAIL, which quotes the failing row): they can be a token's
+    ciphertext, and errors end up in logs.
+    """
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+        engine = sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10,
+                                  hide_parameters=True)
+
+        @sa.event.listens_for(engine, "handle_error")
+        def _without_detail(context):
+            # "Failing row contains (loc_1, pit, gAAAAAB...)", "Key (...)=(...) already
+            # exists": keep the primary message (it names the column or constraint).
+            orig = context.original_exception
+            diag = getattr(orig, "diag", None)
+            if diag is None or not diag.message_detail:
+                return
+            quoted = str(orig)
+            orig.args = (f"{diag.message_primary} (DETAIL hidden: it may quote values)",)
+            wrapped = context.sqlalchemy_exception
+            if wrapped is not None and wrapped.args and isinstance(wrapped.args[0], str):
+                wrapped.args = (wrapped.args[0].replace(quoted, str(orig)),)
+
+        return engine
     connect_args: dict = {"timeout": 30}
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         connect_args["factory"] = locking_connection(f"{parsed.database}.writelock")
-    engine = sa.create_engine(url, connect_args=connect_args)
+    engine = sa.create_engine(url, connect_args=connect_args, hide_parameters=True)
 
     @sa.event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):

@@ -10,9 +10,57 @@ import datetime as dt
 import json
 import logging
 import logging.config
+import re
+from urllib.parse import unquote
 
 # Attributes every LogRecord has; anything else came in through ``extra``.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+# A pixel or beacon URL's token is a credential (it records views): logs keep its first
+# few characters, enough to tell two apart, never the whole of it.
+TOKEN_PREFIX_KEPT = 8
+_TOKEN_ROUTE = re.compile(r"(/v1/(?:pixel|beacon)/)([^\s?#'\"]+)")
+# A request target's query string (an OAuth callback's carries the authorization code).
+_QUERY = re.compile(r"(/[^\s?#'\"]*)\?[^\s#'\"]*")
+
+
+def _shorten_token(match: re.Match) -> str:
+    route, token = match.group(1), match.group(2)
+    suffix = ".gif" if route == "/v1/pixel/" and token.endswith(".gif") else ""
+    token = token[:len(token) - len(suffix)]
+    if len(token) <= TOKEN_PREFIX_KEPT:
+        return match.group(0)
+    return f"{route}{token[:TOKEN_PREFIX_KEPT]}\u2026{suffix}"
+
+
+def redact_path(text: str) -> str:
+    """Return a request path (or a log message quoting one) fit for a log line.
+
+    A pixel or beacon token is cut to its first characters (``/v1/pixel/AbCdEfGh….gif``)
+    and a query string is dropped (``/oauth/callback?…``). A percent-encoded target is
+    decoded first, so ``/v1/%70ixel/...`` is caught too.
+    """
+    if "%" in text:
+        text = unquote(text)
+    if "?" in text:
+        text = _QUERY.sub("\\1?\u2026", text)
+    return _TOKEN_ROUTE.sub(_shorten_token, text)
+
+
+class RedactPathsFilter(logging.Filter):
+    """Pass every record's message through ``redact_path``: gunicorn's own lines quote a
+    request's target (``Error handling request GET /v1/pixel/...``, its DEBUG request
+    lines, an invalid request line), and so does the development server's access line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args:  # the message is a template from code; the request is in the args
+            if isinstance(record.args, tuple):
+                record.args = tuple(redact_path(a) if isinstance(a, str) else a
+                                    for a in record.args)
+        elif isinstance(record.msg, str):
+            record.msg = redact_path(record.msg)
+        return True
 
 
 class RequestIdFilter(logging.Filter):
@@ -66,10 +114,12 @@ def logging_config(level: str = "INFO", fmt: str = "text") -> dict:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "filters": {"request_id": {"()": "service.logging.RequestIdFilter"}},
+        "filters": {"request_id": {"()": "service.logging.RequestIdFilter"},
+                    "redact_paths": {"()": "service.logging.RedactPathsFilter"}},
         "formatters": {"default": {"()": formatter}},
         "handlers": {"stdout": {"class": "logging.StreamHandler", "stream": "ext://sys.stdout",
-                                "formatter": "default", "filters": ["request_id"]}},
+                                "formatter": "default",
+                                "filters": ["request_id", "redact_paths"]}},
         "root": {"level": level, "handlers": ["stdout"]},
         "loggers": {"urllib3": {"level": "WARNING"}, "alembic": {"level": "WARNING"}},
     }

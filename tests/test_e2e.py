@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
 from itertools import pairwise
@@ -50,6 +51,12 @@ def test_delivers_coalesces_parks_and_stops_cleanly(start_relay, fake):
     summary = relay.store_token(LOCATION)
     assert summary["tokenKind"] == "pit" and summary["status"] == "active"
     assert HL_TOKEN not in json.dumps(summary)
+    # Pixel and beacon tokens are credentials: the access log keeps their first characters.
+    pixel_token, beacon_token = secrets.token_urlsafe(40), secrets.token_urlsafe(40)
+    with relay.session.get(f"{relay.url}/v1/pixel/{pixel_token}.gif", timeout=10) as resp:
+        assert resp.status_code == 200 and resp.headers["Content-Type"] == "image/gif"
+    with relay.session.post(f"{relay.url}/v1/beacon/{beacon_token}", timeout=10) as resp:
+        assert resp.status_code == 204
 
     # A view for a location without a token waits (blocked), and delays no other location.
     parked = relay.post_events({"locationId": PARKED, "invoiceId": "inv_parked"})
@@ -119,6 +126,11 @@ def test_delivers_coalesces_parks_and_stops_cleanly(start_relay, fake):
     events = [r["event"] for r in json_lines(relay.forwarder.stdout())]
     assert events[0] == "forwarder.started" and events[-1] == "forwarder.stopped"
     assert_no_secret_logged(relay.web, relay.forwarder)
+    paths = {r["path"] for r in json_lines(relay.web.stdout()) if r.get("event") == "http.request"}
+    assert {f"/v1/pixel/{pixel_token[:8]}\u2026.gif", f"/v1/beacon/{beacon_token[:8]}\u2026"} \
+        <= paths, paths
+    web_logs = relay.web.stdout() + relay.web.stderr()
+    assert pixel_token not in web_logs and beacon_token not in web_logs
 
 
 @pytest.mark.skipif(not PG_URL, reason="machines share a PostgreSQL store: set TEST_DATABASE_URL")

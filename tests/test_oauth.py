@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from .conftest import (
     ADMIN_KEY,
     FERNET_KEY,
     INGEST_KEY,
+    PG_URL,
     PIXEL_KEY,
     make_view,
     test_config,
@@ -133,6 +135,149 @@ def test_callback_with_a_code_highlevel_refuses_stores_nothing(client, services,
     resp = client.get(f"/oauth/callback?code=never-issued&state={state}")
     assert resp.status_code == 502
     assert "Nothing was stored" in resp.get_data(as_text=True)
+    assert services.vault.list() == []
+
+
+INSTALL_COOKIE = "relay_oauth_install"  # what /oauth/install sets in the browser
+CALLBACK = "https://relay.example/oauth/callback"
+
+
+def code_exchanges(hl) -> int:
+    """Authorization codes HighLevel was asked to exchange (POST /oauth/token)."""
+    return sum(1 for form in hl.oauth.token_requests
+               if form.get("grant_type") == "authorization_code")
+
+
+def install_cookie(client) -> str:
+    cookie = client.get_cookie(INSTALL_COOKIE, path="/oauth")
+    assert cookie is not None, "/oauth/install set no install cookie"
+    return cookie.value
+
+
+def test_install_cookie_is_httponly_lax_and_scoped_to_oauth(client):
+    start_install(client)
+    [header] = [h for h in client.get("/oauth/install").headers.getlist("Set-Cookie")
+                if h.startswith(f"{INSTALL_COOKIE}=")]
+    attributes = {part.strip().split("=")[0].lower() for part in header.split(";")[1:]}
+    assert {"httponly", "path", "samesite", "max-age"} <= attributes, header
+    assert "; Path=/oauth" in header and "SameSite=Lax" in header, header
+    assert "secure" not in attributes, header  # RELAY_ENV=test: plain http works locally
+
+
+def test_install_cookie_is_secure_in_production(migrated_db_url, hl):
+    app = create_app(test_config(migrated_db_url, RELAY_ENV="production",
+                                 HIGHLEVEL_CLIENT_ID=hl.oauth.client_id,
+                                 HIGHLEVEL_CLIENT_SECRET=hl.oauth.client_secret))
+    try:
+        headers = app.test_client().get("/oauth/install").headers.getlist("Set-Cookie")
+    finally:
+        app.extensions["service"].engine.dispose()
+    [header] = [h for h in headers if h.startswith(f"{INSTALL_COOKIE}=")]
+    assert "; Secure" in header and "; HttpOnly" in header, header
+
+
+def test_a_replayed_state_is_refused_without_a_second_exchange(client, services, hl):
+    state = start_install(client)
+    cookie = install_cookie(client)
+    code = hl.oauth.authorize(location_id=LOC, company_id=COMPANY, redirect_uri=CALLBACK)
+    first = client.get(f"/oauth/callback?code={code}&state={state}")
+    assert first.status_code == 200, first.get_data(as_text=True)
+    assert code_exchanges(hl) == 1
+    assert client.get_cookie(INSTALL_COOKIE, path="/oauth") is None  # cleared after use
+    # The same link again, even with the browser's cookie put back (a captured request),
+    # and with a fresh code: HighLevel's token endpoint is never asked again.
+    for replay_code in (code, hl.oauth.authorize(location_id="loc_other", company_id=COMPANY,
+                                                 redirect_uri=CALLBACK)):
+        client.set_cookie(INSTALL_COOKIE, cookie, path="/oauth")
+        again = client.get(f"/oauth/callback?code={replay_code}&state={state}")
+        assert again.status_code == 400
+        assert again.headers["Content-Type"].startswith("text/html")
+        assert "already been used" in again.get_data(as_text=True)
+    assert code_exchanges(hl) == 1
+    assert [s["locationId"] for s in services.vault.list()] == [LOC]
+
+
+def test_a_state_used_once_stays_used_after_other_single_use_tokens_are_pruned(
+        migrated_db_url, hl, clock):
+    """The state shares used_webhook_tokens with Mailgun's tokens, whose pruning (kept
+    2 x tolerance + 60 s) would forget a state before it expires on a small tolerance."""
+    app = create_app(test_config(migrated_db_url, HIGHLEVEL_BASE_URL=hl.url,
+                                 HIGHLEVEL_CLIENT_ID=hl.oauth.client_id,
+                                 HIGHLEVEL_CLIENT_SECRET=hl.oauth.client_secret,
+                                 PUBLIC_BASE_URL="https://relay.example",
+                                 SOURCE_SIGNATURE_TOLERANCE_SECONDS=10))
+    app.extensions["service"].clock = clock
+    client = app.test_client()
+    try:
+        state = start_install(client)
+        cookie = install_cookie(client)
+        code = hl.oauth.authorize(location_id=LOC, company_id=COMPANY, redirect_uri=CALLBACK)
+        assert client.get(f"/oauth/callback?code={code}&state={state}").status_code == 200
+        clock.advance(300)  # the state is still valid for another 5 minutes
+        # A Mailgun signature token claimed now prunes the table.
+        assert app.extensions["sources"].tokens.claim("mailgun", "mg-token", now=clock())
+        client.set_cookie(INSTALL_COOKIE, cookie, path="/oauth")
+        replay = client.get(f"/oauth/callback?code={code}&state={state}")
+        assert replay.status_code == 400, replay.get_data(as_text=True)
+        assert code_exchanges(hl) == 1
+    finally:
+        app.extensions["service"].engine.dispose()
+
+
+def test_callback_without_the_install_cookie_is_refused_before_any_exchange(
+        app, client, services, hl):
+    state = start_install(client)  # this browser started the install...
+    code = hl.oauth.authorize(location_id=LOC, company_id=COMPANY, redirect_uri=CALLBACK)
+    other = app.test_client()  # ...the link is opened in another one (login CSRF)
+    resp = other.get(f"/oauth/callback?code={code}&state={state}")
+    assert resp.status_code == 400
+    assert resp.headers["Content-Type"].startswith("text/html")
+    assert "Not installed" in resp.get_data(as_text=True)
+    assert "browser" in resp.get_data(as_text=True)
+    assert code_exchanges(hl) == 0
+    assert services.vault.list() == []
+    # Refusing it did not spend the state: the browser that started the install finishes.
+    resp = client.get(f"/oauth/callback?code={code}&state={state}")
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    assert code_exchanges(hl) == 1
+
+
+def test_callback_with_another_browsers_install_cookie_is_refused(app, client, services, hl):
+    state = start_install(client)
+    other = app.test_client()
+    start_install(other)  # its own install, its own cookie
+    assert install_cookie(other) != install_cookie(client)
+    code = hl.oauth.authorize(location_id=LOC, company_id=COMPANY, redirect_uri=CALLBACK)
+    resp = other.get(f"/oauth/callback?code={code}&state={state}")
+    assert resp.status_code == 400
+    assert "browser" in resp.get_data(as_text=True)
+    assert other.get_cookie(INSTALL_COOKIE, path="/oauth") is None  # cleared on refusal too
+    # A forged cookie is refused the same way.
+    other.set_cookie(INSTALL_COOKIE, "forged", path="/oauth")
+    assert other.get(f"/oauth/callback?code={code}&state={state}").status_code == 400
+    assert code_exchanges(hl) == 0
+    assert services.vault.list() == []
+
+
+@pytest.mark.skipif(not PG_URL, reason="only PostgreSQL enforces a column's length: "
+                    "set TEST_DATABASE_URL")
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_a_grant_the_store_cannot_hold_logs_no_token_or_ciphertext(client, services, hl,
+                                                                    caplog):
+    """A location id longer than the column: the INSERT of the encrypted tokens fails with
+    a DataError, whose text would quote its parameters."""
+    state = start_install(client)
+    code = hl.oauth.authorize(location_id="L" * 100, company_id=COMPANY,
+                              redirect_uri=CALLBACK)
+    caplog.set_level(logging.INFO)
+    resp = client.get(f"/oauth/callback?code={code}&state={state}")
+    assert resp.status_code == 500
+    [record] = [r for r in caplog.records if r.getMessage() == "request.unhandled"]
+    assert issubclass(record.exc_info[0], sa.exc.DataError)
+    shown = caplog.text + resp.get_data(as_text=True)
+    assert "value too long" in shown  # the error itself is still there to read
+    assert "gAAAAA" not in shown  # the prefix of every Fernet ciphertext
+    assert hl.tokens and not [token for token in hl.tokens if token[:16] in shown]
     assert services.vault.list() == []
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import traceback
 
 import pytest
 import sqlalchemy as sa
@@ -12,7 +13,7 @@ from cryptography.fernet import Fernet
 from service.db import locations
 from service.tokens import TokenDecryptError, TokenVault
 
-from .conftest import T0, admin_headers, ingest_headers, make_event
+from .conftest import FERNET_KEY, T0, admin_headers, ingest_headers, make_event
 
 SECRET = "pit-8c1f7d0e-secret-value"
 REFRESH = "refresh-0a9b8c7d-secret"
@@ -210,3 +211,21 @@ def test_no_secret_in_logs(client, caplog):
     put_token(client, refreshToken=REFRESH)
     client.get("/v1/locations", headers=admin_headers())
     assert SECRET not in caplog.text and REFRESH not in caplog.text
+
+
+def test_a_failing_write_shows_no_ciphertext_in_its_error_or_the_log(services, caplog):
+    """SQLAlchemy quotes a failed statement's parameters in the error, and PostgreSQL the
+    failing row ("Failing row contains (...)"): a token's ciphertext must reach neither."""
+    ciphertext = Fernet(FERNET_KEY).encrypt(SECRET.encode()).decode()
+    with pytest.raises(sa.exc.IntegrityError) as failed:
+        with services.engine.begin() as conn:  # status is NOT NULL
+            conn.execute(locations.insert().values(
+                location_id="loc_1", token_kind="pit", access_token=ciphertext, status=None,
+                created_at=T0, updated_at=T0))
+    logging.getLogger("service.tokens").error("store.failed", exc_info=failed.value)
+    shown = "".join(traceback.format_exception(failed.value)) + caplog.text
+    assert "status" in shown  # the error still says what went wrong
+    # Long parameters are shown cut in the middle: look for either end, and the prefix of
+    # every Fernet token.
+    for piece in (ciphertext[:16], ciphertext[-16:], "gAAAAA"):
+        assert piece not in shown, shown

@@ -59,13 +59,22 @@ class MailgunVerifier:
         return token
 
 
+# Every row is kept at least this long, whatever ``keep_seconds`` says: the table also holds
+# the OAuth install's states (service/oauth_api.py: valid 10 minutes, plus 5 for machines'
+# clocks that disagree), and each claim prunes every row, not only its own source's (the
+# rows are hashes: their source is unknown).
+MIN_KEEP_SECONDS = 900
+
+
 class UsedTokens:
-    """Signature tokens already accepted (``used_webhook_tokens``), remembered long enough
-    that a replay is either refused here or stale anyway."""
+    """Single-use tokens already accepted (``used_webhook_tokens``): Mailgun's signature
+    tokens and the OAuth install's states, remembered long enough that a replay is either
+    refused here or stale anyway. One instance per app serves every source, so the table
+    has one pruning rule."""
 
     def __init__(self, engine: Engine, *, keep_seconds: float):
         self.engine = engine
-        self.keep = dt.timedelta(seconds=keep_seconds)
+        self.keep = dt.timedelta(seconds=max(keep_seconds, MIN_KEEP_SECONDS))
 
     @staticmethod
     def _digest(source: str, token: str) -> str:
