@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-from flask_smorest import Blueprint
-
 from .auth import require_admin_key
+from .bodies import Blueprint
 from .deps import services
 from .errors import NotFoundError, ServiceError
 from .ids import ID_PATTERN, ID_RULE, is_valid_id

@@ -22,10 +22,10 @@ import base64
 import datetime as dt
 import hashlib
 import ipaddress
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from . import safejson
 from .ids import is_valid_id
 from .store import View
 from .verdicts import Classifier, Verdict, should_forward
@@ -151,14 +151,14 @@ def _add(parsed: Parsed, ctx: Context, *, source: str, key: str | None, metadata
 
 
 def load_json(body: bytes) -> object:
-    """Parse a webhook body as JSON.
+    """Parse a webhook body as JSON (``safejson``: nested too deep is not JSON either).
 
     :raises PayloadError: it is not JSON.
     """
     try:
-        return json.loads(body)
-    except (UnicodeDecodeError, ValueError):
-        raise PayloadError("The body is not valid JSON") from None
+        return safejson.loads(body)
+    except ValueError as exc:
+        raise PayloadError(str(exc)) from None
 
 
 def parse_sendgrid(body: bytes, ctx: Context) -> Parsed:

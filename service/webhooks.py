@@ -27,7 +27,6 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
-import json
 import logging
 import re
 from collections.abc import Mapping
@@ -39,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy.engine import Engine
 
+from . import safejson
 from .app_installs import COMPANY, INSTALL, LOCATION, UNINSTALL, AppEvent, apply
 from .ids import ID_RULE, is_valid_id
 from .webhook_keys import SETTING, load_public_key, published_rsa_key
@@ -144,12 +144,13 @@ class WebhookReceiver:
 def read_payload(body: bytes) -> dict:
     """Decode the body as one JSON object.
 
-    :raises MalformedError: not UTF-8 JSON, or not an object.
+    :raises MalformedError: not UTF-8 JSON (or nested too deep: ``safejson``), or not an
+        object.
     """
     try:
-        payload = json.loads(body)
-    except ValueError:  # JSONDecodeError and UnicodeDecodeError both are
-        raise MalformedError("The body is not valid JSON") from None
+        payload = safejson.loads(body)
+    except ValueError as exc:
+        raise MalformedError(str(exc)) from None
     if not isinstance(payload, dict):
         raise MalformedError("The body is not a JSON object")
     return payload
