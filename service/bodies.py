@@ -2,10 +2,10 @@
 
 Two readers parse request JSON, and both come here: Flask's ``request.get_json`` (it parses
 with the app's JSON provider, ``JSONProvider``) and flask-smorest's ``@bp.arguments`` (its
-webargs parser reads the body through ``request.get_json``: parsed once, and cached). A body that is
-not JSON, or is nested too deep, is a 400 in DESIGN.md's shape and one log line. The email
-sources and HighLevel's webhooks parse their raw bodies with ``safejson.loads`` themselves,
-after checking what can be checked on the raw bytes.
+webargs parser reads the body through ``request.get_json``: parsed once, and cached). A
+body that is not JSON, or is nested too deep, is a 400 in DESIGN.md's shape and one log
+line. The email sources and HighLevel's webhooks parse their raw bodies with
+``safejson.loads`` themselves, after checking what can be checked on the raw bytes.
 """
 
 from __future__ import annotations
