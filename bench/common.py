@@ -36,12 +36,13 @@ def free_port() -> int:
 
 
 def bench_secrets() -> dict[str, str]:
-    """Explicit secrets, so the service runs as in production and instance/ is untouched."""
+    """Explicit secrets, so the service runs as in production and instance/ is untouched
+    (bearer keys of at least 32 characters, as production requires)."""
     from cryptography.fernet import Fernet
 
     return {
-        "INGEST_API_KEYS": "ik_bench_" + secrets.token_urlsafe(18),
-        "ADMIN_API_KEYS": "ak_bench_" + secrets.token_urlsafe(18),
+        "INGEST_API_KEYS": "ik_bench_" + secrets.token_urlsafe(24),
+        "ADMIN_API_KEYS": "ak_bench_" + secrets.token_urlsafe(24),
         "PIXEL_SIGNING_KEYS": secrets.token_urlsafe(32),
         "TOKEN_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
     }
@@ -58,6 +59,8 @@ def service_env(db_url: str, keys: dict[str, str], **extra: str) -> dict[str, st
         "HIGHLEVEL_BASE_URL": "http://127.0.0.1:9",  # discard port: nothing should call it
         "HOST": "127.0.0.1",
         "PYTHONUNBUFFERED": "1",
+        # Production refuses to start without it: where this run's pixel URLs point.
+        "PUBLIC_BASE_URL": f"http://127.0.0.1:{extra.get('PORT', 8000)}",
     })
     env.update({k: str(v) for k, v in extra.items()})
     return env

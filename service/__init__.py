@@ -15,6 +15,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from . import (
         admin,
         api,
+        bodies,
         cli,
         deliveries_api,
         errors,
@@ -38,6 +39,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from .verdicts import Classifier
 
     app = Flask(__name__, instance_relative_config=True)
+    bodies.init_app(app)
     settings = load_config(os.environ, config, instance_path=app.instance_path)
     configure_logging(settings["LOG_LEVEL"], settings["LOG_FORMAT"])
     app.config.update(settings)

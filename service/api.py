@@ -5,9 +5,9 @@ from __future__ import annotations
 import functools
 
 from flask import g, request
-from flask_smorest import Blueprint
 
 from .auth import require_ingest_key
+from .bodies import Blueprint
 from .deps import services
 from .errors import NotFoundError, ServiceError
 from .metrics import observe_ingest

@@ -14,12 +14,20 @@ from flask import Flask
 from flask.cli import AppGroup, with_appcontext
 
 from .deps import services
+from .ids import ID_RULE, is_valid_id
 
 logger = logging.getLogger(__name__)
 
 db_cli = AppGroup("db", help="Schema migrations.")
 tokens_cli = AppGroup("tokens", help="Per-location HighLevel tokens.")
 keys_cli = AppGroup("keys", help="API keys and secrets.")
+
+
+def _id(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Refuse an id argument that breaks the id rule (as the API does)."""
+    if value is not None and not is_valid_id(value):
+        raise click.BadParameter(f"must be {ID_RULE}")
+    return value
 
 
 @db_cli.command("upgrade")
@@ -102,8 +110,8 @@ def forwarder_command(once: bool, max_batches: int | None) -> None:
 
 
 @click.command("pixel-url")
-@click.argument("location_id")
-@click.argument("document_id")
+@click.argument("location_id", callback=_id)
+@click.argument("document_id", callback=_id)
 @click.option("--estimate", is_flag=True, help="The document is an estimate, not an invoice.")
 @click.option("--expires-in", type=int, default=None, help="Seconds until the URL stops counting.")
 @with_appcontext
@@ -122,7 +130,7 @@ def pixel_url_command(location_id: str, document_id: str, estimate: bool,
 
 
 @tokens_cli.command("set")
-@click.argument("location_id")
+@click.argument("location_id", callback=_id)
 @click.option("--access-token", prompt=True, hide_input=True, envvar="HL_ACCESS_TOKEN",
               help="Read from a prompt or $HL_ACCESS_TOKEN so it stays out of shell history.")
 @click.option("--refresh-token", default=None, envvar="HL_REFRESH_TOKEN")
@@ -164,6 +172,7 @@ def tokens_list() -> None:
 
 
 @tokens_cli.command("delete")
+# Not checked: lets an operator remove a row stored before ids were checked in full.
 @click.argument("location_id")
 def tokens_delete(location_id: str) -> None:
     """Remove a location's token; its views wait until a new one is stored."""

@@ -85,6 +85,11 @@ class Setting:
     secret: bool = False
 
 
+DEV_PUBLIC_BASE_URL = "http://localhost:8000"
+# A bearer key shorter than this is refused in production: 32 characters of a generated key
+# (``keys generate`` makes 35) are about 190 bits.
+MIN_API_KEY_LENGTH = 32
+
 # name, coercer, default (a string, coerced like the environment), meaning
 SETTINGS = [
     Setting("RELAY_ENV", _choice("development", "production", "test"), "development",
@@ -108,7 +113,8 @@ SETTINGS = [
     Setting("ADMIN_API_KEYS", _csv, None, "bearer keys for admin routes", secret=True),
     Setting("PIXEL_SIGNING_KEYS", _csv, None, "pixel token keys; first signs", secret=True),
     Setting("TOKEN_ENCRYPTION_KEYS", _csv, None, "Fernet keys; first encrypts", secret=True),
-    Setting("PUBLIC_BASE_URL", str, "http://localhost:8000", "base of minted pixel URLs"),
+    Setting("PUBLIC_BASE_URL", str, None,
+            f"base of minted pixel URLs; required in production (else {DEV_PUBLIC_BASE_URL})"),
     Setting("COALESCE_WINDOW_SECONDS", _int, "60", "at most one more send per window"),
     Setting("MAX_EVENT_AGE_SECONDS", _int, "86400", "retry until a view is this old"),
     Setting("FORWARD_CONCURRENCY", _int, "16", "sends in flight per forwarder"),
@@ -183,6 +189,12 @@ def load_config(environ: Mapping[str, str], overrides: Mapping[str, Any] | None 
         generated = ensure_dev_secrets(Path(instance_path or "instance"))
         for name in missing:
             config[name] = generated[name]
+    if config["RELAY_ENV"] == "production":
+        problems = production_problems(config)
+        if problems:
+            raise ConfigError("RELAY_ENV=production refuses to start: " + "; ".join(problems))
+    elif not config["PUBLIC_BASE_URL"]:
+        config["PUBLIC_BASE_URL"] = DEV_PUBLIC_BASE_URL
     for key in config["TOKEN_ENCRYPTION_KEYS"]:
         try:
             Fernet(key)
@@ -192,6 +204,27 @@ def load_config(environ: Mapping[str, str], overrides: Mapping[str, Any] | None 
                 "(generate one with `flask --app service keys generate`)"
             ) from None
     return config
+
+
+def production_problems(config: Mapping[str, Any]) -> list[str]:
+    """What production refuses in settings that parse: each names its setting, never a value."""
+    problems = []
+    for name in ("INGEST_API_KEYS", "ADMIN_API_KEYS"):
+        short = [str(n) for n, key in enumerate(config[name], 1) if len(key) < MIN_API_KEY_LENGTH]
+        if short:
+            problems.append(f"{name}: each key must be at least {MIN_API_KEY_LENGTH} characters "
+                            f"(key {', '.join(short)} is shorter)")
+    if set(config["INGEST_API_KEYS"]) & set(config["ADMIN_API_KEYS"]):
+        problems.append("INGEST_API_KEYS and ADMIN_API_KEYS share a key: an ingest key must "
+                        "not also be an admin key")
+    if not config["PUBLIC_BASE_URL"]:
+        problems.append("PUBLIC_BASE_URL is not set: it is the base of every minted pixel URL")
+    if config["HIGHLEVEL_WEBHOOK_PUBLIC_KEY"] and not config["HIGHLEVEL_CLIENT_ID"]:
+        # The webhook key (and HighLevel's published RSA key) sign every app's events: only
+        # the client id tells ours apart (service/webhooks.py).
+        problems.append("HIGHLEVEL_WEBHOOK_PUBLIC_KEY is set without HIGHLEVEL_CLIENT_ID: "
+                        "INSTALL and UNINSTALL events of every app would be applied")
+    return problems
 
 
 def generate_secrets() -> dict[str, list[str]]:

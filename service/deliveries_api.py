@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import marshmallow as ma
-from flask_smorest import Blueprint
 
 from .auth import require_admin_key
+from .bodies import Blueprint
 from .deliverylog import LogFilter, list_deliveries, replay
 from .deps import services
 from .schemas import DeliveryPageSchema, DeliveryQuerySchema, ReplayResultSchema, ReplaySchema

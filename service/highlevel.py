@@ -17,6 +17,8 @@ from typing import Protocol
 import requests
 from requests.adapters import HTTPAdapter
 
+from . import safejson
+
 PATHS = {
     "invoice": ("/invoices/stats/last-visited-at", "invoiceId"),
     "estimate": ("/invoices/estimate/stats/last-visited-at", "estimateId"),
@@ -153,7 +155,7 @@ def parse_retry_after(value: str | None) -> float | None:
 def _error_details(resp: requests.Response) -> tuple[str | None, str | None]:
     """HighLevel's error ``message`` (a string or a list) and ``traceId``, if JSON."""
     try:
-        body = resp.json()
+        body = safejson.loads(resp.content)  # resp.json() lets a RecursionError through
     except ValueError:
         text = resp.text.strip()
         return (text[:300] or resp.reason), None

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import requests
 
+from . import safejson
+
 # Why an OAuth call failed, as far as what to do next is concerned.
 INVALID_GRANT = "invalid_grant"  # the refresh token is dead: the location must reinstall
 LOCATION_INACTIVE = "location_inactive"  # keep the refresh token; works once reactivated
@@ -95,7 +97,7 @@ class OAuthClient:
             raise OAuthError(TRANSIENT, f"{type(exc).__name__} after "
                              f"{time.monotonic() - started:.1f}s") from None
         try:
-            body = resp.json()
+            body = safejson.loads(resp.content)  # resp.json() lets a RecursionError through
         except ValueError:
             body = {}
         if not isinstance(body, dict):

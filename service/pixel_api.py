@@ -10,10 +10,10 @@ from __future__ import annotations
 import datetime as dt
 
 from flask import Response, g, request
-from flask_smorest import Blueprint
 from werkzeug.routing import PathConverter
 
 from .auth import require_admin_key
+from .bodies import Blueprint
 from .deps import services
 from .pixel_front import record_view
 from .pixels import GIF, GIF_HEADERS, PixelTarget, img_tag, is_prefetch, pixel_url

@@ -33,7 +33,7 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 def request_id_for(incoming: str) -> str:
     """The caller's ``X-Request-ID`` when it is a sane one, else a new id."""
-    return incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    return incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
 
 
 def record_view(svc, token: str, *, source: str, user_agent: str | None, ip: str | None,

@@ -12,11 +12,12 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import html
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from itsdangerous import BadSignature, Signer
+
+from .ids import ID_RULE, is_valid_id
 
 # The classic 43-byte transparent 1x1 GIF89a.
 GIF = (b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00"
@@ -31,7 +32,6 @@ GIF_HEADERS = {
 }
 KINDS = {"i": "invoice", "e": "estimate"}
 _CODES = {kind: code for code, kind in KINDS.items()}
-_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _SALT = "relay.pixel.v1"
 MAX_TOKEN_LENGTH = 400
 
@@ -55,8 +55,8 @@ class PixelSigner:
 
     def sign(self, target: PixelTarget) -> str:
         """Return the URL-safe token for ``target``."""
-        if not (_ID.match(target.location_id) and _ID.match(target.document_id)):
-            raise ValueError("ids must be 1-64 characters of A-Z a-z 0-9 _ -")
+        if not (is_valid_id(target.location_id) and is_valid_id(target.document_id)):
+            raise ValueError(f"ids must be {ID_RULE}")
         parts = [_CODES[target.kind], target.location_id, target.document_id]
         if target.expires_at is not None:
             parts.append(_base36(int(target.expires_at.timestamp())))

@@ -7,21 +7,21 @@ import ipaddress
 
 import marshmallow as ma
 
+from .ids import FullMatch, Id
+
 UTC = dt.UTC
-ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 MAX_BATCH = 500
 MAX_BIGINT = 2**63 - 1
 FUTURE_TOLERANCE = dt.timedelta(minutes=5)
 
-Id = ma.validate.Regexp(ID_PATTERN, error="Must be 1-64 characters of A-Z a-z 0-9 _ -.")
 # Tokens go into an HTTP header: printable ASCII, no spaces or line breaks.
-Printable = ma.validate.Regexp(r"^[\x21-\x7e]+$",
-                               error="Must be printable ASCII without spaces or line breaks.")
+Printable = FullMatch(r"^[\x21-\x7e]+$",
+                      error="Must be printable ASCII without spaces or line breaks.")
 
 
 # Free text that either store can hold: PostgreSQL refuses NUL in text, and a lone surrogate
 # (JSON can carry "\ud800") is not UTF-8 for either store: both failed as a 500.
-NoNul = ma.validate.Regexp(r"^[^\x00]*$", error="Must not contain NUL characters.")
+NoNul = FullMatch(r"^[^\x00]*$", error="Must not contain NUL characters.")
 
 
 def _encodable(value: str) -> None:

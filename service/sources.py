@@ -22,16 +22,15 @@ import base64
 import datetime as dt
 import hashlib
 import ipaddress
-import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from . import safejson
+from .ids import is_valid_id
 from .store import View
 from .verdicts import Classifier, Verdict, should_forward
 
 UTC = dt.UTC
-ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MAX_EVENT_KEY = 64  # events.event_key is VARCHAR(64)
 MAX_USER_AGENT = 512
 FUTURE_TOLERANCE = dt.timedelta(minutes=5)
@@ -93,7 +92,7 @@ def route(metadata: object) -> tuple[str, str, str] | str:
         return "missing_ids"
     if "invoiceId" in values and "estimateId" in values:
         return "ambiguous_document"
-    if not all(isinstance(v, str) and ID.fullmatch(v) for v in values.values()):
+    if not all(is_valid_id(v) for v in values.values()):
         return "invalid_ids"
     kind = "invoice" if "invoiceId" in values else "estimate"
     return kind, values["locationId"], values.get("invoiceId") or values["estimateId"]
@@ -152,14 +151,14 @@ def _add(parsed: Parsed, ctx: Context, *, source: str, key: str | None, metadata
 
 
 def load_json(body: bytes) -> object:
-    """Parse a webhook body as JSON.
+    """Parse a webhook body as JSON (``safejson``: nested too deep is not JSON either).
 
     :raises PayloadError: it is not JSON.
     """
     try:
-        return json.loads(body)
-    except (UnicodeDecodeError, ValueError):
-        raise PayloadError("The body is not valid JSON") from None
+        return safejson.loads(body)
+    except ValueError as exc:
+        raise PayloadError(str(exc)) from None
 
 
 def parse_sendgrid(body: bytes, ctx: Context) -> Parsed:

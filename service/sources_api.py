@@ -21,9 +21,9 @@ from collections import Counter
 
 import marshmallow as ma
 from flask import Flask, current_app, g, request
-from flask_smorest import Blueprint
 
 from .api import require_json, to_view
+from .bodies import Blueprint
 from .deps import services
 from .errors import ServiceError
 from .metrics import observe_ingest
@@ -133,6 +133,7 @@ def source(name: str):
                 logger.info("source.rejected", extra={"provider": name, "reason": str(exc)})
                 raise TopicNotAllowedHttpError() from exc
             except (PayloadError, MalformedMessageError) as exc:
+                logger.info("source.rejected", extra={"provider": name, "reason": str(exc)})
                 raise UnreadablePayloadError(str(exc)) from None
             except CertificateUnavailableError as exc:
                 logger.warning("source.certificate_unavailable",

@@ -27,7 +27,6 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
-import json
 import logging
 import re
 from collections.abc import Mapping
@@ -39,14 +38,15 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy.engine import Engine
 
+from . import safejson
 from .app_installs import COMPANY, INSTALL, LOCATION, UNINSTALL, AppEvent, apply
+from .ids import ID_RULE, is_valid_id
 from .webhook_keys import SETTING, load_public_key, published_rsa_key
 
 logger = logging.getLogger(__name__)
 
 # HighLevel's guide: accept a timestamp within 5 minutes (either way: clocks drift).
 TOLERANCE = dt.timedelta(minutes=5)
-_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _WEBHOOK_ID = re.compile(r"^[\x21-\x7e]{1,100}$")  # fits webhook_receipts.webhook_id
 
 
@@ -144,12 +144,13 @@ class WebhookReceiver:
 def read_payload(body: bytes) -> dict:
     """Decode the body as one JSON object.
 
-    :raises MalformedError: not UTF-8 JSON, or not an object.
+    :raises MalformedError: not UTF-8 JSON (or nested too deep: ``safejson``), or not an
+        object.
     """
     try:
-        payload = json.loads(body)
-    except ValueError:  # JSONDecodeError and UnicodeDecodeError both are
-        raise MalformedError("The body is not valid JSON") from None
+        payload = safejson.loads(body)
+    except ValueError as exc:
+        raise MalformedError(str(exc)) from None
     if not isinstance(payload, dict):
         raise MalformedError("The body is not a JSON object")
     return payload
@@ -168,7 +169,7 @@ def parse_event(payload: dict) -> AppEvent:
     """
     kind = payload["type"]
     webhook_id = payload.get("webhookId")
-    if not isinstance(webhook_id, str) or not _WEBHOOK_ID.match(webhook_id):
+    if not isinstance(webhook_id, str) or not _WEBHOOK_ID.fullmatch(webhook_id):
         raise MalformedError("webhookId is missing or malformed")
     timestamp = _timestamp(payload.get("timestamp"))
     location_id = _optional_id(payload, "locationId")
@@ -184,7 +185,7 @@ def parse_event(payload: dict) -> AppEvent:
     if kind == INSTALL:
         covered = payload.get("locationIds") or []
         if not isinstance(covered, list) or not all(
-                isinstance(i, str) and _ID.match(i) for i in covered):
+                is_valid_id(i) for i in covered):
             raise MalformedError("locationIds must be a list of ids")
         if location_id is not None:
             covered = [location_id, *covered]
@@ -223,8 +224,8 @@ def _optional_id(payload: dict, name: str) -> str | None:
     value = payload.get(name)
     if value is None or value == "":
         return None
-    if not isinstance(value, str) or not _ID.match(value):
-        raise MalformedError(f"{name} must be 1-64 characters of A-Z a-z 0-9 _ -")
+    if not is_valid_id(value):
+        raise MalformedError(f"{name} must be {ID_RULE}")
     return value
 
 

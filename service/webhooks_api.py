@@ -12,11 +12,11 @@ import logging
 
 import marshmallow as ma
 from flask import current_app, request
-from flask_smorest import Blueprint
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from . import webhooks
+from .bodies import Blueprint
 from .deps import services
 from .errors import ServiceError, StoreUnavailableError
 

@@ -35,8 +35,9 @@ from .fake_highlevel import FakeHighLevel, ReceivedRequest
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent  # the venv's console scripts: flask, gunicorn
 
-INGEST_KEY = "ik_e2e_" + secrets.token_urlsafe(18)
-ADMIN_KEY = "ak_e2e_" + secrets.token_urlsafe(18)
+# At least 32 characters, as production requires (service/config.py).
+INGEST_KEY = "ik_e2e_" + secrets.token_urlsafe(24)
+ADMIN_KEY = "ak_e2e_" + secrets.token_urlsafe(24)
 PIXEL_KEY = secrets.token_urlsafe(32)
 FERNET_KEY = Fernet.generate_key().decode()
 HL_TOKEN = "pit-e2e-" + secrets.token_hex(16)  # LOCATION's HighLevel token
@@ -285,6 +286,7 @@ def base_env(db_url: str, hl_url: str, port: int) -> dict[str, str]:
         "HIGHLEVEL_BASE_URL": hl_url,
         "HOST": "127.0.0.1",  # gunicorn binds loopback only
         "PORT": str(port),
+        "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
         "WEB_CONCURRENCY": "2",
         "COALESCE_WINDOW_SECONDS": str(WINDOW),
         "LOG_FORMAT": "json",

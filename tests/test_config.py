@@ -8,14 +8,18 @@ import stat
 import pytest
 from cryptography.fernet import Fernet
 
-from service.config import ConfigError, load_config, normalize_database_url
+from service.config import ConfigError, generate_secrets, load_config, normalize_database_url
 
+INGEST_ONE, INGEST_TWO = "ik_one_" + "1" * 25, "ik_two_" + "2" * 25  # 32 characters each
+ADMIN_ONE = "ak_one_" + "a" * 25
 SECRETS = {
-    "INGEST_API_KEYS": "ik_one, ik_two",
-    "ADMIN_API_KEYS": "ak_one",
+    "INGEST_API_KEYS": f"{INGEST_ONE}, {INGEST_TWO}",
+    "ADMIN_API_KEYS": ADMIN_ONE,
     "PIXEL_SIGNING_KEYS": "p1,p2",
     "TOKEN_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
 }
+# What production needs besides the secrets.
+PRODUCTION = {**SECRETS, "RELAY_ENV": "production", "PUBLIC_BASE_URL": "https://relay.example"}
 
 
 def test_defaults_match_the_design(tmp_path):
@@ -38,7 +42,7 @@ def test_values_are_typed(tmp_path):
     cfg = load_config({**SECRETS, "COALESCE_WINDOW_SECONDS": "5", "RATE_LIMIT_BURST": "25/10s",
                        "MACHINE_OPENS": "Forward", "LOG_LEVEL": "debug"},
                       instance_path=tmp_path)
-    assert cfg["INGEST_API_KEYS"] == ["ik_one", "ik_two"]
+    assert cfg["INGEST_API_KEYS"] == [INGEST_ONE, INGEST_TWO]
     assert cfg["COALESCE_WINDOW_SECONDS"] == 5
     assert cfg["RATE_LIMIT_BURST"] == (25, 10.0)
     assert cfg["MACHINE_OPENS"] == "forward"
@@ -84,9 +88,76 @@ def test_production_refuses_to_start_without_secrets_and_names_them(tmp_path):
 
 
 def test_production_with_secrets_starts_and_logs_json(tmp_path):
-    cfg = load_config({**SECRETS, "RELAY_ENV": "production"}, instance_path=tmp_path)
+    cfg = load_config(PRODUCTION, instance_path=tmp_path)
     assert cfg["LOG_FORMAT"] == "json"
+    assert cfg["PUBLIC_BASE_URL"] == "https://relay.example"
     assert not (tmp_path / "dev-secrets.json").exists()
+
+
+SHORT = "ik_" + "s" * 28  # 31 characters
+
+
+@pytest.mark.parametrize(("settings", "named"), [
+    ({"INGEST_API_KEYS": SHORT}, ["INGEST_API_KEYS", "at least 32 characters", "key 1"]),
+    ({"INGEST_API_KEYS": f"{INGEST_ONE},{SHORT}"}, ["INGEST_API_KEYS", "key 2"]),
+    ({"ADMIN_API_KEYS": "ak"}, ["ADMIN_API_KEYS", "at least 32 characters"]),
+    ({"ADMIN_API_KEYS": f"{ADMIN_ONE},{INGEST_TWO}"}, ["INGEST_API_KEYS and ADMIN_API_KEYS"]),
+    ({"ADMIN_API_KEYS": INGEST_ONE, "INGEST_API_KEYS": INGEST_ONE},
+     ["INGEST_API_KEYS and ADMIN_API_KEYS"]),
+    ({"PUBLIC_BASE_URL": None}, ["PUBLIC_BASE_URL"]),
+    ({"PUBLIC_BASE_URL": ""}, ["PUBLIC_BASE_URL"]),
+    ({"HIGHLEVEL_WEBHOOK_PUBLIC_KEY": "MCowBQYDK2VwAyEA"},
+     ["HIGHLEVEL_WEBHOOK_PUBLIC_KEY", "HIGHLEVEL_CLIENT_ID"]),
+    ({"HIGHLEVEL_WEBHOOK_PUBLIC_KEY": "MCowBQYDK2VwAyEA", "HIGHLEVEL_CLIENT_ID": ""},
+     ["HIGHLEVEL_WEBHOOK_PUBLIC_KEY", "HIGHLEVEL_CLIENT_ID"]),
+], ids=["short ingest key", "one short ingest key", "short admin key", "shared key",
+        "same key lists", "no public base url", "empty public base url",
+        "webhook key without client id", "webhook key with empty client id"])
+def test_production_refuses_unsafe_settings_naming_them(tmp_path, settings, named):
+    environ = {k: v for k, v in {**PRODUCTION, **settings}.items() if v is not None}
+    with pytest.raises(ConfigError) as err:
+        load_config(environ, instance_path=tmp_path)
+    message = str(err.value)
+    for text in named:
+        assert text in message
+    for key in (INGEST_ONE, INGEST_TWO, ADMIN_ONE, SHORT):  # named, never shown
+        assert key not in message
+
+
+def test_production_names_every_problem_at_once(tmp_path):
+    environ = {**PRODUCTION, "INGEST_API_KEYS": "ik_short", "ADMIN_API_KEYS": "ik_short",
+               "PUBLIC_BASE_URL": "", "HIGHLEVEL_WEBHOOK_PUBLIC_KEY": "MCowBQYDK2VwAyEA"}
+    with pytest.raises(ConfigError) as err:
+        load_config(environ, instance_path=tmp_path)
+    for name in ("INGEST_API_KEYS:", "ADMIN_API_KEYS:", "share a key", "PUBLIC_BASE_URL",
+                 "HIGHLEVEL_CLIENT_ID"):
+        assert name in str(err.value)
+
+
+@pytest.mark.parametrize("settings", [
+    {"INGEST_API_KEYS": "ik_" + "x" * 29},  # exactly 32 characters
+    {"HIGHLEVEL_WEBHOOK_PUBLIC_KEY": "MCowBQYDK2VwAyEA", "HIGHLEVEL_CLIENT_ID": "app-123"},
+], ids=["32-character key", "webhook key with client id"])
+def test_production_accepts_what_is_safe(tmp_path, settings):
+    assert load_config({**PRODUCTION, **settings}, instance_path=tmp_path)["RELAY_ENV"] == (
+        "production")
+
+
+def test_generated_secrets_are_fit_for_production(tmp_path):
+    """What ``keys generate`` prints passes production's checks."""
+    generated = {name: ",".join(values) for name, values in generate_secrets().items()}
+    cfg = load_config({**generated, "RELAY_ENV": "production",
+                       "PUBLIC_BASE_URL": "https://relay.example"}, instance_path=tmp_path)
+    assert cfg["INGEST_API_KEYS"] != cfg["ADMIN_API_KEYS"]
+
+
+@pytest.mark.parametrize("env", ["development", "test"])
+def test_development_and_test_keep_their_defaults_and_short_keys(tmp_path, env):
+    cfg = load_config({**SECRETS, "RELAY_ENV": env, "INGEST_API_KEYS": "ik",
+                       "HIGHLEVEL_WEBHOOK_PUBLIC_KEY": "MCowBQYDK2VwAyEA"},
+                      instance_path=tmp_path)
+    assert cfg["PUBLIC_BASE_URL"] == "http://localhost:8000"
+    assert cfg["INGEST_API_KEYS"] == ["ik"]
 
 
 def test_development_generates_secrets_once_privately(tmp_path, capsys):

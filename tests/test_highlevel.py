@@ -105,6 +105,8 @@ def test_error_answers_carry_highlevels_message_and_trace_id(fake_highlevel, hl_
     ((404, {"statusCode": 200, "message": "ok?"}), 404, "ok?"),  # the HTTP status decides
     ((502, "<html>Bad Gateway</html>"), 502, "<html>Bad Gateway</html>"),
     ((503, None), 503, "SERVICE UNAVAILABLE"),  # no body: the reason phrase
+    # Nested past Python's recursion limit: RecursionError, not a ValueError (issue 13).
+    ((502, "[" * 5000 + "]" * 5000), 502, "[" * 300),
 ])
 def test_odd_error_bodies_are_read_safely(fake_highlevel, hl_client, answer, status, message):
     fake_highlevel.script(answer)

@@ -281,6 +281,17 @@ def test_a_grant_the_store_cannot_hold_logs_no_token_or_ciphertext(client, servi
     assert services.vault.list() == []
 
 
+def test_callback_survives_a_deeply_nested_answer_and_stores_nothing(client, services, hl):
+    """HighLevel's answer is parsed safely: 5,000 levels of nesting were a RecursionError
+    (a 500 with a traceback), as on the service's own routes (issue 13)."""
+    state = start_install(client)
+    hl.script((200, "[" * 5000 + "]" * 5000), path="/oauth/token")
+    resp = client.get(f"/oauth/callback?code=any-code&state={state}")
+    assert resp.status_code == 502
+    assert "Nothing was stored" in resp.get_data(as_text=True)
+    assert services.vault.list() == []
+
+
 def test_install_without_app_credentials_is_503(migrated_db_url):
     app = create_app(test_config(migrated_db_url))
     assert app.test_client().get("/oauth/install").status_code == 503

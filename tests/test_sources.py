@@ -452,11 +452,55 @@ def test_ses_topic_must_be_allowed_before_anything_is_fetched(refused, keys, dow
     assert downloads.urls == []
 
 
+@pytest.mark.parametrize("topic", [
+    TOPIC.upper(), TOPIC + " ", TOPIC.replace("us-east-1", "us-west-2"), [TOPIC], {TOPIC: 1},
+    7, None,
+])
+def test_ses_topic_not_exactly_ours_is_403_before_anything_is_fetched(refused, keys, downloads,
+                                                                      topic):
+    """A TopicArn that is not a string was a 500 (unhashable, looked up in a set)."""
+    message = {**sns_notification(ses_open(), key=keys.sns, at=T0), "TopicArn": topic}
+    resp = refused.post("/v1/sources/ses", data=json.dumps(message),
+                        headers={"Content-Type": "text/plain; charset=UTF-8"})
+    assert resp.status_code == 403, resp.json
+    assert resp.json["message"] == "The SNS topic is not in SES_TOPIC_ARNS"
+    assert downloads.urls == []
+
+
+def test_ses_subscription_to_another_topic_is_403_before_anything_is_fetched(refused, keys,
+                                                                             downloads):
+    message = sns_sign({**sns_subscription_confirmation(key=keys.sns, at=T0),
+                        "TopicArn": "arn:aws:sns:us-east-1:999999999999:not-ours"}, key=keys.sns)
+    assert post_sns(refused, message).status_code == 403
+    assert downloads.urls == []
+
+
+def test_ses_stale_message_is_401_before_anything_is_fetched(refused, keys, clock, downloads):
+    message = sns_notification(ses_open(), key=keys.sns, at=T0)
+    clock.advance(3600 + 301)
+    assert post_sns(refused, message).status_code == 401
+    assert downloads.urls == []
+
+
 @pytest.mark.parametrize("url", [
     "http://sns.us-east-1.amazonaws.com/SimpleNotificationService-x.pem",
     "https://sns.us-east-1.amazonaws.com.evil.example/SimpleNotificationService-x.pem",
     "https://evil.example/sns.us-east-1.amazonaws.com/x.pem",
     "https://s3.amazonaws.com/attacker-bucket/cert.pem",
+    # S3's bucket namespace: a bucket named "sns" serves whatever its owner puts there.
+    "https://sns.s3.amazonaws.com/SimpleNotificationService-x.pem",
+    "https://sns.s3-external-1.amazonaws.com/SimpleNotificationService-x.pem",
+    "https://sns.s3-us-west-2.amazonaws.com/SimpleNotificationService-x.pem",
+    "https://sns.s3-accelerate.amazonaws.com/SimpleNotificationService-x.pem",
+    # Other look-alikes: no region, not a region, the wrong partition, a trailing dot.
+    "https://sns.amazonaws.com/SimpleNotificationService-x.pem",
+    "https://sns.evil.amazonaws.com/SimpleNotificationService-x.pem",
+    "https://sns.us-east-1-evil.amazonaws.com/SimpleNotificationService-x.pem",
+    "https://sns.us-east-1.amazonaws.com.cn/SimpleNotificationService-x.pem",
+    "https://sns.cn-north-1.amazonaws.com/SimpleNotificationService-x.pem",
+    "https://sns.us-east-1.amazonaws.com./SimpleNotificationService-x.pem",
+    "https://sns.us-east-1.evil.amazonaws.com/SimpleNotificationService-x.pem",
+    "https://xsns.us-east-1.amazonaws.com/SimpleNotificationService-x.pem",
     "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-x.txt",
     "https://sns.us-east-1.amazonaws.com:8443/SimpleNotificationService-x.pem",
     "https://user@sns.us-east-1.amazonaws.com/SimpleNotificationService-x.pem",
@@ -473,6 +517,9 @@ def test_ses_certificate_url_outside_aws_is_never_fetched(refused, keys, downloa
     CERT_URL,
     "https://sns.cn-north-1.amazonaws.com.cn/SimpleNotificationService-3242f.pem",
     "https://sns.us-gov-west-1.amazonaws.com/SimpleNotificationService-1.pem",
+    "https://sns.cn-northwest-1.amazonaws.com.cn/SimpleNotificationService-1.pem",
+    "https://sns.ap-southeast-7.amazonaws.com/SimpleNotificationService-1.pem",
+    "https://SNS.EU-CENTRAL-2.AMAZONAWS.COM/SimpleNotificationService-1.pem",
 ])
 def test_certificate_urls_of_sns_are_allowed(url):
     assert check_certificate_url(url) == url

@@ -319,6 +319,15 @@ REJECTED = [
     ("locationIds not a list", lambda c: post(c, company_install(locationIds=LOC)), 400),
     ("locationIds with a bad id", lambda c: post(c, company_install(locationIds=[LOC, ""])),
      400),
+    # Python's "$" matches before a final newline: ids are checked in full (issue 13).
+    ("locationId ending in a newline",
+     lambda c: post(c, location_uninstall(locationId=LOC + "\n")), 400),
+    ("companyId ending in a newline",
+     lambda c: post(c, company_uninstall(companyId=COMPANY + "\n")), 400),
+    ("locationIds with an id ending in a newline",
+     lambda c: post(c, company_install(locationIds=[LOC2 + "\n"])), 400),
+    ("webhookId ending in a newline",
+     lambda c: post(c, location_uninstall(webhookId="wh-uninstall-loc-1\n")), 400),
 ]
 
 

@@ -31,7 +31,11 @@ UTC = dt.UTC
 # SNS gives up on an HTTP/S endpoint after at most 3,600 s of retries (a hard limit), so a
 # notification published longer ago than that (plus clock skew) can only be a replay.
 SNS_MAX_AGE = 3600 + 300
-SNS_HOST = re.compile(r"sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?")
+# SNS's own endpoint in a region: sns.us-east-1.amazonaws.com, sns.us-gov-west-1.amazonaws.com,
+# sns.cn-north-1.amazonaws.com.cn. The label must look like a region: any word would also
+# admit sns.s3.amazonaws.com, S3's bucket namespace (anyone can host a certificate there).
+SNS_HOST = re.compile(r"sns\.(?:(?!cn-)(?:[a-z]{2}|us-gov)-[a-z]+-[0-9]{1,2}\.amazonaws\.com"
+                      r"|cn-[a-z]+-[0-9]{1,2}\.amazonaws\.com\.cn)")
 # The fields of each SNS message type that are signed, in the order they are signed.
 SNS_SIGNED_FIELDS = {
     "Notification": ("Message", "MessageId", "Subject", "Timestamp", "TopicArn", "Type"),
@@ -46,7 +50,8 @@ SNS_HASHES: dict[str, Callable[[], hashes.HashAlgorithm]] = {"1": hashes.SHA1,
 
 def check_certificate_url(url: object) -> str:
     """Return ``url`` if it can only be an SNS signing certificate: https, on
-    ``sns.<region>.amazonaws.com`` (or ``.amazonaws.com.cn``), a ``.pem`` path.
+    ``sns.<region>.amazonaws.com`` (``sns.cn-<...>.amazonaws.com.cn`` in China), a ``.pem``
+    path, no port but 443, no credentials, query or fragment.
 
     :raises SignatureError: anything else (never fetched: a forged message could point
         anywhere, including at the service's own network).
@@ -166,8 +171,9 @@ class SnsVerifier:
     def verify(self, message: Mapping[str, object], *, now: dt.datetime) -> None:
         """Check topic, signature and age of a parsed SNS message.
 
-        The topic is checked first: anyone can subscribe an endpoint to their own topic,
-        and SNS signs those messages too.
+        Everything that needs no certificate is checked before one is fetched: the topic
+        first (anyone can subscribe an endpoint to their own topic, and SNS signs those
+        messages too), then the fields and the age.
 
         :raises TopicNotAllowedError: ``TopicArn`` is not one of ours.
         :raises SignatureError: unsupported ``SignatureVersion``, bad certificate URL,
@@ -175,7 +181,8 @@ class SnsVerifier:
         :raises MalformedMessageError: a field the signature covers is missing.
         :raises CertificateUnavailableError: the certificate cannot be fetched now.
         """
-        if message.get("TopicArn") not in self.topics:
+        topic = message.get("TopicArn")
+        if not isinstance(topic, str) or topic not in self.topics:
             raise TopicNotAllowedError("The SNS topic is not in SES_TOPIC_ARNS")
         algorithm = SNS_HASHES.get(str(message.get("SignatureVersion")))
         if algorithm is None:
@@ -184,10 +191,11 @@ class SnsVerifier:
         signature = message.get("Signature")
         if not isinstance(signature, str):
             raise SignatureError("The SNS message is not signed")
+        # A stale message is refused whoever signed it: no need to fetch a certificate.
+        check_age(_iso_seconds(message.get("Timestamp")), now, max_age=self.max_age,
+                  max_ahead=self.max_ahead)
         key = self.certificates.public_key(message.get("SigningCertURL"), now=now)
         try:
             key.verify(b64decode(signature), signed, padding.PKCS1v15(), algorithm())
         except InvalidSignature:
             raise SignatureError("The SNS signature does not match") from None
-        check_age(_iso_seconds(message.get("Timestamp")), now, max_age=self.max_age,
-                  max_ahead=self.max_ahead)
