@@ -166,6 +166,7 @@ def test_install_cookie_is_httponly_lax_and_scoped_to_oauth(client):
 
 def test_install_cookie_is_secure_in_production(migrated_db_url, hl):
     app = create_app(test_config(migrated_db_url, RELAY_ENV="production",
+                                 PUBLIC_BASE_URL="https://relay.example",
                                  HIGHLEVEL_CLIENT_ID=hl.oauth.client_id,
                                  HIGHLEVEL_CLIENT_SECRET=hl.oauth.client_secret))
     try:
