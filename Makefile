@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PORT   ?= 8000
 export FLASK_APP := service
 
-.PHONY: run test demo lint bench bench-production clean
+.PHONY: run run-lb test demo lint bench bench-production clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ run: $(VENV)/.installed  ## migrate, print the dev keys, start web + forwarder o
 	@$(BIN)/flask keys show
 	PORT=$(PORT) PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start web worker
 
+run-lb: $(VENV)/.installed  ## HAProxy on $(PORT) in front of WEB_INSTANCES (2) gunicorns + a forwarder
+	PORT=$(PORT) PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python scripts/run_lb.py
+
 test: $(VENV)/.installed  ## the whole suite (PostgreSQL too when TEST_DATABASE_URL is set)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -28,7 +31,7 @@ demo: $(VENV)/.installed  ## the service against a local HighLevel stand-in
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check service tests bench config
+	$(BIN)/ruff check service tests bench config scripts
 
 bench: $(VENV)/.installed
 	$(BIN)/python bench/ingest.py

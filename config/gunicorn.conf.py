@@ -10,7 +10,10 @@ from service.logging import logging_config, redact_path
 
 _env = os.environ.get
 
-bind = f"{_env('HOST', '0.0.0.0')}:{_env('PORT', '8000')}"
+# Loopback unless told otherwise: the web tier sits behind a buffering proxy (deploy/),
+# and only the proxy should reach it. HOST=0.0.0.0 where the proxy is on another host
+# (Heroku's router, a container's port mapping, a load balancer on the LAN).
+bind = f"{_env('HOST', '127.0.0.1')}:{_env('PORT', '8000')}"
 workers = int(_env("WEB_CONCURRENCY", str(2 * (os.cpu_count() or 1))))
 worker_class = "gthread"
 # Requests mostly wait on a commit (group commit shares it between threads), so

@@ -10,6 +10,7 @@ the store against what the fake HighLevel received.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import secrets
@@ -22,6 +23,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 
 import requests
 import sqlalchemy as sa
@@ -192,6 +194,20 @@ def gunicorn(*args: str) -> list[str]:
     """The web process exactly as the Procfile starts it."""
     return [str(BIN / "gunicorn"), "--config", "config/gunicorn.conf.py", *args,
             "service:create_app()"]
+
+
+def haproxy(binary: str, config: Path) -> list[str]:
+    """HAProxy in the foreground (logs on stdout) on ``config``, as `make run-lb` runs it."""
+    return [binary, "-db", "-f", str(config)]
+
+
+def load_script(name: str) -> ModuleType:
+    """``scripts/<name>.py`` as a module (scripts/ is not a package), to use its functions."""
+    spec = importlib.util.spec_from_file_location(f"scripts.{name}",
+                                                  ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @dataclass
