@@ -24,8 +24,12 @@ run: $(VENV)/.installed  ## migrate, print the dev keys, start web + forwarder o
 run-lb: $(VENV)/.installed  ## HAProxy on $(PORT) in front of WEB_INSTANCES (2) gunicorns + a forwarder
 	PORT=$(PORT) PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python scripts/run_lb.py
 
-test: $(VENV)/.installed  ## the whole suite (PostgreSQL too when TEST_DATABASE_URL is set)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+# The import contracts first (pyproject.toml, [tool.importlinter]), then the suite with
+# branch coverage; the floor is [tool.coverage.report] fail_under (add --no-cov to
+# PYTEST_ARGS when running a part of the suite).
+test: $(VENV)/.installed  ## import contracts, then the whole suite with branch coverage
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/python -m pytest --cov --cov-report=term:skip-covered $(PYTEST_ARGS)
 
 demo: $(VENV)/.installed  ## the service against a local HighLevel stand-in
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh

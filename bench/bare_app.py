@@ -1,7 +1,7 @@
 """The baseline for bench/pixel.py: a bare Flask app serving the relay's pixel, and nothing else
 (and, for bench/compare.py, a ``POST /v1/events`` that validates and stores nothing: 202).
 
-Same 43-byte GIF and the same response headers (imported from ``service.pixels``, so they
+Same 43-byte GIF and the same response headers (imported from ``service.ingest.pixels``, so they
 cannot drift), the same URL shape (``GET|HEAD /v1/pixel/<anything>``), no store, no
 signature check, no classifier, no request id, no flask-smorest. ``/readyz`` answers 200
 so the benchmark's readiness wait works unchanged.
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from flask import Flask, Response, request
 
-from service.pixels import GIF, GIF_HEADERS
+from service.ingest.pixels import GIF, GIF_HEADERS
 
 
 def create_app() -> Flask:

@@ -13,7 +13,7 @@ One run measures, side by side and in turn, for each gunicorn setting
 Every server gets the same gunicorn config file and the same settings, each on its own
 free 127.0.0.1 port. The load generator is ``wrk`` (Debian's ``wrk`` package) in its own
 process, with a Lua script that rotates through pixel URLs for ``--invoices`` distinct
-invoices over ``--locations`` locations, signed with ``service.pixels.PixelSigner`` and
+invoices over ``--locations`` locations, signed with ``service.ingest.pixels.PixelSigner`` and
 the ``PIXEL_SIGNING_KEYS`` given to the server, with a desktop Chrome User-Agent made
 distinct per request (each request another client, so none folds into a stored row). Without
 wrk (or with ``--loadgen python``) a multi-process stdlib ``http.client`` generator is
@@ -210,7 +210,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def mint_paths(keys: dict, invoices: int, locations: int, seed: int = 7) -> list[str]:
     """Pixel paths for ``invoices`` invoices spread over ``locations``, signed as the server
     will verify them (the first of PIXEL_SIGNING_KEYS signs), expiring in 30 days."""
-    from service.pixels import PixelSigner, PixelTarget
+    from service.ingest.pixels import PixelSigner, PixelTarget
 
     signer = PixelSigner([k.strip() for k in keys["PIXEL_SIGNING_KEYS"].split(",")])
     rng = random.Random(seed)
@@ -562,7 +562,7 @@ def report(args, rows: list[dict], notes: list[str], facts: list, started: dt.da
         "## Set-up",
         "",
         f"- tokens: {args.invoices} distinct invoices over {args.locations} locations "
-        "(24-hex ids, 30-day expiry), signed with `service.pixels.PixelSigner` and the "
+        "(24-hex ids, 30-day expiry), signed with `service.ingest.pixels.PixelSigner` and the "
         "PIXEL_SIGNING_KEYS given to the server; shuffled; each wrk thread starts at its "
         f"own offset and rotates through all of them. User-Agent: `{USER_AGENT}`.",
         "- relay: `flask --app service db upgrade`, then `gunicorn --config "
@@ -573,7 +573,7 @@ def report(args, rows: list[dict], notes: list[str], facts: list, started: dt.da
         "finds no rule for the desktop Chrome User-Agent, so every view is `human`, "
         "forwarded, and also upserts its `documents` row (the most work a view can cost).",
         f"- bare: `gunicorn --config config/gunicorn.conf.py \"{BARE_APP}\"` with the same "
-        "environment (`bench/bare_app.py`: the same GIF and headers from `service.pixels`, "
+        "environment (`bench/bare_app.py`: the same GIF and headers from `service.ingest.pixels`, "
         "no store).",
         "- stores: one fresh SQLite file under `bench/out/` and one fresh PostgreSQL "
         "database for the whole run (each server restart reuses it; counts are deltas), "
@@ -594,7 +594,7 @@ def report(args, rows: list[dict], notes: list[str], facts: list, started: dt.da
 
 def sqlite_durability(url: str) -> str:
     """What the service's own engine sets on a SQLite connection."""
-    from service.db import create_engine
+    from service.store.db import create_engine
 
     engine = create_engine(url)
     try:
@@ -604,9 +604,9 @@ def sqlite_durability(url: str) -> str:
     finally:
         engine.dispose()
     names = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
-    return (f"SQLite (service.db.create_engine): journal_mode={mode}, "
+    return (f"SQLite (service.store.db.create_engine): journal_mode={mode}, "
             f"synchronous={names.get(sync, sync)}, writes in BEGIN IMMEDIATE; the web "
-            "processes' group commits (service.write_connection) commit with "
+            "processes' group commits (service.store.write_connection) commit with "
             "synchronous=NORMAL and fdatasync the WAL after releasing the write lock, "
             "before the response")
 

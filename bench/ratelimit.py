@@ -142,9 +142,9 @@ def token_for(n: int) -> str:
 def preload(store_url: str, keys: dict, args) -> None:
     """Store the tokens and the due views with the service's own code, in this process."""
     sys.path.insert(0, str(ROOT))
-    from service.db import create_engine
-    from service.store import Store, View
-    from service.tokens import TokenVault
+    from service.store.db import create_engine
+    from service.store.queue import Store, View
+    from service.store.tokens import TokenVault
 
     engine = create_engine(store_url)
     try:

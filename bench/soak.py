@@ -116,7 +116,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def locations_of(paths: list[str], keys: dict) -> list[str]:
     """The locations the signed pixel tokens name (each needs a token at HighLevel)."""
-    from service.pixels import PixelSigner
+    from service.ingest.pixels import PixelSigner
 
     signer = PixelSigner([k.strip() for k in keys["PIXEL_SIGNING_KEYS"].split(",")])
     now = dt.datetime.now(dt.UTC)

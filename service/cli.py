@@ -7,14 +7,13 @@ import json
 import logging
 import signal
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import click
 from flask import Flask
 from flask.cli import AppGroup, with_appcontext
 
-from .deps import services
 from .ids import ID_RULE, is_valid_id
+from .web.deps import services
 
 logger = logging.getLogger(__name__)
 
@@ -34,32 +33,10 @@ def _id(ctx: click.Context, param: click.Parameter, value: str | None) -> str | 
 @click.option("--revision", default="head", show_default=True)
 def db_upgrade(revision: str) -> None:
     """Create or migrate the schema."""
-    from .db import current_revision, upgrade
+    from .store.db import current_revision, upgrade
 
     upgrade(services().engine, revision)
     click.echo(f"database at revision {current_revision(services().engine)}")
-
-
-def build_forwarder(stop=None, executor=None):
-    """A Forwarder wired to the app's store, vault and a real HighLevel client."""
-    from .credentials import TokenProvider
-    from .forwarder import Forwarder
-    from .highlevel import HighLevelClient, build_session
-
-    svc = services()
-    cfg = svc.config
-    concurrency = cfg["FORWARD_CONCURRENCY"]
-    client = HighLevelClient(build_session(concurrency, cfg["HIGHLEVEL_BASE_URL"]),
-                             cfg["HIGHLEVEL_BASE_URL"],
-                             version=cfg["HIGHLEVEL_API_VERSION"],
-                             timeout=(5.0, cfg["HIGHLEVEL_TIMEOUT_SECONDS"]))
-    return Forwarder(svc.store, svc.vault, client,
-                     executor=executor or ThreadPoolExecutor(concurrency, "send"),
-                     concurrency=concurrency, max_age_seconds=cfg["MAX_EVENT_AGE_SECONDS"],
-                     log_days=cfg["DELIVERY_LOG_DAYS"], event_days=cfg["EVENT_RETENTION_DAYS"],
-                     clock=svc.clock, stop=stop,
-                     tokens=TokenProvider(svc.vault, svc.oauth, margin=dt.timedelta(
-                         seconds=cfg["TOKEN_REFRESH_MARGIN_SECONDS"])))
 
 
 @click.command("forwarder")
@@ -68,7 +45,7 @@ def build_forwarder(stop=None, executor=None):
 @with_appcontext
 def forwarder_command(once: bool, max_batches: int | None) -> None:
     """Send due views to HighLevel until SIGTERM (or, with --once, until none is due)."""
-    from .forwarder import run
+    from .forward.forwarder import run
     from .metrics import serve as serve_metrics
 
     # Its own metrics endpoint, off by default (README, "Metrics").
@@ -78,7 +55,9 @@ def forwarder_command(once: bool, max_batches: int | None) -> None:
     except OSError as exc:
         raise click.ClickException(
             f"FORWARDER_METRICS_PORT {address[0]}:{address[1]}: {exc}") from None
-    forwarder = build_forwarder()
+    from .wiring import build_forwarder
+
+    forwarder = build_forwarder(services())
 
     def on_signal(signum, _frame):
         # Only a flag: the loop finishes its batch and exits. Set from another thread:
@@ -118,7 +97,7 @@ def forwarder_command(once: bool, max_batches: int | None) -> None:
 def pixel_url_command(location_id: str, document_id: str, estimate: bool,
                       expires_in: int | None) -> None:
     """Print a signed pixel URL and a ready <img> tag for an invoice (or estimate) email."""
-    from .pixel_api import mint
+    from .web.pixels import mint
 
     try:
         minted = mint(location_id, document_id, kind="estimate" if estimate else "invoice",
@@ -138,7 +117,7 @@ def pixel_url_command(location_id: str, document_id: str, estimate: bool,
 @click.option("--company-id", default=None)
 def tokens_set(location_id, access_token, refresh_token, expires_in, company_id) -> None:
     """Store a location's token (a Private Integration Token, or OAuth tokens)."""
-    from .schemas import TokenSchema
+    from .web.schemas import TokenSchema
 
     body = {"accessToken": access_token}
     body.update({k: v for k, v in (("refreshToken", refresh_token), ("expiresIn", expires_in),
@@ -221,7 +200,7 @@ def _filter_options(command):
 
 
 def _log_filter(location_id, document_id, outcome, since, until):
-    from .deliverylog import LogFilter
+    from .store.deliverylog import LogFilter
 
     def utc(value):
         return value.replace(tzinfo=dt.UTC) if value else None
@@ -236,7 +215,7 @@ def _log_filter(location_id, document_id, outcome, since, until):
 @with_appcontext
 def deliveries_command(location_id, document_id, outcome, since, until, limit) -> None:
     """Print the delivery log (newest first) as a table."""
-    from .deliverylog import list_deliveries
+    from .store.deliverylog import list_deliveries
 
     rows, _ = list_deliveries(services().engine,
                               _log_filter(location_id, document_id, outcome, since, until),
@@ -262,7 +241,7 @@ def deliveries_command(location_id, document_id, outcome, since, until, limit) -
 @with_appcontext
 def replay_command(location_id, document_id, outcome, since, until, replay_all) -> None:
     """Re-queue dead views (by location, document, outcome or time); say how many."""
-    from .deliverylog import replay
+    from .store.deliverylog import replay
 
     filters = _log_filter(location_id, document_id, outcome, since, until)
     if filters.empty() and not replay_all:
@@ -277,7 +256,7 @@ def replay_command(location_id, document_id, outcome, since, until, replay_all) 
 @with_appcontext
 def purge_command(location_id: str, yes: bool) -> None:
     """Delete everything stored for a location (a data-erasure request)."""
-    from .retention import purge_location
+    from .store.retention import purge_location
 
     if not yes:
         click.confirm(f"Delete every event, document, delivery, token and install of "

@@ -1,4 +1,4 @@
-"""Prometheus metrics: the relay's counters and histograms, and ``GET /metrics``.
+"""Prometheus metrics: the relay's counters and histograms, and their exposition.
 
 The metric objects are module-level (prometheus_client's idiom); the domain code calls
 one helper per event (``observe_ingest``, ``observe_outcomes``, ``observe_refresh``).
@@ -8,7 +8,8 @@ worker answers reports the totals. The queue depth is read from the store at scr
 A forwarder keeps its own metrics: in the same directory when the variable is set for it
 too (one machine), or served on ``FORWARDER_METRICS_PORT`` (see ``serve``).
 
-No Flask at import time: the forwarder imports this module.
+No Flask here: the forwarder imports this module (``GET /metrics`` is served by
+``web.health``).
 """
 
 from __future__ import annotations
@@ -24,12 +25,10 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from .outcomes import BLOCKED, DEAD, IDLE, PENDING
+from .store.outcomes import BLOCKED, DEAD, IDLE, PENDING
 
 if TYPE_CHECKING:
-    from flask import Flask
-
-    from .store import Accepted, Claim, Outcome, Store, View
+    from .store.queue import Accepted, Claim, Outcome, Store, View
 
 logger = logging.getLogger(__name__)
 
@@ -161,18 +160,6 @@ def exposition(queue: QueueCollector | None = None, *, accept: str | None = None
         registry = REGISTRY
     encode, content_type = choose_encoder(accept or "")
     return encode(_Scrape(registry, queue) if queue else registry), content_type
-
-
-def init_app(app: Flask) -> None:
-    """Register ``GET /metrics`` (no auth, as DESIGN.md says)."""
-    from flask import Response, request
-
-    queue = QueueCollector(app.extensions["service"].store)
-
-    @app.get("/metrics")
-    def metrics():
-        body, content_type = exposition(queue, accept=request.headers.get("Accept"))
-        return Response(body, headers={"Content-Type": content_type})
 
 
 def serve(address: tuple[str, int]) -> Callable[[], None]:

@@ -16,8 +16,8 @@ from cryptography.fernet import Fernet
 
 from service import create_app
 from service.config import normalize_database_url
-from service.db import create_engine, head_revision, metadata, upgrade
-from service.store import View
+from service.store.db import create_engine, head_revision, metadata, upgrade
+from service.store.queue import View
 
 from .fake_highlevel import FakeHighLevel
 from .processes import (

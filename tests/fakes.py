@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from service.highlevel import PATHS, HighLevelError, Response
+from service.highlevel.client import PATHS, HighLevelError, Response
 
 Answer = int | Response | HighLevelError
 

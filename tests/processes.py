@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from cryptography.fernet import Fernet
 
 from service.config import SETTINGS
-from service.db import create_engine, delivery_log, documents, events, read_only
+from service.store.db import create_engine, delivery_log, documents, events, read_only
 
 from .fake_highlevel import FakeHighLevel, ReceivedRequest
 

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 from standardwebhooks import Webhook
 
-from service.signatures import sns_string_to_sign
+from service.ingest.signatures import sns_string_to_sign
 
 from .conftest import T0
 

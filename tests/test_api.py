@@ -8,7 +8,7 @@ import json
 import pytest
 import sqlalchemy as sa
 
-from service.db import events
+from service.store.db import events
 
 from .conftest import ADMIN_KEY, admin_headers, ingest_headers, make_event
 
@@ -219,7 +219,7 @@ def test_readiness_means_the_schema_is_at_least_this_codes(client, services):
     know (a newer release's) and stay ready; a store behind this code is not ready."""
     from alembic.script import ScriptDirectory
 
-    from service.db import alembic_config, head_revision
+    from service.store.db import alembic_config, head_revision
 
     def stamp(revision):
         with services.engine.begin() as conn:

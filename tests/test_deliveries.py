@@ -7,9 +7,9 @@ import datetime as dt
 import pytest
 import sqlalchemy as sa
 
-from service.db import delivery_log
-from service.deliverylog import LogFilter, prune, replay
-from service.store import Outcome
+from service.store.db import delivery_log
+from service.store.deliverylog import LogFilter, prune, replay
+from service.store.queue import Outcome
 
 from .conftest import T0, admin_headers, ingest_headers, make_view
 

@@ -26,11 +26,11 @@ from dataclasses import dataclass
 import pytest
 import sqlalchemy as sa
 
-from service.db import delivery_log, documents, rate_limits, read_only
-from service.deliverylog import LogFilter, replay
-from service.forwarder import Forwarder
-from service.highlevel import HighLevelClient, build_session
-from service.store import PENDING
+from service.forward.forwarder import Forwarder
+from service.highlevel.client import HighLevelClient, build_session
+from service.store.db import delivery_log, documents, rate_limits, read_only
+from service.store.deliverylog import LogFilter, replay
+from service.store.queue import PENDING
 
 from .conftest import T0, admin_headers, make_view
 from .fake_highlevel import FakeHighLevel, ReceivedRequest

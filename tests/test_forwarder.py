@@ -8,10 +8,10 @@ import logging
 import pytest
 import sqlalchemy as sa
 
-from service.db import delivery_log, documents
-from service.forwarder import Forwarder, InlineExecutor, classify, retry_delay, run
-from service.highlevel import HighLevelError, RateLimit, Response
-from service.store import Claim, Outcome
+from service.forward.forwarder import Forwarder, InlineExecutor, classify, retry_delay, run
+from service.highlevel.client import HighLevelError, RateLimit, Response
+from service.store.db import delivery_log, documents
+from service.store.queue import Claim, Outcome
 
 from .conftest import T0, make_view
 from .fakes import Call, FakeHighLevelClient
@@ -579,7 +579,7 @@ def test_a_stopped_forwarder_releases_its_claims_instead_of_sending(store, forwa
 
 def test_each_attempt_logs_one_line_and_never_the_token(store, forwarder, vault, fake, clock,
                                                         caplog):
-    caplog.set_level(logging.INFO, logger="service.forwarder")
+    caplog.set_level(logging.INFO, logger="service.forward.forwarder")
     view(store, clock, count=2, request_id="req-42")
     fake.script(503, HighLevelError("timeout: ReadTimeout"), Response(401, message="Invalid"),
                 Response(200, latency_ms=87))

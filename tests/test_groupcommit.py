@@ -9,8 +9,8 @@ import threading
 import pytest
 import sqlalchemy as sa
 
-from service.db import documents, events
-from service.store import Outcome, Store
+from service.store.db import documents, events
+from service.store.queue import Outcome, Store
 
 from .conftest import T0, make_view
 
@@ -96,7 +96,7 @@ def test_the_writer_hands_over_and_nobody_waits_forever():
     import contextlib
     import time
 
-    from service.groupcommit import GroupCommitter
+    from service.store.groupcommit import GroupCommitter
 
     groups, written, own, stayed_on = [], set(), {}, []
 
@@ -237,7 +237,7 @@ def test_a_handover_that_lands_before_its_thread_waits_is_not_signalled_twice():
     import contextlib
     import sys
 
-    from service.groupcommit import GroupCommitter
+    from service.store.groupcommit import GroupCommitter
 
     @contextlib.contextmanager
     def begin():

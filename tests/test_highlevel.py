@@ -11,9 +11,8 @@ import pytest
 import sqlalchemy as sa
 from requests.structures import CaseInsensitiveDict
 
-from service.db import delivery_log
-from service.forwarder import Forwarder, InlineExecutor
-from service.highlevel import (
+from service.forward.forwarder import Forwarder, InlineExecutor
+from service.highlevel.client import (
     HighLevelClient,
     HighLevelError,
     RateLimit,
@@ -21,6 +20,7 @@ from service.highlevel import (
     parse_rate_limit,
     parse_retry_after,
 )
+from service.store.db import delivery_log
 
 from .conftest import make_view
 from .fake_highlevel import SPEC_AVAILABLE, SPEC_DIR, FakeHighLevel

@@ -7,7 +7,7 @@ import threading
 import pytest
 import sqlalchemy as sa
 
-from service.db import create_engine, documents, events, upgrade
+from service.store.db import create_engine, documents, events, upgrade
 
 from .conftest import ingest_headers, make_event
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from service.db import events, locations
 from service.ids import ID_PATTERN, is_valid_id
+from service.store.db import events, locations
 
 from .conftest import admin_headers, ingest_headers, make_event
 

@@ -18,12 +18,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service import create_app
 from service.config import ConfigError, load_config
-from service.credentials import TokenProvider
-from service.forwarder import Forwarder, InlineExecutor
-from service.highlevel import HighLevelClient, build_session
+from service.forward.credentials import TokenProvider
+from service.forward.forwarder import Forwarder, InlineExecutor
+from service.highlevel.client import HighLevelClient, build_session
+from service.ingest.pixels import PixelTarget
 from service.logging import RequestIdFilter
 from service.metrics import exposition
-from service.pixels import PixelTarget
 
 from .conftest import ingest_headers, make_event, make_view, test_config
 from .fake_highlevel import FakeHighLevel

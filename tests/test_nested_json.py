@@ -20,9 +20,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from service import create_app
-from service.db import events, installs, locations, used_webhook_tokens, webhook_receipts
+from service.ingest.signatures import CertificateFetcher
 from service.safejson import MAX_DEPTH
-from service.signatures import CertificateFetcher
+from service.store.db import events, installs, locations, used_webhook_tokens, webhook_receipts
 
 from .conftest import T0, admin_headers, ingest_headers, make_event, test_config
 from .source_payloads import (
@@ -63,7 +63,7 @@ def app(migrated_db_url, clock, keys):
     app = create_app(test_config(migrated_db_url, HIGHLEVEL_WEBHOOK_PUBLIC_KEY=WEBHOOK_PEM,
                                  **keys.config()))
     app.extensions["service"].clock = clock
-    app.extensions["sources"].ses.certificates = CertificateFetcher(
+    app.extensions["service"].sources.ses.certificates = CertificateFetcher(
         lambda url: keys.sns_cert_pem)
     yield app
     app.extensions["service"].engine.dispose()

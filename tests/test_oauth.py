@@ -14,10 +14,10 @@ import pytest
 import sqlalchemy as sa
 
 from service import create_app
-from service.credentials import TokenProvider
-from service.db import installs
-from service.forwarder import Forwarder, InlineExecutor
-from service.highlevel import HighLevelClient, build_session
+from service.forward.credentials import TokenProvider
+from service.forward.forwarder import Forwarder, InlineExecutor
+from service.highlevel.client import HighLevelClient, build_session
+from service.store.db import installs
 
 from .conftest import (
     ADMIN_KEY,
@@ -216,7 +216,7 @@ def test_a_state_used_once_stays_used_after_other_single_use_tokens_are_pruned(
         assert client.get(f"/oauth/callback?code={code}&state={state}").status_code == 200
         clock.advance(300)  # the state is still valid for another 5 minutes
         # A Mailgun signature token claimed now prunes the table.
-        assert app.extensions["sources"].tokens.claim("mailgun", "mg-token", now=clock())
+        assert app.extensions["service"].sources.tokens.claim("mailgun", "mg-token", now=clock())
         client.set_cookie(INSTALL_COOKIE, cookie, path="/oauth")
         replay = client.get(f"/oauth/callback?code={code}&state={state}")
         assert replay.status_code == 400, replay.get_data(as_text=True)

@@ -10,8 +10,8 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.db import events
-from service.pixels import GIF, PixelSigner, PixelTarget
+from service.ingest.pixels import GIF, PixelSigner, PixelTarget
+from service.store.db import events
 
 from .conftest import PIXEL_KEY, T0, admin_headers
 

@@ -48,7 +48,7 @@ import pytest
 import requests
 import sqlalchemy as sa
 
-from service.db import events
+from service.store.db import events
 
 from .processes import (
     ADMIN_KEY,

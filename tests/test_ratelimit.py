@@ -6,8 +6,9 @@ import datetime as dt
 
 import pytest
 
-from service.highlevel import RateLimit
-from service.ratelimit import LimitState, StoreLimiter, learn, reserve
+from service.highlevel.client import RateLimit
+from service.store.queue import Outcome
+from service.store.ratelimit import LimitState, StoreLimiter, learn, reserve
 
 from .conftest import T0
 
@@ -90,8 +91,9 @@ def test_store_limiter_shares_budget_and_pauses(store):
         paused = set(conn.execute(limiter.paused_resources(T0)).scalars())
     assert paused == {"loc_a"}
     with store.engine.begin() as conn:
-        limiter.observe(conn, "loc_b", RateLimit(max=5, remaining=0, interval_ms=10_000),
-                        status=200, now=T0)
+        limiter.observe_batch(conn, {"loc_b": [Outcome(
+            "delivered", "delivered", http_status=200,
+            rate_limit=RateLimit(max=5, remaining=0, interval_ms=10_000))]}, now=T0)
         assert limiter.describe(conn, "loc_b")["burstMax"] == 5
         assert set(conn.execute(limiter.paused_resources(T0)).scalars()) == {"loc_a", "loc_b"}
         assert set(conn.execute(limiter.paused_resources(T0 + 11 * S)).scalars()) == set()

@@ -35,7 +35,7 @@ import pytest
 import requests
 import sqlalchemy as sa
 
-from service.db import delivery_log, events
+from service.store.db import delivery_log, events
 
 from .processes import (
     ADMIN_KEY,

@@ -9,10 +9,10 @@ import pytest
 import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.clients import retain_ip
-from service.db import delivery_log, documents, events, installs, locations, rate_limits
-from service.forwarder import Forwarder, InlineExecutor
-from service.retention import prune_events, purge_location
+from service.forward.forwarder import Forwarder, InlineExecutor
+from service.store.clients import retain_ip
+from service.store.db import delivery_log, documents, events, installs, locations, rate_limits
+from service.store.retention import prune_events, purge_location
 
 from .conftest import T0, admin_headers, ingest_headers, make_event, make_view, test_config
 from .fakes import FakeHighLevelClient

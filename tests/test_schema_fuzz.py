@@ -28,7 +28,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from service import create_app
-from service.store import Outcome
+from service.store.queue import Outcome
 
 from .conftest import ADMIN_KEY, INGEST_KEY, T0, make_view, test_config
 from .source_payloads import make_keys

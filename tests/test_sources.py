@@ -18,12 +18,12 @@ import sqlalchemy as sa
 
 from service import create_app
 from service.config import ConfigError
-from service.db import events, used_webhook_tokens
-from service.forwarder import Forwarder, InlineExecutor
-from service.highlevel import HighLevelClient, build_session
-from service.signatures import CertificateFetcher, SignatureError, check_certificate_url
-from service.sources import Context, event_key, parse_mailgun, route
-from service.verdicts import Classifier
+from service.forward.forwarder import Forwarder, InlineExecutor
+from service.highlevel.client import HighLevelClient, build_session
+from service.ingest.signatures import CertificateFetcher, SignatureError, check_certificate_url
+from service.ingest.sources import Context, event_key, parse_mailgun, route
+from service.ingest.verdicts import Classifier
+from service.store.db import events, used_webhook_tokens
 
 from .conftest import BACKENDS, T0, ingest_headers, make_event, test_config
 from .source_payloads import (
@@ -91,7 +91,7 @@ def app(migrated_db_url, clock, keys, downloads):
     """Every source configured; SNS certificates come from ``downloads``, never the network."""
     app = create_app(test_config(migrated_db_url, **keys.config()))
     app.extensions["service"].clock = clock
-    app.extensions["sources"].ses.certificates = CertificateFetcher(downloads)
+    app.extensions["service"].sources.ses.certificates = CertificateFetcher(downloads)
     yield app
     app.extensions["service"].engine.dispose()
 
@@ -126,7 +126,7 @@ def refused(shared_app, clock, downloads):
     """A client of one app that every refusal test shares: a refused request changes nothing,
     which is checked after each test (no view, no used token)."""
     shared_app.extensions["service"].clock = clock
-    shared_app.extensions["sources"].ses.certificates = CertificateFetcher(downloads)
+    shared_app.extensions["service"].sources.ses.certificates = CertificateFetcher(downloads)
     yield shared_app.test_client()
     with shared_app.extensions["service"].engine.connect() as conn:
         for table in (events, used_webhook_tokens):
@@ -311,7 +311,7 @@ def test_mailgun_other_events_are_ignored_and_unroutable_ones_counted(client, se
                                                                       caplog):
     delivered = mailgun_webhook(mailgun_opened(event="delivered"), key=keys.mailgun, at=T0)
     assert post_mailgun(client, delivered).json["ignored"] == 1
-    caplog.set_level(logging.INFO, logger="service.sources_api")
+    caplog.set_level(logging.INFO, logger="service.web.sources")
     no_ids = mailgun_webhook(mailgun_opened(**{"user-variables": {"my_var_1": "x"}}),
                              key=keys.mailgun, at=T0)
     resp = post_mailgun(client, no_ids)
@@ -417,7 +417,7 @@ def test_ses_replay_is_a_duplicate(client, services, keys):
 
 
 def test_ses_subscription_confirmation_is_logged_for_an_operator(refused, keys, caplog):
-    caplog.set_level(logging.INFO, logger="service.sources_api")
+    caplog.set_level(logging.INFO, logger="service.web.sources")
     message = sns_subscription_confirmation(key=keys.sns, at=T0)
     resp = post_sns(refused, message)
     assert resp.status_code == 200
@@ -660,7 +660,7 @@ def test_sendgrid_key_may_be_pem(migrated_db_url, keys):
     pem = keys.sendgrid.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
     app = create_app(test_config(migrated_db_url, SENDGRID_WEBHOOK_PUBLIC_KEY=pem))
-    assert app.extensions["sources"].sendgrid is not None
+    assert app.extensions["service"].sources.sendgrid is not None
     app.extensions["service"].engine.dispose()
 
 
@@ -695,7 +695,7 @@ def test_event_keys_fit_the_column():
 
 
 def test_used_tokens_are_pruned_once_older_than_any_replay(app, services, clock):
-    tokens = app.extensions["sources"].tokens
+    tokens = app.extensions["service"].sources.tokens
     assert tokens.claim("mailgun", "t1", now=clock())
     assert not tokens.claim("mailgun", "t1", now=clock())
     clock.advance(2 * 600 + 61)
@@ -707,7 +707,7 @@ def test_used_tokens_are_pruned_once_older_than_any_replay(app, services, clock)
 
 def test_certificate_fetcher_rejects_a_non_certificate(keys):
     fetcher = CertificateFetcher(lambda url: b"<html>not a certificate</html>")
-    from service.signatures import CertificateUnavailableError
+    from service.ingest.signatures import CertificateUnavailableError
 
     with pytest.raises(CertificateUnavailableError):
         fetcher.public_key(CERT_URL, now=T0)

@@ -1,4 +1,4 @@
-"""SQLite writers queue on a lock file (service.sqlite_lock), not in the busy handler's naps."""
+"""SQLite writers queue on a lock file (service.store.sqlite_lock), not in busy-handler naps."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import os
 import pytest
 import sqlalchemy as sa
 
-from service.db import create_engine, read_only
+from service.store.db import create_engine, read_only
 
 
 def lock_is_free(path: str) -> bool:

@@ -10,8 +10,8 @@ import pytest
 import sqlalchemy as sa
 from cryptography.fernet import Fernet
 
-from service.db import locations
-from service.tokens import TokenDecryptError, TokenVault
+from service.store.db import locations
+from service.store.tokens import TokenDecryptError, TokenVault
 
 from .conftest import FERNET_KEY, T0, admin_headers, ingest_headers, make_event
 
@@ -124,7 +124,7 @@ def test_reencrypt_never_overwrites_a_refresh_committed_meanwhile(services):
     refreshed tokens survive, and end up under the new key too."""
     import threading
 
-    from service.oauth import TokenGrant
+    from service.highlevel.oauth import TokenGrant
 
     old_key = services.config["TOKEN_ENCRYPTION_KEYS"][0]
     TokenVault(services.engine, [old_key]).set_token(
@@ -222,7 +222,7 @@ def test_a_failing_write_shows_no_ciphertext_in_its_error_or_the_log(services, c
             conn.execute(locations.insert().values(
                 location_id="loc_1", token_kind="pit", access_token=ciphertext, status=None,
                 created_at=T0, updated_at=T0))
-    logging.getLogger("service.tokens").error("store.failed", exc_info=failed.value)
+    logging.getLogger("service.store.tokens").error("store.failed", exc_info=failed.value)
     shown = "".join(traceback.format_exception(failed.value)) + caplog.text
     assert "status" in shown  # the error still says what went wrong
     # Long parameters are shown cut in the middle: look for either end, and the prefix of

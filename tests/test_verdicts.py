@@ -12,7 +12,7 @@ from importlib import resources
 import pytest
 from crawlerdetect import CrawlerDetect
 
-from service.verdicts import (
+from service.ingest.verdicts import (
     FORWARDED_BY_DEFAULT,
     MAX_REASON,
     VERDICTS,

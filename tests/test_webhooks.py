@@ -21,9 +21,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from service import create_app
 from service.config import ConfigError
-from service.db import documents, installs, locations, webhook_receipts
-from service.webhook_keys import load_public_key, published_rsa_key
-from service.webhooks import WebhookReceiver
+from service.highlevel.webhook_keys import load_public_key, published_rsa_key
+from service.ingest.app_webhooks import WebhookReceiver
+from service.store.db import documents, installs, locations, webhook_receipts
 
 from .conftest import T0, UNREACHABLE_DB_URL, ingest_headers, make_event, make_view, test_config
 
@@ -471,7 +471,7 @@ def rsa_sign(body: bytes) -> str:
 @pytest.fixture
 def rsa_app(app):
     """The app with a test RSA key standing in for HighLevel's published one."""
-    app.extensions["highlevel_webhooks"] = WebhookReceiver(
+    app.extensions["service"].app_webhooks = WebhookReceiver(
         load_public_key(PEM), app_id=APP_ID, rsa_key=RSA_KEY.public_key())
     return app
 

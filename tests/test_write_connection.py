@@ -10,8 +10,8 @@ import pytest
 import sqlalchemy as sa
 
 from service import write_connection
-from service.db import create_engine, events
-from service.store import Store
+from service.store.db import create_engine, events
+from service.store.queue import Store
 
 from .conftest import T0, make_view
 from .test_groupcommit import run_concurrently

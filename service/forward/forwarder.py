@@ -1,0 +1,277 @@
+"""The forwarder: claim due documents, tell HighLevel, record what happened.
+
+``Forwarder.forward_once`` is one iteration (tests call it directly with a fake clock
+and an inline executor); ``run`` loops until its ``stop`` event is set. No Flask here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import random
+import threading
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+
+from ..highlevel.client import HighLevel, HighLevelError, Response
+from ..metrics import observe_outcomes
+from ..store.deliverylog import prune
+from ..store.queue import Claim, Outcome, Store
+from ..store.retention import prune_events
+from ..store.tokens import Credentials, TokenDecryptError, TokenVault
+from .credentials import TokenProvider
+
+logger = logging.getLogger(__name__)
+
+UTC = dt.UTC
+PERMANENT = {400, 404, 405, 409, 410, 413, 415, 422}
+AUTH = {401, 403}
+BACKOFF_BASE, BACKOFF_CAP = 2.0, 600.0
+UNBLOCK_EVERY = dt.timedelta(seconds=5)
+PRUNE_EVERY = dt.timedelta(hours=1)
+DEFAULT_RATE_INTERVAL_MS = 10_000  # HighLevel's burst window when a 429 says nothing
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(UTC)
+
+
+def retry_delay(attempt: int, *, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP,
+                rand: Callable[[], float] = random.random,
+                retry_after: float | None = None) -> float:
+    """Seconds to wait before retry number ``attempt`` + 1: full jitter, capped.
+
+    ``Retry-After`` wins when the server sent one (clamped to ``cap``).
+    """
+    if retry_after is not None:
+        return min(max(retry_after, 0.0), cap)
+    return rand() * min(cap, base * 2 ** min(attempt, 32))
+
+
+def classify(resp: Response | None, claim: Claim, *, now: dt.datetime, max_age: dt.timedelta,
+             error: str | None = None, rand: Callable[[], float] = random.random) -> Outcome:
+    """Map one HighLevel answer (or a transport error) to what happens to the row.
+
+    Auth answers (401/403) are not handled here: they need the token vault.
+    """
+    status = resp.status if resp else None
+    details = {"http_status": status, "latency_ms": resp.latency_ms if resp else None,
+               "trace_id": resp.trace_id if resp else None}
+    if resp:
+        details.update(rate_limit=resp.rate_limit, retry_after=resp.retry_after)
+    message = (resp.message if resp else None) or error
+    if status is not None and 200 <= status < 300:
+        return Outcome("delivered", "delivered", **details)
+    if status in PERMANENT:
+        return Outcome("dead", "permanent", message=message, **details)
+    if now - claim.pending_since >= max_age:
+        return Outcome("dead", "expired", message=message or f"HTTP {status}", **details)
+    if status == 429:
+        # HighLevel's 429 rarely has Retry-After; its headers say when the window ends.
+        wait = resp.retry_after
+        if wait is None:
+            wait = (resp.rate_limit.interval_ms or DEFAULT_RATE_INTERVAL_MS) / 1000
+        delay = retry_delay(claim.attempts, rand=rand, retry_after=wait)
+        return Outcome("retry", "rate_limited", message=message, spend_attempt=False,
+                       next_due=now + dt.timedelta(seconds=delay), **details)
+    # 5xx, 408, other unexpected statuses, timeouts, connection errors: retry.
+    delay = retry_delay(claim.attempts, rand=rand, retry_after=resp.retry_after if resp else None)
+    outcome = "retry" if resp else "network_error"
+    return Outcome("retry", outcome, message=message or f"HTTP {status}",
+                   next_due=now + dt.timedelta(seconds=delay), **details)
+
+
+class InlineExecutor(Executor):
+    """Run each submitted call at once, in the caller's thread (tests, --once debugging)."""
+
+    def submit(self, fn, /, *args, **kwargs):
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller via the future
+            future.set_exception(exc)
+        return future
+
+
+class Forwarder:
+    """One forwarder process's state: where to read, whom to call, how many at once."""
+
+    def __init__(self, store: Store, vault: TokenVault, client: HighLevel, *,
+                 executor: Executor, concurrency: int = 16, max_age_seconds: int = 86400,
+                 clock: Callable[[], dt.datetime] = utcnow,
+                 rand: Callable[[], float] = random.random,
+                 stop: threading.Event | None = None, log_days: int = 30,
+                 event_days: int = 30,
+                 tokens: TokenProvider | None = None):
+        self.store = store
+        self.vault = vault
+        self.tokens = tokens or TokenProvider(vault)
+        self.client = client
+        self.executor = executor
+        self.concurrency = concurrency
+        self.max_age = dt.timedelta(seconds=max_age_seconds)
+        self.clock = clock
+        self.rand = rand
+        self.stop = stop or threading.Event()
+        self.log_days = dt.timedelta(days=log_days)
+        self.event_days = dt.timedelta(days=event_days)
+        self._last_unblock: dt.datetime | None = None
+        self._last_prune: dt.datetime | None = None
+        self._invalidated: set[tuple[str, int]] = set()  # (location, token generation)
+
+    def forward_once(self, *, now: dt.datetime | None = None) -> int:
+        """Claim what is due, send it (up to ``concurrency`` at once), record outcomes."""
+        now = now or self.clock()
+        if self._last_unblock is None or now - self._last_unblock >= UNBLOCK_EVERY:
+            # Heals a race with a token stored while a send was deciding to block.
+            for location_id in self.tokens.retry_inactive(now=now):
+                logger.info("token.reactivated", extra={"location_id": location_id})
+            self.store.unblock(now=now)
+            self._last_unblock = now
+        if self._last_prune is None or now - self._last_prune >= PRUNE_EVERY:
+            self._last_prune = now
+            pruned = prune(self.store.engine, older_than=now - self.log_days)
+            if pruned:
+                logger.info("delivery_log.pruned", extra={"rows": pruned})
+            pruned = prune_events(self.store.engine, older_than=now - self.event_days)
+            if pruned:
+                logger.info("events.pruned", extra={"rows": pruned})
+        claims = self.store.claim_due(now=now, limit=self.concurrency)
+        if not claims:
+            return 0
+        # One token look-up (and refresh, if due) per location per batch, not per send.
+        tokens = {loc: self._credentials(loc) for loc in dict.fromkeys(
+            claim.location_id for claim in claims)}
+        futures = [self.executor.submit(self.attempt, claim, tokens[claim.location_id])
+                   for claim in claims]
+        results = [(claim, future.result()) for claim, future in zip(claims, futures,
+                                                                     strict=True)]
+        self._record([(claim, outcome) for claim, outcome in results if outcome is not None])
+        released = [claim for claim, outcome in results if outcome is None]
+        if released:
+            self.store.release(released, now=self.clock())  # shutting down: not attempted
+        return len(claims)
+
+    def deliver(self, claim: Claim) -> str:
+        """Send one claimed document and record the outcome; return the outcome label."""
+        outcome = self.attempt(claim, self._credentials(claim.location_id))
+        if outcome is None:
+            self.store.release([claim], now=self.clock())
+            return "released"
+        self._record([(claim, outcome)])
+        return outcome.outcome
+
+    def _credentials(self, location_id: str) -> Credentials | Outcome:
+        """The token to send with, or the outcome that parks the location's views."""
+        try:
+            creds = self.tokens.get(location_id, now=self.clock())
+        except TokenDecryptError as exc:
+            # Retrying cannot help until an operator restores the key or stores a new
+            # token: mark it invalid so the unblock sweep leaves its views parked.
+            self.vault.mark_invalid(location_id, message=str(exc), now=self.clock())
+            self.store.block_location(location_id, now=self.clock())
+            return Outcome("blocked", "token_unreadable", message=str(exc))
+        if creds is None:
+            return Outcome("blocked", "no_token", message="no active token for this location")
+        return creds
+
+    def attempt(self, claim: Claim, creds: Credentials | Outcome) -> Outcome | None:
+        """Send one claimed document; return what happened (None: stopping, not sent)."""
+        if self.stop.is_set():
+            return None
+        if isinstance(creds, Outcome):
+            return creds
+        if (creds.location_id, creds.generation) in self._invalidated:
+            # Found invalid by another send of this batch: park, don't send with it.
+            return Outcome("blocked", "token_invalid", message="token found invalid")
+        try:
+            resp = self.client.mark_viewed(kind=claim.kind, document_id=claim.document_id,
+                                           token=creds.access_token)
+            if resp.status == 401:
+                # An OAuth token may have expired early: refresh (single-flight across
+                # processes) and send once more with the new one.
+                renewed = self.tokens.renew(creds, now=self.clock())
+                if renewed is not None:
+                    creds = renewed
+                    resp = self.client.mark_viewed(kind=claim.kind,
+                                                   document_id=claim.document_id,
+                                                   token=creds.access_token)
+        except HighLevelError as exc:
+            return classify(None, claim, now=self.clock(), max_age=self.max_age,
+                            error=str(exc), rand=self.rand)
+        if resp.status in AUTH:
+            return self._rejected(claim, creds, resp)
+        outcome = classify(resp, claim, now=self.clock(), max_age=self.max_age, rand=self.rand)
+        if outcome.result == "delivered":
+            self.vault.record_success(creds, now=self.clock())
+        return outcome
+
+    def _rejected(self, claim: Claim, creds: Credentials, resp: Response) -> Outcome:
+        now = self.clock()
+        details = {"http_status": resp.status, "message": resp.message,
+                   "trace_id": resp.trace_id, "latency_ms": resp.latency_ms,
+                   "rate_limit": resp.rate_limit, "retry_after": resp.retry_after}
+        verdict = self.vault.record_rejection(creds, status=resp.status, message=resp.message,
+                                              now=now)
+        if verdict == "invalid":
+            self._invalidated.add((creds.location_id, creds.generation))
+            parked = self.store.block_location(claim.location_id, now=now)
+            logger.warning("token.invalid", extra={"location_id": claim.location_id,
+                                                    "http_status": resp.status,
+                                                    "views_parked": parked})
+            return Outcome("blocked", "token_invalid", **details)
+        # First 401 in a row: maybe a gateway hiccup; try again soon.
+        delay = retry_delay(claim.attempts, rand=self.rand)
+        return Outcome("retry", "unauthorized", next_due=now + dt.timedelta(seconds=delay),
+                       **details)
+
+    def _record(self, results: list[tuple[Claim, Outcome]]) -> None:
+        """Record a batch of outcomes in one transaction, then log one line per attempt."""
+        if not results:
+            return
+        now = self.clock()
+        kept = self.store.record_outcomes(results, now=now)
+        observe_outcomes(results, now=now)
+        for (claim, outcome), lease_kept in zip(results, kept, strict=True):
+            level = logging.INFO if outcome.result in ("delivered", "retry") else logging.WARNING
+            logger.log(level, "delivery.attempt", extra={
+                "location_id": claim.location_id, "kind": claim.kind,
+                "document_id": claim.document_id, "views": claim.views,
+                "outcome": outcome.outcome, "http_status": outcome.http_status,
+                "attempt": claim.attempts + 1, "latency_ms": outcome.latency_ms,
+                "hl_message": outcome.message, "trace_id": outcome.trace_id,
+                "request_id": claim.request_id, "lease_kept": lease_kept,
+            })
+
+
+def run(forwarder: Forwarder, *, once: bool = False, max_batches: int | None = None,
+        idle_min: float = 0.05, idle_max: float = 0.25) -> int:
+    """Loop ``forward_once`` until ``forwarder.stop`` is set; return rows handled.
+
+    Idle loops back off from ``idle_min`` to ``idle_max`` seconds and reset after work.
+    ``once`` stops when nothing is due; ``max_batches`` after that many iterations.
+    An unexpected error is logged and the loop goes on (after a pause).
+    """
+    handled, batches, idle = 0, 0, idle_min
+    stop = forwarder.stop
+    while not stop.is_set():
+        try:
+            count = forwarder.forward_once()
+        except Exception:
+            logger.exception("forwarder.error")
+            count = 0
+            if once:
+                raise
+            stop.wait(idle_max)
+        handled += count
+        batches += 1
+        if max_batches is not None and batches >= max_batches:
+            break
+        if count:
+            idle = idle_min
+            continue
+        if once:
+            break
+        stop.wait(idle)
+        idle = min(idle * 2, idle_max)
+    return handled

@@ -1,0 +1,87 @@
+"""Event ingest: ``POST /v1/events`` and ``GET /v1/events/<id>``."""
+
+from __future__ import annotations
+
+import functools
+
+from flask import g, request
+
+from ..ingest.verdicts import should_forward
+from ..metrics import observe_ingest
+from ..store.queue import View
+from .auth import require_ingest_key
+from .bodies import Blueprint
+from .deps import services
+from .errors import NotFoundError, ServiceError
+from .schemas import EventStatusSchema, IngestResponseSchema, IngestSchema
+
+bp = Blueprint("events", __name__, url_prefix="/v1/events",
+               description="Invoice and estimate views from internal services")
+SECURITY = [{"ingestKey": []}]
+
+
+class UnsupportedMediaTypeError(ServiceError):
+    status = 415
+    message = "Send the body as JSON (Content-Type: application/json)"
+
+
+def require_json(view):
+    """Answer 415 unless the body is declared JSON (before it is parsed)."""
+
+    @functools.wraps(view)
+    def wrapped(*args, **kwargs):
+        if not request.is_json:
+            raise UnsupportedMediaTypeError()
+        return view(*args, **kwargs)
+
+    return wrapped
+
+
+def to_view(event: dict) -> View:
+    """Turn one validated event into the store's ``View``."""
+    kind = "invoice" if "invoiceId" in event else "estimate"
+    svc = services()
+    now = svc.clock()
+    verdict = svc.classifier.classify(user_agent=event.get("userAgent"), ip=event.get("ip"))
+    return View(
+        kind=kind, location_id=event["locationId"],
+        document_id=event.get("invoiceId") or event["estimateId"],
+        viewed_at=event.get("viewedAt") or now, event_key=event.get("eventId"),
+        source=event.get("source"), user_agent=event.get("userAgent"), ip=event.get("ip"),
+        verdict=verdict.verdict, verdict_reason=verdict.reason,
+        forward=should_forward(verdict.verdict, svc.config["MACHINE_OPENS"]),
+        request_id=g.get("request_id"),
+    )
+
+
+@bp.route("", methods=["POST"])
+@bp.doc(security=SECURITY)
+@require_ingest_key
+@require_json
+@bp.arguments(IngestSchema)
+@bp.response(202, IngestResponseSchema)
+def post_events(body):
+    """Accept one event, or a batch of 1-500 (all or nothing).
+
+    Each view is committed before the 202. A repeated ``eventId`` answers
+    ``duplicate`` with the first event's id and is not sent again.
+    """
+    views = [to_view(e) for e in body["events"]]
+    accepted = services().store.record_views(views, now=services().clock())
+    observe_ingest(views, accepted, source="api")
+    results = [{"id": a.id, "status": a.status} for a in accepted]
+    return results[0] if "events" not in request.get_json() else {"events": results}
+
+
+@bp.route("/<event_id>", methods=["GET"])
+@bp.doc(security=SECURITY)
+@require_ingest_key
+@bp.response(200, EventStatusSchema)
+def get_event(event_id):
+    """Where an event stands: queued, delivered (with the time), failed or filtered."""
+    # No stored id is longer, or holds a NUL (which PostgreSQL cannot even compare: a 500).
+    known = len(event_id) <= 64 and "\x00" not in event_id
+    status = services().store.event_status(event_id) if known else None
+    if status is None:
+        raise NotFoundError("No event with that id")
+    return status
