@@ -266,3 +266,18 @@ def test_purge_in_batches_leaves_nothing(services, store, vault):
         record(store, T0, location_id="GONE", document_id=f"d{i}")
     assert purge_location(services.engine, "GONE", batch=3)["events"] == 7
     assert set(remaining(services, "GONE").values()) == {0}
+
+
+def test_recent_clients_forget_the_last_window_and_stay_bounded():
+    from service.store.clients import RecentClients
+
+    recent = RecentClients(limit=2)
+    recent.remember(10, {"a": "e1"})
+    assert (recent.get(10, "a"), recent.get(11, "a")) == ("e1", None)
+    recent.remember(9, {"b": "late"})  # a late request of the last window: ignored
+    assert (recent.get(9, "b"), recent.get(10, "a")) == (None, "e1")
+    recent.remember(10, {"b": "e2"})
+    recent.remember(10, {"c": "e3"})  # past the limit: not remembered
+    assert [recent.get(10, k) for k in "abc"] == ["e1", "e2", None]
+    recent.remember(11, {"c": "e4"})  # a new window starts empty
+    assert [recent.get(11, k) for k in "abc"] == [None, None, "e4"]

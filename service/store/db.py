@@ -105,22 +105,16 @@ events = sa.Table(
     sa.Column("forward", sa.Boolean, nullable=False, server_default=sa.true()),
     sa.Column("request_id", sa.String(64)),
     # How many views this row stands for: repeats of one document from one client within
-    # one coalescing window add here instead of adding rows (``recording.client_key``).
+    # one coalescing window add here instead of adding rows (``clients.RecentClients``).
     sa.Column("views", sa.Integer, nullable=False, server_default="1"),
-    # The client's identity (stored address, user agent) for this document and window,
-    # hashed; null when a view has an eventId or no client to speak of.
-    sa.Column("client_key", sa.String(32)),
     # Idempotency keys are one namespace per location (a key of another tenant never
     # answers for this one); partial, so rows without a key (every pixel view) cost it
     # nothing.
     sa.Index("uq_events_location_id_event_key", "location_id", "event_key", unique=True,
              sqlite_where=sa.text("event_key IS NOT NULL"),
              postgresql_where=sa.text("event_key IS NOT NULL")),
-    # One row per client, document and window; also the index for a location's events
-    # (purge, counts), since every row has an entry. No index on document_row: no query
-    # looks events up by document, and each index costs every pixel view a B-tree page in
-    # its commit (migration 0006).
-    sa.Index("uq_events_location_id_client_key", "location_id", "client_key", unique=True),
+    # No other index: each costs every pixel view a B-tree page, at a random place, in its
+    # commit (migration 0006). Pruning and purges walk the time-ordered primary key.
 )
 
 # One row per location (or company): the token HighLevel calls use, encrypted.

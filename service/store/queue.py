@@ -108,6 +108,7 @@ class Store:
             answer = self._record_alone(prepared)
         if isinstance(answer, IdempotencyConflict):
             raise answer
+        self._writer.remember(prepared, answer)  # committed: its clients' repeats fold
         return answer
 
     def _record_alone(self, prepared: Prepared) -> list[Accepted] | IdempotencyConflict:

@@ -8,9 +8,9 @@ the transaction (on SQLite: the database's one write lock) is open:
   view its id and its row (times already in the form the database takes).
 - ``write`` runs inside the transaction, on a DB-API cursor (SQLAlchemy's constructs and
   result processing cost more than the database's own work here). It looks up the
-  eventIds the group carries (idempotency, per location) only when it carries some, and
-  the rows its clients already stored in this window (``clients.client_key``): a repeat
-  adds to that row's ``views`` and is not a new view of the document; it upserts each
+  eventIds the group carries (idempotency, per location) only when it carries some; adds
+  a client's repeats in the window to the row it stored (``clients.RecentClients``, found
+  by ``prepare``), which are not new views of the document; it upserts each
   ``documents`` row the group touches once, counting all of its views (``views_seq +
   k``, the new count giving every view's sequence number in arrival order); and inserts
   the ``events`` rows. On PostgreSQL all of it is ONE statement taking the rows as JSON
@@ -32,13 +32,12 @@ import datetime as dt
 import json
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import sqlalchemy as sa
-from uuid6 import UUID
 
 from . import view_sql
-from .clients import client_key, retain_ip
+from .clients import RecentClients, client_key, retain_ip
 from .outcomes import DEAD, IDLE
 
 UTC = dt.UTC
@@ -85,9 +84,12 @@ class IdempotencyConflict(Exception):
 @dataclass(frozen=True)
 class Prepared:
     """One request's views, ready for ``ViewWriter.write``: (view, row) each, the row's
-    first value being the view's new id (see ``_ID``, ``_DOC``... below)."""
+    first value being the view's new id (see ``_ID``, ``_DOC``... below); and the rows
+    this process stored for its clients in the window (client key -> event id)."""
 
     views: tuple[tuple[View, tuple], ...]
+    window: int | None = None
+    known: dict = field(default_factory=dict)
 
 
 class ViewWriter:
@@ -97,10 +99,10 @@ class ViewWriter:
         self._pg = dialect.name == "postgresql"
         name = "postgresql" if self._pg else "sqlite"
         self._seen_sql = view_sql.SEEN[name]
-        self._clients_sql = view_sql.CLIENTS[name]
         self._dbapi_error = dialect.loaded_dbapi.Error
         self._window = window  # seconds; 0: repeats are never folded
         self._retain_ip = retain_ip
+        self.recent = RecentClients()
 
     # -- in the request's thread -------------------------------------------------------
 
@@ -108,7 +110,7 @@ class ViewWriter:
         """Give each view its id and its row (no database work)."""
         received = self._time(now)
         window_start = int(now.timestamp()) // self._window if self._window > 0 else None
-        out = []
+        out, known = [], {}
         for view in views:
             event_id = event_id_at(now)  # time-ordered: new ids append to the index
             viewed = received if view.viewed_at is now else self._time(view.viewed_at)
@@ -117,12 +119,26 @@ class ViewWriter:
             if view.event_key is None and window_start is not None:
                 key = client_key(kind=view.kind, location_id=view.location_id,
                                  document_id=view.document_id, ip=ip,
-                                 user_agent=view.user_agent, window_start=window_start)
+                                 user_agent=view.user_agent)
+                stored = self.recent.get(window_start, key) if key else None
+                if stored is not None:
+                    known[key] = stored
             row = (event_id, view.event_key, view.kind, view.location_id, view.document_id,
                    viewed, received, view.source, view.user_agent, ip, view.verdict,
                    view.verdict_reason, view.forward, view.request_id, key)
             out.append((view, row))
-        return Prepared(tuple(out))
+        return Prepared(tuple(out), window_start, known)
+
+    def remember(self, prepared: Prepared, answers: list[Accepted]) -> None:
+        """Note the rows ``prepared``'s clients stored (once committed), so that their
+        repeats in the window fold into them."""
+        if prepared.window is None:
+            return
+        rows = {row[_CLIENT]: answer.id for (_, row), answer in zip(prepared.views, answers,
+                                                                     strict=True)
+                if row[_CLIENT] is not None and not answer.repeat}
+        if rows:
+            self.recent.remember(prepared.window, rows)
 
     def _time(self, value: dt.datetime | None):
         """ISO text: with its offset for PostgreSQL (read from JSON), and on SQLite in UTC
@@ -149,9 +165,7 @@ class ViewWriter:
         keys = [(v.location_id, v.event_key) for prep in group for v, _ in prep.views
                 if v.event_key is not None]
         seen = self._seen(cur, keys) if keys else {}
-        clients = [(row[_LOCATION], row[_CLIENT]) for prep in group for _, row in prep.views
-                   if row[_CLIENT] is not None]
-        known = self._known_clients(cur, clients) if clients else {}
+        known = {key: event_id for prep in group for key, event_id in prep.known.items()}
         rows, answers, repeats, folded = _sort(group, seen, known)
         for event_id, n in folded.items():
             self._execute(cur, view_sql.ADD_VIEWS[self._pg], (n, event_id))
@@ -190,7 +204,7 @@ class ViewWriter:
             else:
                 coalesced.append(False)
             if not self._pg:  # (PostgreSQL inserted them in its one statement)
-                records.append((*row[:2], document_row, seq, *row[2:], views))
+                records.append((*row[:2], document_row, seq, *row[2:_CLIENT], views))
         if records:
             self._insert(cur, records)
         return [out if isinstance(out, Exception) else
@@ -214,7 +228,7 @@ class ViewWriter:
             if row[_FORWARD]:
                 place = places[row[_DOC]] = places.get(row[_DOC], 0) + 1
                 n = docs[row[_DOC]][0]
-            events.append((*row, views, n, place))
+            events.append((*row[:_CLIENT], views, n, place))
         return self._execute(cur, view_sql.WRITE_PG, {
             "docs": _json(view_sql.UPSERT_KEYS, params),
             "events": _json(view_sql.PG_EVENT_KEYS, events),
@@ -253,11 +267,6 @@ class ViewWriter:
             seen[(location_id, key)] = (event_id, kind, document_id)
         return seen
 
-    def _known_clients(self, cur, keys: list[tuple[str, str]]) -> dict[tuple, str]:
-        """(location, client key) -> id of the rows this window already stored."""
-        return {(location_id, key): event_id for location_id, key, event_id
-                in self._pairs(cur, self._clients_sql, keys)}
-
     def _pairs(self, cur, sql: str, pairs: list[tuple[str, str]]) -> list[tuple]:
         """Run a look-up of (location, key) pairs, 500 at a time."""
         found: list[tuple] = []
@@ -281,10 +290,9 @@ class ViewWriter:
 
 
 # Positions in a prepared row (``ViewWriter.prepare``): the id, the document's key
-# (kind, location, document), the location, the arrival time, whether it is forwarded,
-# the request id, the client key.
-_ID, _DOC, _LOCATION, _RECEIVED, _FORWARD, _REQUEST_ID, _CLIENT = (
-    0, slice(2, 5), 3, 6, 12, 13, 14)
+# (kind, location, document), the arrival time, whether it is forwarded, the request id,
+# the client key (last, and not a column: rows are stored without it).
+_ID, _DOC, _RECEIVED, _FORWARD, _REQUEST_ID, _CLIENT = 0, slice(2, 5), 6, 12, 13, 14
 
 
 def _sort(group: Sequence[Prepared], seen: dict, known: dict):
@@ -300,7 +308,7 @@ def _sort(group: Sequence[Prepared], seen: dict, known: dict):
     repeats: list[int] = []  # per new row: the views it stands for
     folded: dict[str, int] = {}
     answers: list = []
-    fresh: dict[tuple, int] = {}  # (location, client key) -> index of its new row
+    fresh: dict[str, int] = {}  # client key -> index of its new row
     for prep in group:
         conflict = _conflict(prep, seen)
         if conflict is not None:
@@ -317,7 +325,7 @@ def _sort(group: Sequence[Prepared], seen: dict, known: dict):
                 seen[(view.location_id, view.event_key)] = (row[_ID], view.kind,
                                                              view.document_id)
             elif row[_CLIENT] is not None:
-                client = (view.location_id, row[_CLIENT])
+                client = row[_CLIENT]  # (it names the location and the document too)
                 if client in known:
                     folded[known[client]] = folded.get(known[client], 0) + 1
                     out.append(Accepted(known[client], status, repeat=True))
@@ -350,11 +358,15 @@ def _conflict(prep: Prepared, seen: dict) -> IdempotencyConflict | None:
 
 
 def event_id_at(now: dt.datetime) -> str:
-    """A new event id: a UUIDv7 of the time the view was received, so ids sort by arrival
-    (appending to the primary key's index) and the time of an id is ``received_at``'s,
-    which lets pruning walk the primary key (``retention.prune_events``)."""
-    ms = int(now.timestamp() * 1000) & 0xFFFFFFFFFFFF
-    return str(UUID(int=(ms << 80) | secrets.randbits(76), version=7))
+    """A new event id: a UUIDv7 (RFC 9562) of the time the view was received, so ids sort
+    by arrival (appending to the primary key's index) and the time of an id is
+    ``received_at``'s, which lets pruning walk the primary key
+    (``retention.prune_events``). Formatted by hand: ``uuid.UUID`` costs several times more
+    on the pixel's path."""
+    ms = f"{int(now.timestamp() * 1000) & 0xFFFFFFFFFFFF:012x}"
+    rand = secrets.randbits(74)  # 12 bits of rand_a, 62 of rand_b
+    return (f"{ms[:8]}-{ms[8:]}-7{rand >> 62:03x}-{0x8000 | (rand >> 48) & 0x3FFF:04x}-"
+            f"{rand & 0xFFFFFFFFFFFF:012x}")
 
 
 def _json(keys: tuple[str, ...], rows: list[tuple]) -> str:

@@ -35,19 +35,26 @@ def prune_events(engine: Engine, *, older_than: dt.datetime, batch: int = BATCH)
     """
     e, d = events.c, documents.c
     finished = sa.select(d.id).where(d.status.in_((IDLE, DEAD)))
-    ceiling, after, total = _uuid7_floor(older_than), "", 0
+    return _walk_events(engine, e.received_at < older_than,
+                        sa.or_(e.document_row.is_(None), e.document_row.in_(finished)),
+                        below=_uuid7_floor(older_than), batch=batch)
+
+
+def _walk_events(engine: Engine, *where, below: str | None = None, batch: int) -> int:
+    """Delete the events matching ``where``, reading the primary key in order (below
+    ``below``) ``batch`` ids per transaction; return how many."""
+    e = events.c
+    after, total = "", 0
     while True:
         with engine.begin() as conn:
-            ids = conn.execute(
-                sa.select(e.id).where(e.id > after, e.id < ceiling)
-                .order_by(e.id).limit(batch)).scalars().all()
+            page = sa.select(e.id).where(e.id > after).order_by(e.id).limit(batch)
+            if below is not None:
+                page = page.where(e.id < below)
+            ids = conn.execute(page).scalars().all()
             if not ids:
                 return total
             after = ids[-1]
-            total += conn.execute(events.delete().where(
-                e.id.in_(ids), e.received_at < older_than,
-                sa.or_(e.document_row.is_(None), e.document_row.in_(finished)),
-            )).rowcount
+            total += conn.execute(events.delete().where(e.id.in_(ids), *where)).rowcount
         if len(ids) < batch:
             return total
 
@@ -57,9 +64,9 @@ def purge_location(engine: Engine, location_id: str, *, batch: int = BATCH) -> d
     documents, delivery log, token, installs and rate-limit state. Returns the rows
     deleted per table (all zero when nothing was stored)."""
     counts = {
-        # Events before documents (they reference them); each by the location's index.
-        "events": _delete_batched(engine, events, events.c.location_id == location_id,
-                                  events.c.id, batch),
+        # Events before documents (they reference them). Events have no index by location
+        # (it would cost every pixel view): walk the primary key, one batch at a time.
+        "events": _walk_events(engine, events.c.location_id == location_id, batch=batch),
         "documents": _delete_batched(engine, documents,
                                      documents.c.location_id == location_id,
                                      documents.c.id, batch),

@@ -39,7 +39,7 @@ WHERE id = ?2 AND status IN ('{IDLE}', '{DEAD}')
 """
 EVENT_KEYS = ("id", "event_key", "document_row", "seq", "kind", "location_id",
               "document_id", "viewed_at", "received_at", "source", "user_agent", "ip",
-              "verdict", "verdict_reason", "forward", "request_id", "client_key", "views")
+              "verdict", "verdict_reason", "forward", "request_id", "views")
 _EVENT_COLUMNS = ", ".join(EVENT_KEYS)
 
 # PostgreSQL, one round trip: upsert the documents (reopening idle or dead ones in the same
@@ -49,7 +49,7 @@ _EVENT_COLUMNS = ", ".join(EVENT_KEYS)
 # Parameters: ``docs`` (UPSERT_KEYS) and ``events`` (PG_EVENT_KEYS), JSON arrays.
 PG_EVENT_KEYS = ("id", "event_key", "kind", "location_id", "document_id", "viewed_at",
                  "received_at", "source", "user_agent", "ip", "verdict", "verdict_reason",
-                 "forward", "request_id", "client_key", "views", "n", "place")
+                 "forward", "request_id", "views", "n", "place")
 _REOPENED = f"d.status IN ('{IDLE}', '{DEAD}')"
 WRITE_PG = f"""
 WITH up AS ({_UPSERT_HEAD}
@@ -71,13 +71,13 @@ WITH up AS ({_UPSERT_HEAD}
     INSERT INTO events ({_EVENT_COLUMNS})
     SELECT r.id, r.event_key, up.id, up.views_seq - r.n + r.place, r.kind, r.location_id,
            r.document_id, r.viewed_at, r.received_at, r.source, r.user_agent, r.ip,
-           r.verdict, r.verdict_reason, r.forward, r.request_id, r.client_key, r.views
+           r.verdict, r.verdict_reason, r.forward, r.request_id, r.views
     FROM json_to_recordset(%(events)s::json) AS r(
         id varchar, event_key varchar, kind varchar, location_id varchar,
         document_id varchar, viewed_at timestamptz, received_at timestamptz,
         source varchar, user_agent varchar, ip varchar, verdict varchar,
-        verdict_reason varchar, forward boolean, request_id varchar, client_key varchar,
-        views int, n int, place int)
+        verdict_reason varchar, forward boolean, request_id varchar, views int, n int,
+        place int)
     LEFT JOIN up ON r.forward AND up.kind = r.kind AND up.location_id = r.location_id
                     AND up.document_id = r.document_id
 )
@@ -95,10 +95,6 @@ _PAIRS = {
 SEEN = {name: "SELECT e.location_id, e.event_key, e.id, e.kind, e.document_id "
               f"FROM {pairs} JOIN events e ON e.location_id = k.l AND e.event_key = k.c"
         for name, pairs in _PAIRS.items()}
-# The rows clients already stored for a document in this window (``clients.client_key``).
-CLIENTS = {name: "SELECT e.location_id, e.client_key, e.id "
-                 f"FROM {pairs} JOIN events e ON e.location_id = k.l AND e.client_key = k.c"
-           for name, pairs in _PAIRS.items()}
 # A client's repeats, counted on its row (by dialect: False SQLite, True PostgreSQL).
 ADD_VIEWS = {False: "UPDATE events SET views = views + ? WHERE id = ?",
              True: "UPDATE events SET views = views + %s WHERE id = %s"}
