@@ -9,7 +9,7 @@ import shutil
 import pytest
 import sqlalchemy as sa
 
-from service import write_connection
+from service.store import write_connection
 from service.store.db import create_engine, events
 from service.store.queue import Store
 
