@@ -241,13 +241,11 @@ def deliveries_command(location_id, document_id, outcome, since, until, limit) -
 @with_appcontext
 def replay_command(location_id, document_id, outcome, since, until, replay_all) -> None:
     """Re-queue dead views (by location, document, outcome or time); say how many."""
-    from .store.deliverylog import replay
-
     filters = _log_filter(location_id, document_id, outcome, since, until)
     if filters.empty() and not replay_all:
         raise click.UsageError("give a filter, or --all to replay every dead view")
     svc = services()
-    click.echo(f"replayed {replay(svc.engine, filters, now=svc.clock())} document(s)")
+    click.echo(f"replayed {svc.store.replay(filters, now=svc.clock())} document(s)")
 
 
 @click.command("purge")

@@ -25,7 +25,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from .store.outcomes import BLOCKED, DEAD, IDLE, PENDING
+from .store.documents import BLOCKED, DEAD, IDLE, PENDING
 
 if TYPE_CHECKING:
     from .store.queue import Accepted, Claim, Outcome, Store, View

@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from service.store.db import delivery_log
-from service.store.deliverylog import LogFilter, prune, replay
+from service.store.deliverylog import LogFilter, prune
 from service.store.queue import Outcome
 
 from .conftest import T0, admin_headers, ingest_headers, make_view
@@ -103,7 +103,7 @@ def test_replay_requeues_dead_views_and_is_idempotent(client, log, services):
 def test_replayed_event_reports_queued_then_delivered(client, store, services):
     accepted = attempt(store, "inv_x", DEAD_EXPIRED, T0)
     assert store.event_status(accepted.id)["status"] == "failed"
-    assert replay(store.engine, LogFilter(document_id="inv_x"), now=T0) == 1
+    assert store.replay(LogFilter(document_id="inv_x"), now=T0) == 1
     assert store.event_status(accepted.id)["status"] == "queued"
     [claim] = store.claim_due(now=T0, limit=5)
     store.record_outcome(claim, OK, now=T0)

@@ -29,8 +29,8 @@ import sqlalchemy as sa
 from service.forward.forwarder import Forwarder
 from service.highlevel.client import HighLevelClient, build_session
 from service.store.db import delivery_log, documents, rate_limits, read_only
-from service.store.deliverylog import LogFilter, replay
-from service.store.queue import PENDING
+from service.store.deliverylog import LogFilter
+from service.store.documents import PENDING
 
 from .conftest import T0, admin_headers, make_view
 from .fake_highlevel import FakeHighLevel, ReceivedRequest
@@ -513,7 +513,7 @@ def test_an_expired_view_is_dead_and_replay_delivers_it_once(store, vault, clock
     again = client.post("/v1/deliveries/replay", json={"outcome": "expired"},
                         headers=admin_headers())
     assert again.get_json() == {"replayed": 0}
-    assert replay(services.engine, LogFilter(location_id="loc-old"), now=clock()) == 0
+    assert services.store.replay(LogFilter(location_id="loc-old"), now=clock()) == 0
     drive(forwarder, store, clock)
     assert len(hl.patches()) == 1
 

@@ -1,4 +1,4 @@
-"""The delivery log (one row per attempt): reading it, pruning it, replaying dead letters."""
+"""The delivery log (one row per attempt): reading it, filtering it, pruning it."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from .db import delivery_log, documents, read_only
-from .outcomes import DEAD, PENDING
+from .db import delivery_log, read_only
 
 
 @dataclass(frozen=True)
@@ -24,7 +23,7 @@ class LogFilter:
         return not any(vars(self).values())
 
 
-def _matching(stmt, filters: LogFilter, *, table: sa.Table, outcome, at):
+def matching(stmt, filters: LogFilter, *, table: sa.Table, outcome, at):
     """Add the filter's conditions to ``stmt`` (its outcome and time columns differ)."""
     conditions = [
         (filters.location_id, lambda v: table.c.location_id == v),
@@ -43,7 +42,7 @@ def list_deliveries(engine: Engine, filters: LogFilter, *, limit: int = 100,
                     before: int | None = None) -> tuple[list[dict], int | None]:
     """Return attempts newest first, and the cursor for the next page (None at the end)."""
     log = delivery_log.c
-    query = _matching(sa.select(delivery_log).order_by(log.id.desc()).limit(limit + 1),
+    query = matching(sa.select(delivery_log).order_by(log.id.desc()).limit(limit + 1),
                       filters, table=delivery_log, outcome=log.outcome, at=log.at)
     if before is not None:
         query = query.where(log.id < before)
@@ -61,21 +60,6 @@ def _attempt(row) -> dict:
         "latencyMs": row.latency_ms, "viewsCovered": row.views_covered,
         "requestId": row.request_id,
     }
-
-
-def replay(engine: Engine, filters: LogFilter, *, now: dt.datetime) -> int:
-    """Re-queue dead documents matching ``filters``; return how many (0 when run again).
-
-    ``outcome`` matches the reason it died (``permanent``, ``expired``); the time range
-    matches when it died. The replayed send covers every view the dead one covered.
-    """
-    d = documents.c
-    stmt = _matching(documents.update().where(d.status == DEAD), filters, table=documents,
-                     outcome=d.dead_reason, at=d.last_attempt_at)
-    with engine.begin() as conn:
-        return conn.execute(stmt.values(
-            status=PENDING, due_at=now, pending_since=now, attempts=0, dead_reason=None,
-            failed_seq=d.sent_seq, updated_at=now)).rowcount
 
 
 def prune(engine: Engine, *, older_than: dt.datetime, batch: int = 5000) -> int:

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from . import documents as states
 from .db import dialect_insert, documents, installs, locations, webhook_receipts
-from .outcomes import BLOCKED, PENDING
 
 # The webhook.* log lines keep the logger they have always been written under.
 logger = logging.getLogger("service.webhooks")
@@ -94,12 +94,7 @@ def _uninstall(conn: sa.Connection, event: AppEvent, now: dt.datetime) -> tuple[
         tokens = sa.or_(locations.c.location_id == event.target_id,
                         locations.c.location_id.in_(members))
     removed = conn.execute(locations.delete().where(tokens)).rowcount
-    # As Store.block_location, in this transaction: a row leased to a forwarder finishes
-    # its send, and without a token it is parked when it comes round again.
-    parked = conn.execute(
-        documents.update().where(targets, d.status == PENDING)
-        .where(sa.or_(d.locked_until.is_(None), d.locked_until <= now))
-        .values(status=BLOCKED, updated_at=now)).rowcount
+    parked = states.park(conn, targets, now=now)  # in this transaction
     if event.target_type == COMPANY:
         conn.execute(installs.update().where(i.target_type == LOCATION,
                                              i.company_id == event.target_id)

@@ -8,65 +8,25 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import secrets
-from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
-from ..highlevel.client import RateLimit
+from . import documents as states
 from .db import (
     delivery_log,
     documents,
     events,
-    installs,
-    locations,
     read_only,
 )
+from .deliverylog import LogFilter
+from .documents import BLOCKED, Claim, Outcome
 from .groupcommit import GroupCommitter
-from .outcomes import BLOCKED, PENDING, record_outcomes
 from .ratelimit import NoLimit
 from .recording import Accepted, IdempotencyConflict, Prepared, View, ViewWriter
 from .write_connection import WriteConnection
-
-
-@dataclass(frozen=True)
-class Claim:
-    """A leased document: send one PATCH covering views (seq_from, seq_to]."""
-
-    row_id: int
-    kind: str
-    location_id: str
-    document_id: str
-    seq_from: int
-    seq_to: int
-    attempts: int
-    pending_since: dt.datetime
-    lease_token: str
-    request_id: str | None = None
-
-    @property
-    def views(self) -> int:
-        return self.seq_to - self.seq_from
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What the forwarder decided after one attempt; the store applies it."""
-
-    result: str  # delivered | retry | dead | blocked
-    outcome: str  # the delivery-log label: delivered, retry, rate_limited, permanent, ...
-    http_status: int | None = None
-    message: str | None = None
-    trace_id: str | None = None
-    latency_ms: int | None = None
-    next_due: dt.datetime | None = None  # for retry
-    spend_attempt: bool = True  # a 429 does not spend the retry budget
-    rate_limit: RateLimit = field(default_factory=RateLimit)  # what HighLevel's headers said
-    retry_after: float | None = None
 
 
 class Store:
@@ -127,53 +87,10 @@ class Store:
     # -- forwarding -----------------------------------------------------------
 
     def claim_due(self, *, now: dt.datetime, limit: int) -> list[Claim]:
-        """Lease up to ``limit`` due documents; others skip them until the lease ends.
-
-        Documents of a resource whose rate-limit budget is spent are skipped, and each
-        claimed document takes one send from its resource's budget.
-        """
-        d = documents.c
-        due = (
-            sa.select(d.id, d.location_id)
-            .where(d.status == PENDING, d.due_at <= now)
-            .where(sa.or_(d.locked_until.is_(None), d.locked_until <= now))
-            .order_by(d.due_at)
-            .limit(limit)
-        )
-        paused = self.limiter.paused_resources(now)
-        if paused is not None:
-            due = due.where(d.location_id.not_in(paused))
-        if self.dialect == "postgresql":
-            # SKIP LOCKED: forwarders never wait on each other's rows. SQLite's
-            # BEGIN IMMEDIATE serialises claims instead.
-            due = due.with_for_update(of=documents, skip_locked=True)
-        token = secrets.token_hex(16)
+        """Lease up to ``limit`` due documents (``documents.claim``)."""
         with self.engine.begin() as conn:
-            rows = conn.execute(due).all()
-            budget = self.limiter.reserve_many(
-                conn, Counter(r.location_id for r in rows), now=now)
-            ids = []
-            for row in rows:
-                if budget.get(row.location_id, 0) > 0:
-                    budget[row.location_id] -= 1
-                    ids.append(row.id)
-            if not ids:
-                return []
-            conn.execute(
-                documents.update()
-                .where(d.id.in_(ids))
-                .values(locked_until=now + self.lease, lease_token=token,
-                        claimed_seq=d.views_seq, updated_at=now)
-            )
-            rows = conn.execute(sa.select(documents).where(d.id.in_(ids)).order_by(d.due_at))
-            return [
-                Claim(row_id=r.id, kind=r.kind, location_id=r.location_id,
-                      document_id=r.document_id, seq_from=max(r.sent_seq, r.failed_seq),
-                      seq_to=r.claimed_seq, attempts=r.attempts,
-                      pending_since=r.pending_since or now, lease_token=token,
-                      request_id=r.last_request_id)
-                for r in rows
-            ]
+            return states.claim(conn, now=now, limit=limit, lease=self.lease,
+                                limiter=self.limiter, dialect=self.dialect)
 
     def record_outcome(self, claim: Claim, outcome: Outcome, *, now: dt.datetime) -> bool:
         """Apply one attempt's outcome and log it; False if the lease was lost meanwhile."""
@@ -181,52 +98,30 @@ class Store:
 
     def record_outcomes(self, results: Sequence[tuple[Claim, Outcome]], *,
                         now: dt.datetime) -> list[bool]:
-        """Apply a batch of outcomes in one transaction (see ``outcomes.record_outcomes``)."""
+        """Apply a batch of outcomes in one transaction (``documents.apply_outcomes``)."""
         with self.engine.begin() as conn:
-            return record_outcomes(conn, results, now=now, window=self.window,
-                                   limiter=self.limiter)
+            return states.apply_outcomes(conn, results, now=now, window=self.window,
+                                         limiter=self.limiter)
 
     def release(self, claims: Iterable[Claim], *, now: dt.datetime) -> None:
         """Give back leases that were not attempted (shutdown), due at once."""
-        d = documents.c
         with self.engine.begin() as conn:
-            for claim in claims:
-                conn.execute(
-                    documents.update()
-                    .where(d.id == claim.row_id, d.lease_token == claim.lease_token)
-                    .values(locked_until=None, lease_token=None, updated_at=now)
-                )
+            states.release(conn, claims, now=now)
 
     def block_location(self, location_id: str, *, now: dt.datetime) -> int:
         """Park a location's pending views (token missing or invalid); return how many."""
-        d = documents.c
         with self.engine.begin() as conn:
-            return conn.execute(
-                documents.update()
-                .where(d.location_id == location_id, d.status == PENDING)
-                .where(sa.or_(d.locked_until.is_(None), d.locked_until <= now))
-                .values(status=BLOCKED, updated_at=now)
-            ).rowcount
+            return states.park_location(conn, location_id, now=now)
 
     def unblock(self, *, now: dt.datetime, location_id: str | None = None) -> int:
         """Make blocked views due again where the location now has an active token."""
-        d = documents.c
-        usable = sa.select(locations.c.location_id).where(locations.c.status == "active")
-        # ...or whose company's agency token can mint one (installed under that company).
-        agencies = sa.select(locations.c.location_id).where(
-            locations.c.status == "active", locations.c.token_kind == "agency")
-        mintable = sa.select(installs.c.target_id).where(
-            installs.c.target_type == "location", installs.c.status == "installed",
-            installs.c.company_id.in_(agencies))
-        usable = sa.union(usable, mintable)
-        stmt = documents.update().where(d.status == BLOCKED, d.location_id.in_(usable))
-        if location_id is not None:
-            stmt = stmt.where(d.location_id == location_id)
-        # Parking must not skip the coalescing window: due at its end at the earliest.
-        due = sa.case((sa.and_(d.quiet_until.is_not(None), d.quiet_until > now), d.quiet_until),
-                      else_=now)
         with self.engine.begin() as conn:
-            return conn.execute(stmt.values(status=PENDING, due_at=due, updated_at=now)).rowcount
+            return states.unpark(conn, now=now, location_id=location_id)
+
+    def replay(self, filters: LogFilter, *, now: dt.datetime) -> int:
+        """Re-queue dead documents matching ``filters``; how many (``documents.replay``)."""
+        with self.engine.begin() as conn:
+            return states.replay(conn, filters, now=now)
 
     # -- reads ----------------------------------------------------------------
 

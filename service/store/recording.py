@@ -38,7 +38,7 @@ import sqlalchemy as sa
 
 from . import view_sql
 from .clients import RecentClients, client_key, retain_ip
-from .outcomes import DEAD, IDLE
+from .documents import REOPEN, REOPENED_STATES
 
 UTC = dt.UTC
 
@@ -190,7 +190,7 @@ class ViewWriter:
             n, first = docs[(kind, location_id, document_id)][:2]
             seqs[(kind, location_id, document_id)] = [row_id, views_seq - n + 1,
                                                       max(sent, failed)]
-            if status in (IDLE, DEAD):  # (PostgreSQL reopens them in its one statement)
+            if status in REOPENED_STATES:  # (PostgreSQL reopens them in its statement)
                 self._reopen(cur, row_id, first)
         # Sequence numbers in arrival order; the events rows; the answers.
         records, coalesced = [], []
@@ -252,7 +252,7 @@ class ViewWriter:
         return found
 
     def _reopen(self, cur, row_id: int, first) -> None:
-        self._execute(cur, view_sql.REOPEN, (first, row_id))
+        self._execute(cur, REOPEN, (first, row_id))
 
     def _insert(self, cur, records: list[tuple]) -> None:
         for chunk in _chunks(records, 1000):  # SQLite takes up to 32,766 parameters

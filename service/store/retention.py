@@ -12,8 +12,9 @@ import datetime as dt
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from . import documents as states
 from .db import delivery_log, documents, events, installs, locations, rate_limits
-from .outcomes import DEAD, IDLE
+from .documents import DEAD, IDLE
 
 BATCH = 5000
 
@@ -67,9 +68,8 @@ def purge_location(engine: Engine, location_id: str, *, batch: int = BATCH) -> d
         # Events before documents (they reference them). Events have no index by location
         # (it would cost every pixel view): walk the primary key, one batch at a time.
         "events": _walk_events(engine, events.c.location_id == location_id, batch=batch),
-        "documents": _delete_batched(engine, documents,
-                                     documents.c.location_id == location_id,
-                                     documents.c.id, batch),
+        "documents": _batches(lambda conn: states.purge(conn, location_id, batch=batch),
+                              engine, batch),
         "deliveries": _delete_batched(engine, delivery_log,
                                       delivery_log.c.location_id == location_id,
                                       delivery_log.c.id, batch),
@@ -83,6 +83,18 @@ def purge_location(engine: Engine, location_id: str, *, batch: int = BATCH) -> d
         counts["rateLimits"] = conn.execute(
             rate_limits.delete().where(rate_limits.c.resource == location_id)).rowcount
     return counts
+
+
+def _batches(delete_some, engine: Engine, batch: int) -> int:
+    """Run ``delete_some(conn)`` (which deletes up to ``batch`` rows) one transaction at a
+    time until it deletes fewer; return how many in all."""
+    total = 0
+    while True:
+        with engine.begin() as conn:
+            deleted = delete_some(conn)
+        total += deleted
+        if deleted < batch:
+            return total
 
 
 def _delete_batched(engine: Engine, table: sa.Table, where, key: sa.Column,

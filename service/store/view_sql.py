@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import functools
 
-from .outcomes import DEAD, IDLE, PENDING
+from .documents import PENDING
+from .documents import REOPENED as _REOPENED
 
 _UPSERT_HEAD = """
 INSERT INTO documents AS d (kind, location_id, document_id, status, views_seq, due_at,
@@ -28,15 +29,6 @@ ON CONFLICT (kind, location_id, document_id) DO UPDATE SET
     updated_at = excluded.updated_at"""
 COUNTS = "id, kind, location_id, document_id, views_seq, sent_seq, failed_seq, status"
 UPSERT_KEYS = ("kind", "location_id", "document_id", "views", "first", "last", "request_id")
-# An idle or dead document that got views is pending again: due at once, or at the end of
-# the coalescing window after its last send. Parameters: the first view's arrival, the
-# row id.
-REOPEN = f"""
-UPDATE documents SET status = '{PENDING}',
-    due_at = CASE WHEN quiet_until > ?1 THEN quiet_until ELSE ?1 END,
-    pending_since = ?1, attempts = 0, dead_reason = NULL
-WHERE id = ?2 AND status IN ('{IDLE}', '{DEAD}')
-"""
 EVENT_KEYS = ("id", "event_key", "document_row", "seq", "kind", "location_id",
               "document_id", "viewed_at", "received_at", "source", "user_agent", "ip",
               "verdict", "verdict_reason", "forward", "request_id", "views")
@@ -50,7 +42,6 @@ _EVENT_COLUMNS = ", ".join(EVENT_KEYS)
 PG_EVENT_KEYS = ("id", "event_key", "kind", "location_id", "document_id", "viewed_at",
                  "received_at", "source", "user_agent", "ip", "verdict", "verdict_reason",
                  "forward", "request_id", "views", "n", "place")
-_REOPENED = f"d.status IN ('{IDLE}', '{DEAD}')"
 WRITE_PG = f"""
 WITH up AS ({_UPSERT_HEAD}
     SELECT u.kind, u.location_id, u.document_id, '{PENDING}', u.views, u.first, u.first,

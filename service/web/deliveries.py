@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import marshmallow as ma
 
-from ..store.deliverylog import LogFilter, list_deliveries, replay
+from ..store.deliverylog import LogFilter, list_deliveries
 from .auth import require_admin_key
 from .bodies import Blueprint
 from .deps import services
@@ -41,4 +41,4 @@ def get_deliveries(args):
 def post_replay(body):
     """Re-queue dead views matching the filter; running it again replays nothing more."""
     svc = services()
-    return {"replayed": replay(svc.engine, to_filter(body), now=svc.clock())}
+    return {"replayed": svc.store.replay(to_filter(body), now=svc.clock())}
