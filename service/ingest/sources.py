@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from .. import safejson
 from ..ids import is_valid_id
 from ..store.queue import View
-from .verdicts import Classifier, Verdict, should_forward
+from .verdicts import Classifier, Verdict
+from .views import build_view
 
 UTC = dt.UTC
 MAX_EVENT_KEY = 64  # events.event_key is VARCHAR(64)
@@ -141,13 +142,10 @@ def _add(parsed: Parsed, ctx: Context, *, source: str, key: str | None, metadata
         return
     kind, location_id, document_id = target
     ua, addr = _user_agent(user_agent), _ip(ip)
-    verdict = verdict or ctx.classifier.classify(user_agent=ua, ip=addr)
-    parsed.views.append(View(
-        kind=kind, location_id=location_id, document_id=document_id,
-        viewed_at=_when(viewed_at, ctx), event_key=key, source=source, user_agent=ua, ip=addr,
-        verdict=verdict.verdict, verdict_reason=verdict.reason,
-        forward=should_forward(verdict.verdict, ctx.machine_opens), request_id=ctx.request_id,
-    ))
+    parsed.views.append(build_view(
+        ctx.classifier, machine_opens=ctx.machine_opens, kind=kind, location_id=location_id,
+        document_id=document_id, viewed_at=_when(viewed_at, ctx), event_key=key,
+        source=source, user_agent=ua, ip=addr, request_id=ctx.request_id, verdict=verdict))
 
 
 def load_json(body: bytes) -> object:

@@ -3,7 +3,7 @@
 A view is checked against, in order, first match wins:
 
 1. the operator's rules (``MACHINE_OPEN_RULES``, a TOML file), in their file's order;
-2. the shipped rules (``service/data/machine_opens.toml``), sorted by verdict so that mail
+2. the shipped rules (``service/ingest/data/machine_opens.toml``), sorted by verdict so that mail
    providers' image proxies (real opens) come before any scanner or bot rule: crawler lists
    call Gmail's GoogleImageProxy a bot, and a skipped proxy open is a lost open;
 3. crawlerdetect's user-agent list, for the long tail of bots.

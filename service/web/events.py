@@ -6,7 +6,7 @@ import functools
 
 from flask import g, request
 
-from ..ingest.verdicts import should_forward
+from ..ingest.views import build_view
 from ..metrics import observe_ingest
 from ..store.queue import View
 from .auth import require_ingest_key
@@ -42,16 +42,12 @@ def to_view(event: dict) -> View:
     kind = "invoice" if "invoiceId" in event else "estimate"
     svc = services()
     now = svc.clock()
-    verdict = svc.classifier.classify(user_agent=event.get("userAgent"), ip=event.get("ip"))
-    return View(
-        kind=kind, location_id=event["locationId"],
-        document_id=event.get("invoiceId") or event["estimateId"],
+    return build_view(
+        svc.classifier, machine_opens=svc.config["MACHINE_OPENS"], kind=kind,
+        location_id=event["locationId"], document_id=event.get("invoiceId") or event["estimateId"],
         viewed_at=event.get("viewedAt") or now, event_key=event.get("eventId"),
         source=event.get("source"), user_agent=event.get("userAgent"), ip=event.get("ip"),
-        verdict=verdict.verdict, verdict_reason=verdict.reason,
-        forward=should_forward(verdict.verdict, svc.config["MACHINE_OPENS"]),
-        request_id=g.get("request_id"),
-    )
+        request_id=g.get("request_id"))
 
 
 @bp.route("", methods=["POST"])

@@ -21,9 +21,8 @@ from sqlalchemy.exc import DBAPIError
 from werkzeug.datastructures import EnvironHeaders
 
 from ..ingest.pixels import GIF, GIF_HEADERS, is_prefetch
-from ..ingest.verdicts import should_forward
+from ..ingest.views import build_view
 from ..metrics import observe_ingest
-from ..store.recording import View
 
 logger = logging.getLogger("service.pixel_api")
 
@@ -47,13 +46,10 @@ def record_view(svc, token: str, *, source: str, user_agent: str | None, ip: str
             logger.info("pixel.invalid_token", extra=log)
             return False
         user_agent = (user_agent or "")[:512] or None
-        verdict = svc.classifier.classify(user_agent=user_agent, ip=ip)
-        view = View(kind=target.kind, location_id=target.location_id,
-                    document_id=target.document_id, viewed_at=now, source=source,
-                    user_agent=user_agent, ip=ip, verdict=verdict.verdict,
-                    verdict_reason=verdict.reason,
-                    forward=should_forward(verdict.verdict, svc.config["MACHINE_OPENS"]),
-                    request_id=request_id)
+        view = build_view(svc.classifier, machine_opens=svc.config["MACHINE_OPENS"],
+                          kind=target.kind, location_id=target.location_id,
+                          document_id=target.document_id, viewed_at=now, source=source,
+                          user_agent=user_agent, ip=ip, request_id=request_id)
         accepted = svc.store.record_views([view], now=now)
         observe_ingest([view], accepted, source=source)
         return True
