@@ -9,7 +9,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
-from .sqlite_lock import locking_connection
+from .sqlite_lock import begin_write, locking_connection
 
 UTC = dt.UTC
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -280,15 +280,7 @@ def create_engine(url: str) -> Engine:
         if conn.get_execution_options().get("read_only", False):
             conn.exec_driver_sql("BEGIN")
             return
-        dbapi_conn = conn.connection.dbapi_connection
-        lock = getattr(dbapi_conn, "lock_for_write", None)
-        if lock is not None:
-            lock()
-        try:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-        except BaseException:
-            dbapi_conn.unlock_for_write()
-            raise
+        begin_write(conn.connection.dbapi_connection, conn.exec_driver_sql)
 
     return engine
 

@@ -1,10 +1,30 @@
-"""SQLite's writers queue on a lock file instead of napping in its busy handler."""
+"""SQLite's writers queue on a lock file instead of napping in its busy handler.
+
+The one protocol every SQLite write transaction follows (``begin_write``): take the lock
+file, then BEGIN IMMEDIATE; commit or rollback releases the lock.
+"""
 
 from __future__ import annotations
 
 import fcntl
 import os
 import sqlite3
+
+
+def begin_write(raw, execute=None) -> None:
+    """Open a write transaction on the sqlite3 connection ``raw``: its lock file first (a
+    database file's connection has one, ``locking_connection``), then BEGIN IMMEDIATE
+    (through ``execute`` when given: SQLAlchemy's, inside its ``begin`` event). If BEGIN
+    fails, the lock is given back before the error goes up."""
+    lock = getattr(raw, "lock_for_write", None)
+    if lock is not None:
+        lock()
+    try:
+        (execute or raw.execute)("BEGIN IMMEDIATE")
+    except BaseException:
+        if lock is not None:
+            raw.unlock_for_write()
+        raise
 
 
 def locking_connection(lock_path: str) -> type[sqlite3.Connection]:

@@ -41,6 +41,8 @@ from collections.abc import Iterator
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from .sqlite_lock import begin_write
+
 
 class WriteConnection:
     """A transaction at a time on one dedicated DB-API connection."""
@@ -60,9 +62,7 @@ class WriteConnection:
         raw = self._connection()
         try:
             if self._sqlite:
-                if hasattr(raw, "lock_for_write"):  # a database file (not :memory:)
-                    raw.lock_for_write()
-                raw.execute("BEGIN IMMEDIATE")
+                begin_write(raw)
             cursor = raw.cursor()
             yield cursor
             cursor.close()
