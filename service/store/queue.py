@@ -25,8 +25,9 @@ from .deliverylog import LogFilter
 from .documents import BLOCKED, Claim, Outcome
 from .groupcommit import GroupCommitter
 from .ratelimit import NoLimit
-from .recording import Accepted, IdempotencyConflict, Prepared, View, ViewWriter
+from .recording import Accepted, IdempotencyConflict, Prepared, View
 from .write_connection import WriteConnection
+from .writers import view_writer
 
 
 class Store:
@@ -39,7 +40,7 @@ class Store:
         self.window = dt.timedelta(seconds=coalesce_window)
         self.lease = dt.timedelta(seconds=lease_seconds)
         self.dialect = engine.dialect.name
-        self._writer = ViewWriter(engine.dialect, window=coalesce_window, retain_ip=retain_ip)
+        self._writer = view_writer(engine.dialect, window=coalesce_window, retain_ip=retain_ip)
         # Web processes share commits between concurrent requests (one fsync for many),
         # on a connection of their own (see write_connection).
         self._committer = None

@@ -29,18 +29,14 @@ that reopened it and ``updated_at`` / ``last_request_id`` from its latest.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
-from . import view_sql
 from .clients import RecentClients, client_key, retain_ip
-from .documents import REOPEN, REOPENED_STATES
-
-UTC = dt.UTC
+from .documents import REOPENED_STATES
 
 
 @dataclass(frozen=True)
@@ -93,12 +89,13 @@ class Prepared:
 
 
 class ViewWriter:
-    """Record groups of views: one upsert and one insert per group (see the module doc)."""
+    """Record groups of views (see the module doc); what differs by database is in the
+    subclasses in ``writers`` (one per dialect), behind the hooks at the end."""
+
+    seen_sql: str  # the eventIds look-up, in the dialect's parameter style
+    add_views_sql: str  # a client's repeats added to its row
 
     def __init__(self, dialect: sa.Dialect, *, window: int = 60, retain_ip: str = "full"):
-        self._pg = dialect.name == "postgresql"
-        name = "postgresql" if self._pg else "sqlite"
-        self._seen_sql = view_sql.SEEN[name]
         self._dbapi_error = dialect.loaded_dbapi.Error
         self._window = window  # seconds; 0: repeats are never folded
         self._retain_ip = retain_ip
@@ -141,15 +138,12 @@ class ViewWriter:
             self.recent.remember(prepared.window, rows)
 
     def _time(self, value: dt.datetime | None):
-        """ISO text: with its offset for PostgreSQL (read from JSON), and on SQLite in UTC
-        without one, the text ``db.UTCDateTime`` stores."""
+        """A time as the dialect's statements take it (``_format_time``)."""
         if value is None:
             return None
         if value.tzinfo is None:
             raise ValueError("naive datetime given to the store")
-        if self._pg:
-            return value.isoformat()  # read from JSON by the statements
-        return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+        return self._format_time(value)
 
     # -- inside the transaction ----------------------------------------------------------
 
@@ -168,7 +162,7 @@ class ViewWriter:
         known = {key: event_id for prep in group for key, event_id in prep.known.items()}
         rows, answers, repeats, folded = _sort(group, seen, known)
         for event_id, n in folded.items():
-            self._execute(cur, view_sql.ADD_VIEWS[self._pg], (n, event_id))
+            self._execute(cur, self.add_views_sql, (n, event_id))
         if not rows:
             return answers
         # Each document's views in this group: how many, the first and the last arrival.
@@ -183,18 +177,17 @@ class ViewWriter:
                     doc[2], doc[3] = row[_RECEIVED], row[_REQUEST_ID]
         # Sorted: every writer locks rows in one order, so two never deadlock.
         params = [(*key, *doc) for key, doc in sorted(docs.items())]
-        counted = (self._write_pg(cur, params, rows, docs, repeats) if self._pg
-                   else self._upsert(cur, params))
+        counted = self._count(cur, params, rows, docs, repeats)
         seqs = {}  # document -> [row id, next sequence number, last sent or failed]
         for row_id, kind, location_id, document_id, views_seq, sent, failed, status in counted:
             n, first = docs[(kind, location_id, document_id)][:2]
             seqs[(kind, location_id, document_id)] = [row_id, views_seq - n + 1,
                                                       max(sent, failed)]
-            if status in REOPENED_STATES:  # (PostgreSQL reopens them in its statement)
+            if status in REOPENED_STATES:
                 self._reopen(cur, row_id, first)
         # Sequence numbers in arrival order; the events rows; the answers.
-        records, coalesced = [], []
-        for (_, row), views in zip(rows, repeats, strict=True):
+        numbered, coalesced = [], []
+        for _, row in rows:
             document_row = seq = None
             if row[_FORWARD]:
                 doc = seqs[row[_DOC]]
@@ -203,67 +196,18 @@ class ViewWriter:
                 coalesced.append(seq - doc[2] > 1)  # views sent or failed left one waiting
             else:
                 coalesced.append(False)
-            if not self._pg:  # (PostgreSQL inserted them in its one statement)
-                records.append((*row[:2], document_row, seq, *row[2:_CLIENT], views))
-        if records:
-            self._insert(cur, records)
+            numbered.append((document_row, seq))
+        self._insert(cur, rows, numbered, repeats)
         return [out if isinstance(out, Exception) else
                 [a if isinstance(a, Accepted) else
                  Accepted(rows[a][1][_ID], "queued" if rows[a][0].forward else "filtered",
                           coalesced=coalesced[a]) for a in out] for out in answers]
 
-    def _write_pg(self, cur, params: list[tuple], rows: list[tuple], docs: dict,
-                  repeats: list[int]) -> list:
-        """PostgreSQL: count, reopen and insert in ONE statement (one round trip), the
-        documents and the events each as one JSON parameter; the documents' counts come
-        back. (Autocommit would save the BEGIN and COMMIT round trips too, but gained
-        nothing measurable, and a failure after the statement would then leave the group
-        committed and written again one by one.) Each event row
-        carries its document's view count in the group and its place among them, from
-        which the statement numbers it as ``_upsert`` + ``write`` do on SQLite."""
-        places: dict[tuple, int] = {}
-        events = []
-        for (_, row), views in zip(rows, repeats, strict=True):
-            place = n = None
-            if row[_FORWARD]:
-                place = places[row[_DOC]] = places.get(row[_DOC], 0) + 1
-                n = docs[row[_DOC]][0]
-            events.append((*row[:_CLIENT], views, n, place))
-        return self._execute(cur, view_sql.WRITE_PG, {
-            "docs": _json(view_sql.UPSERT_KEYS, params),
-            "events": _json(view_sql.PG_EVENT_KEYS, events),
-        }, fetch=True)
-
-    def _upsert(self, cur, params: list[tuple]) -> list[tuple]:
-        """SQLite: count the group's views of each document, in one statement of many
-        rows of VALUES, then one row reading the counts back as JSON (each row a cursor
-        returns costs a GIL hand-off, taken while the write lock is held)."""
-        if not params:
-            return []
-        found = []
-        for chunk in _chunks(params, 1000):
-            flat = [v for kind, loc, doc, n, first, last, rid in chunk
-                    for v in (kind, loc, doc, n, first, first, last, rid)]
-            self._execute(cur, view_sql.sqlite_upsert(len(chunk)), flat)
-            keys = [v for key in chunk for v in key[:3]]
-            [(rows,)] = self._execute(cur, view_sql.sqlite_counts(len(chunk)), keys,
-                                      fetch=True)
-            found.extend(json.loads(rows))
-        return found
-
-    def _reopen(self, cur, row_id: int, first) -> None:
-        self._execute(cur, REOPEN, (first, row_id))
-
-    def _insert(self, cur, records: list[tuple]) -> None:
-        for chunk in _chunks(records, 1000):  # SQLite takes up to 32,766 parameters
-            self._execute(cur, view_sql.sqlite_insert(len(chunk)),
-                          [v for r in chunk for v in r])
-
     def _seen(self, cur, keys: list[tuple[str, str]]) -> dict[tuple, tuple]:
         """(location, eventId) -> (id, kind, document) of the events already stored."""
         seen: dict[tuple, tuple] = {}
         for location_id, key, event_id, kind, document_id in self._pairs(
-                cur, self._seen_sql, keys):
+                cur, self.seen_sql, keys):
             seen[(location_id, key)] = (event_id, kind, document_id)
         return seen
 
@@ -271,12 +215,31 @@ class ViewWriter:
         """Run a look-up of (location, key) pairs, 500 at a time."""
         found: list[tuple] = []
         for chunk in _chunks(list(dict.fromkeys(pairs)), 500):
-            if self._pg:
-                params = ([p[0] for p in chunk], [p[1] for p in chunk])
-            else:
-                params = (json.dumps(chunk),)
-            found.extend(self._execute(cur, sql, params, fetch=True))
+            found.extend(self._execute(cur, sql, self._pair_params(chunk), fetch=True))
         return found
+
+    # -- what each dialect does its own way (``writers``) ----------------------------------
+
+    def _format_time(self, value: dt.datetime):
+        raise NotImplementedError
+
+    def _pair_params(self, pairs: list[tuple[str, str]]) -> tuple:
+        """(location, key) pairs as the look-up statements take them."""
+        raise NotImplementedError
+
+    def _count(self, cur, params: list[tuple], rows: list, docs: dict,
+               repeats: list[int]) -> list:
+        """Count the group's views of each document (``params``: UPSERT_KEYS each) and
+        return the counts (``view_sql.COUNTS`` each)."""
+        raise NotImplementedError
+
+    def _reopen(self, cur, row_id: int, first) -> None:
+        """Reopen an idle or dead document that got views (``documents.REOPEN``)."""
+        raise NotImplementedError
+
+    def _insert(self, cur, rows: list, numbered: list[tuple], repeats: list[int]) -> None:
+        """Store the new events rows, each with its (document row, sequence number)."""
+        raise NotImplementedError
 
     def _execute(self, cur, sql: str, params, *, fetch: bool = False):
         """Run one statement; a driver error becomes SQLAlchemy's (IntegrityError,
@@ -367,12 +330,6 @@ def event_id_at(now: dt.datetime) -> str:
     rand = secrets.randbits(74)  # 12 bits of rand_a, 62 of rand_b
     return (f"{ms[:8]}-{ms[8:]}-7{rand >> 62:03x}-{0x8000 | (rand >> 48) & 0x3FFF:04x}-"
             f"{rand & 0xFFFFFFFFFFFF:012x}")
-
-
-def _json(keys: tuple[str, ...], rows: list[tuple]) -> str:
-    """PostgreSQL: rows as one JSON parameter, read by json_to_recordset. (Lists as arrays,
-    one per column, cost several times more: psycopg dumps them element by element.)"""
-    return json.dumps([dict(zip(keys, row, strict=True)) for row in rows])
 
 
 def _chunks(items: list, size: int):

@@ -86,9 +86,7 @@ _PAIRS = {
 SEEN = {name: "SELECT e.location_id, e.event_key, e.id, e.kind, e.document_id "
               f"FROM {pairs} JOIN events e ON e.location_id = k.l AND e.event_key = k.c"
         for name, pairs in _PAIRS.items()}
-# A client's repeats, counted on its row (by dialect: False SQLite, True PostgreSQL).
-ADD_VIEWS = {False: "UPDATE events SET views = views + ? WHERE id = ?",
-             True: "UPDATE events SET views = views + %s WHERE id = %s"}
+
 
 
 @functools.lru_cache(maxsize=64)
