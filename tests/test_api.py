@@ -279,3 +279,148 @@ def test_openapi_describes_every_route_from_the_schemas(client):
 def test_admin_routes_need_the_admin_key(client):
     assert client.get("/v1/locations", headers=ingest_headers()).status_code == 401
     assert client.get("/v1/locations", headers=admin_headers()).status_code == 200
+
+
+# -- /docs and /openapi.json: served whole by the relay, stable operation ids -------------
+
+DOCS_BASE_URL = "https://relay.example.test"
+
+
+@pytest.fixture
+def docs_client():
+    """An app with no store (none is touched) and a PUBLIC_BASE_URL of its own."""
+    from service import create_app
+
+    from .conftest import test_config
+
+    app = create_app(test_config("sqlite://", PUBLIC_BASE_URL=DOCS_BASE_URL))
+    yield app.test_client()
+    app.extensions["service"].engine.dispose()
+
+
+def docs_asset_urls(page: str) -> list[str]:
+    """Every ``src`` and ``href`` of the page, in order."""
+    from html.parser import HTMLParser
+
+    class Collect(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.urls: list[str] = []
+
+        def handle_starttag(self, tag, attrs):
+            self.urls += [v for k, v in attrs if k in ("src", "href") and v is not None]
+
+    parser = Collect()
+    parser.feed(page)
+    return parser.urls
+
+
+def test_docs_loads_swagger_ui_from_the_relay_itself(docs_client):
+    from pathlib import PurePosixPath
+    from urllib.parse import urlsplit
+
+    from service.web.openapi import swagger_ui_dist
+
+    resp = docs_client.get("/docs")
+    assert resp.status_code == 200 and resp.mimetype == "text/html"
+    page = resp.get_data(as_text=True)
+    assert "http://" not in page and "https://" not in page and "//" not in page.replace(
+        "://", "")  # no CDN, not even a scheme-relative one
+    urls = docs_asset_urls(page)
+    names = {PurePosixPath(urlsplit(u).path).name for u in urls}
+    assert {"swagger-ui-bundle.js", "swagger-ui.css"} <= names, urls
+    types = {".js": {"text/javascript", "application/javascript"}, ".css": {"text/css"}}
+    for url in urls:
+        parts = urlsplit(url)
+        assert (parts.scheme, parts.netloc) == ("", "") and parts.path.startswith("/docs/"), url
+        with docs_client.get(url) as asset:
+            assert asset.status_code == 200, url
+            assert asset.mimetype in types[PurePosixPath(parts.path).suffix], (url, asset.mimetype)
+            # The package's own file, cacheable for a year (the version is in its path).
+            assert asset.data == (swagger_ui_dist() / PurePosixPath(parts.path).name).read_bytes()
+            cache = asset.cache_control
+        assert cache.max_age >= 365 * 24 * 3600 and cache.immutable, asset.headers
+    assert "SwaggerUIBundle(config)" in page and '"/openapi.json"' in page
+
+
+def test_docs_assets_serve_only_the_pages_files_of_the_installed_version(docs_client):
+    from importlib.metadata import version
+
+    current = f"/docs/assets/{version('flask-swagger-ui')}"
+    with docs_client.get(f"{current}/swagger-ui-bundle.js") as resp:
+        assert resp.status_code == 200
+    for path in (f"{current}/oauth2-redirect.html", f"{current}/LICENSE",
+                 f"{current}/..%2FVERSION", f"{current}/missing.js",
+                 "/docs/assets/0.0.1/swagger-ui-bundle.js"):
+        resp = docs_client.get(path)
+        assert resp.status_code == 404, path
+        assert resp.json["statusCode"] == 404  # the one error shape
+
+
+def test_openapi_names_every_operation_once(docs_client):
+    spec = docs_client.get("/openapi.json").json
+    ids = {(method, path): op.get("operationId") for path, item in spec["paths"].items()
+           for method, op in item.items() if method != "parameters"}
+    assert len(ids) >= 19 and None not in ids.values(), ids
+    assert len(set(ids.values())) == len(ids), sorted(ids.values())
+    # Stable: generated clients name their methods after these; a change here breaks them.
+    assert {
+        ("post", "/v1/events"): "postEvents",
+        ("get", "/v1/events/{event_id}"): "getEvent",
+        ("put", "/v1/locations/{location_id}/token"): "putToken",
+        ("delete", "/v1/locations/{location_id}/token"): "deleteToken",
+        ("get", "/v1/locations"): "listLocations",
+        ("get", "/v1/locations/{location_id}"): "getLocation",
+        ("delete", "/v1/locations/{location_id}"): "purgeLocation",
+        ("get", "/v1/pixel/{rest}"): "getPixel",
+        ("head", "/v1/pixel/{rest}"): "headPixel",
+        ("post", "/v1/pixel-urls"): "mintPixelUrl",
+        ("get", "/v1/deliveries"): "getDeliveries",
+        ("post", "/v1/deliveries/replay"): "postReplay",
+    }.items() <= ids.items()
+
+
+def test_an_operation_id_taken_twice_stops_the_app_and_an_explicit_one_is_kept():
+    from flask import Flask
+    from flask_smorest import Blueprint
+
+    from service.web.openapi import init_api
+
+    def blueprints(explicit: bool) -> list[Blueprint]:
+        made = []
+        for name in ("one", "two"):
+            bp = Blueprint(name, __name__, url_prefix=f"/{name}")
+
+            @bp.route("", methods=["GET"])
+            @bp.doc(**({"operationId": f"{name}Status"} if explicit else {}))
+            @bp.response(200)
+            def get_status():
+                return {}
+
+            made.append(bp)
+        return made
+
+    api = init_api(Flask(__name__))
+    first, second = blueprints(explicit=False)
+    api.register_blueprint(first)
+    with pytest.raises(ValueError, match=r"'getStatus' of GET /two is already GET /one's"):
+        api.register_blueprint(second)
+
+    api = init_api(Flask(__name__))
+    for bp in blueprints(explicit=True):
+        api.register_blueprint(bp)
+    paths = api.spec.to_dict()["paths"]
+    assert [paths[p]["get"]["operationId"] for p in ("/one", "/two")] == ["oneStatus",
+                                                                         "twoStatus"]
+
+
+@pytest.mark.parametrize("configured", [DOCS_BASE_URL, DOCS_BASE_URL + "/"])
+def test_openapi_servers_is_the_public_base_url(configured):
+    from service import create_app
+
+    from .conftest import test_config
+
+    app = create_app(test_config("sqlite://", PUBLIC_BASE_URL=configured))
+    spec = app.test_client().get("/openapi.json").json
+    app.extensions["service"].engine.dispose()
+    assert spec["servers"] == [{"url": DOCS_BASE_URL}]  # no "/" doubled before each path

@@ -8,6 +8,9 @@ the page once, dumping the DOM and a screenshot. Then the forwarder runs once an
 HighLevel must have received exactly one PATCH for that invoice with the location's token.
 
 The test uses the real clock: a pixel token has no expiry unless asked for one.
+
+A second test opens the relay's ``/docs`` with every request not for loopback sent to a trap
+proxy: Swagger UI must render the API from the relay's own files, asking nothing elsewhere.
 """
 
 from __future__ import annotations
@@ -16,12 +19,14 @@ import html
 import os
 import re
 import signal
+import socketserver
 import struct
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -145,14 +150,18 @@ def webmail(page: str) -> Callable:
     return wsgi
 
 
-def run_chromium(chromium: Path, url: str, tmp_path: Path) -> tuple[str, Path]:
-    """Open ``url`` in headless Chromium once; return the dumped DOM and the screenshot path."""
+def run_chromium(chromium: Path, url: str, tmp_path: Path, *, expect: str = "data-pixel=",
+                 proxy: str | None = None) -> tuple[str, Path]:
+    """Open ``url`` in headless Chromium once; return the dumped DOM and the screenshot path.
+    ``expect``: what the DOM must hold to count as dumped. ``proxy``: where Chromium sends
+    every request not for loopback (which it never proxies); none by default."""
     screenshot = tmp_path / "email.png"
     args = [
         str(chromium), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
         "--no-first-run", "--no-default-browser-check", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--disable-extensions",
-        "--no-proxy-server", "--mute-audio", "--hide-scrollbars",
+        f"--proxy-server={proxy}" if proxy else "--no-proxy-server",
+        "--mute-audio", "--hide-scrollbars",
         f"--user-data-dir={tmp_path / 'chromium-profile'}",
         "--virtual-time-budget=5000", "--window-size=800,600",
         f"--screenshot={screenshot}", "--dump-dom", url,
@@ -169,7 +178,7 @@ def run_chromium(chromium: Path, url: str, tmp_path: Path) -> tuple[str, Path]:
         pytest.fail(f"chromium did not finish within {CHROMIUM_TIMEOUT:g}s; "
                     f"stderr:\n{stderr_tail(err)}")
     assert proc.returncode == 0, f"chromium exited {proc.returncode}; stderr:\n{stderr_tail(err)}"
-    assert "data-pixel=" in out, f"no DOM dumped; stderr:\n{stderr_tail(err)}"
+    assert expect in out, f"no DOM dumped; stderr:\n{stderr_tail(err)}"
     return out, screenshot
 
 
@@ -252,3 +261,75 @@ def test_headless_chromium_opening_the_email_records_one_view_and_forwards_it(
         finally:
             svc.engine.dispose()
     assert fake.violations == [], fake.violations
+
+
+# -- /docs: Swagger UI renders from the relay alone -----------------------------------------
+
+# What Debian's Chromium asks for itself, even for about:blank and whatever its flags (clock,
+# component updates, sign-in): not the page's doing, so not held against it. They reach the
+# trap, never the network.
+CHROMIUM_OWN_HOSTS = {"clients2.google.com", "update.googleapis.com", "accounts.google.com"}
+
+
+class OutsideTrap(socketserver.ThreadingTCPServer):
+    """Chromium's proxy for everything not on loopback: notes each request's first line
+    (``CONNECT host:443 ...`` or ``GET http://host/...``) and answers 502, so nothing the
+    page asks of another host is fetched, and the test sees that it was asked."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self):
+        self.asked: list[str] = []
+        trap = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self):
+                trap.asked.append(self.rfile.readline(4096).decode("latin-1").strip())
+                self.wfile.write(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n"
+                                 b"Connection: close\r\n\r\n")
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+    def hosts(self) -> set[str | None]:
+        """The hosts asked for: ``CONNECT host:port`` or a proxy request's absolute URL."""
+        targets = [line.split(" ")[1] if " " in line else line for line in self.asked]
+        return {urlsplit(t if "://" in t else f"//{t}").hostname for t in targets}
+
+
+@contextmanager
+def outside_trap() -> Iterator[OutsideTrap]:
+    trap = OutsideTrap()
+    thread = threading.Thread(target=trap.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield trap
+    finally:
+        trap.shutdown()
+        trap.server_close()
+        thread.join(timeout=5)
+
+
+def test_headless_chromium_renders_the_docs_with_nothing_fetched_off_loopback(
+        chromium, tmp_path):
+    relay = Relay()
+    with serve(relay) as relay_url, outside_trap() as trap:
+        # The docs touch no store: an in-memory SQLite one that is never opened.
+        app = create_app(test_config("sqlite://", PUBLIC_BASE_URL=relay_url))
+        relay.app = app
+        try:
+            dom, screenshot = run_chromium(
+                chromium, f"{relay_url}/docs", tmp_path, expect="swagger-ui-container",
+                proxy=f"http://127.0.0.1:{trap.server_address[1]}")
+        finally:
+            app.extensions["service"].engine.dispose()
+    # Not a CDN, not a validator: the page asked nothing of any host but the relay.
+    assert trap.hosts() - CHROMIUM_OWN_HOSTS == set(), trap.asked
+    # Swagger UI ran: the spec's title and its operations, each with its path.
+    assert "Invoice view relay" in dom
+    assert 'data-path="/v1/events"' in dom and 'data-path="/v1/events/{event_id}"' in dom
+    asked = {(method, path) for method, path, _ua in relay.seen}
+    assert {("GET", "/docs"), ("GET", "/openapi.json")} <= asked
+    assets = {p.rpartition("/")[2] for m, p in asked if p.startswith("/docs/assets/")}
+    assert {"swagger-ui.css", "swagger-ui-bundle.js"} <= assets
+    assert png_size(screenshot) == (800, 600)

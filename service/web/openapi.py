@@ -1,13 +1,42 @@
-"""flask-smorest setup: ``/openapi.json`` and ``/docs`` from the same schemas the views use."""
+"""flask-smorest setup: ``/openapi.json`` and ``/docs`` from the same schemas the views use.
+
+``/docs`` is Swagger UI served whole by the relay: its JS and CSS come from the pinned
+``flask-swagger-ui`` wheel (its ``dist`` folder, Swagger UI's own release files) under
+``/docs/assets/<version>/``, never from a CDN, so the page works on a network with no way
+out. The version in the path lets browsers keep the files for a year: an upgrade changes it.
+"""
 
 from __future__ import annotations
 
+import re
+from importlib.metadata import version
+from importlib.util import find_spec
+from pathlib import Path
+
+from apispec import BasePlugin
 from apispec.ext.marshmallow import MarshmallowPlugin
 from apispec.ext.marshmallow.common import resolve_schema_cls
-from flask import Flask
+from flask import Flask, abort, send_from_directory
 from flask_smorest import Api
 
 from .schemas import ErrorSchema
+
+SWAGGER_UI_PACKAGE = "flask-swagger-ui"
+SWAGGER_UI_VERSION = version(SWAGGER_UI_PACKAGE)
+# Only the files flask-smorest's swagger_ui.html loads; not the rest of ``dist`` (its
+# oauth2-redirect page has had XSS fixes before, and the relay uses no OAuth in the UI).
+SWAGGER_UI_ASSETS = frozenset({"swagger-ui.css", "swagger-ui-bundle.js",
+                               "swagger-ui-standalone-preset.js"})
+ASSETS_MAX_AGE = 365 * 24 * 3600
+HTTP_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
+
+
+def swagger_ui_dist() -> Path:
+    """The folder of Swagger UI's release files inside the installed package (not imported:
+    its blueprint is not used)."""
+    spec = find_spec("flask_swagger_ui")
+    assert spec is not None and spec.origin is not None, f"{SWAGGER_UI_PACKAGE} not installed"
+    return Path(spec.origin).parent / "dist"
 
 
 class RelayMarshmallowPlugin(MarshmallowPlugin):
@@ -20,6 +49,38 @@ class RelayMarshmallowPlugin(MarshmallowPlugin):
         return {**json_schema, **extra} if json_schema is not None and extra else json_schema
 
 
+def camel(words: str) -> str:
+    first, *rest = [w for w in re.split(r"[^0-9A-Za-z]+", words) if w]
+    return first.lower() + "".join(w[:1].upper() + w[1:] for w in rest)
+
+
+class OperationIdPlugin(BasePlugin):
+    """Give every operation an ``operationId`` (what generated clients name their methods):
+    the view function's name in camelCase (``post_events`` -> ``postEvents``), led by the
+    method when one view documents several (``pixel`` -> ``getPixel``, ``headPixel``). An
+    ``operationId`` given with ``@bp.doc(operationId=...)`` is kept. Two operations with one
+    id stop the app at start, naming both: the fix is a rename or an explicit id."""
+
+    def __init__(self):
+        self.seen: dict[str, str] = {}  # operationId -> "METHOD /path"
+
+    def operation_helper(self, path=None, operations=None, rule=None, **kwargs):
+        if rule is None or not operations:
+            return
+        name = rule.endpoint.rpartition(".")[2]
+        methods = [m for m in operations if m in HTTP_METHODS]
+        for method in methods:
+            operation = operations[method]
+            if "operationId" not in operation:
+                several = len(methods) > 1 and not name.startswith(f"{method}_")
+                operation["operationId"] = camel(f"{method}_{name}" if several else name)
+            where = f"{method.upper()} {path}"
+            first = self.seen.setdefault(operation["operationId"], where)
+            if first != where:
+                raise ValueError(f"operationId {operation['operationId']!r} of {where} is "
+                                 f"already {first}'s: set another with @bp.doc(operationId=)")
+
+
 class RelayApi(Api):
     """flask-smorest's Api documenting our error shape (errors.py renders it)."""
 
@@ -27,7 +88,8 @@ class RelayApi(Api):
 
 
 def init_api(app: Flask) -> Api:
-    """Create the Api and its security schemes."""
+    """Create the Api, its security schemes and the Swagger UI files' route."""
+    assets_path = f"/docs/assets/{SWAGGER_UI_VERSION}/"
     app.config.update(
         API_TITLE="Invoice view relay",
         API_VERSION="1.0",
@@ -35,11 +97,29 @@ def init_api(app: Flask) -> Api:
         OPENAPI_URL_PREFIX="/",
         OPENAPI_JSON_PATH="openapi.json",
         OPENAPI_SWAGGER_UI_PATH="docs",
-        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/",
+        OPENAPI_SWAGGER_UI_URL=assets_path,
+        # The online validator badge is Swagger UI's one call out: none on a private network.
+        OPENAPI_SWAGGER_UI_CONFIG={"validatorUrl": None},
     )
-    api = RelayApi(app, spec_kwargs={"marshmallow_plugin": RelayMarshmallowPlugin()})
+    spec_kwargs: dict = {"marshmallow_plugin": RelayMarshmallowPlugin(),
+                         "extra_plugins": [OperationIdPlugin()]}
+    if app.config.get("PUBLIC_BASE_URL"):  # "Try it out" calls the relay where clients do
+        spec_kwargs["servers"] = [{"url": app.config["PUBLIC_BASE_URL"].rstrip("/")}]
+    api = RelayApi(app, spec_kwargs=spec_kwargs)
     for name, what in (("ingestKey", "an INGEST_API_KEYS key"),
                        ("adminKey", "an ADMIN_API_KEYS key")):
         api.spec.components.security_scheme(
             name, {"type": "http", "scheme": "bearer", "description": f"Bearer {what}"})
+
+    dist = swagger_ui_dist()
+
+    def swagger_ui_asset(filename: str):
+        if filename not in SWAGGER_UI_ASSETS:
+            abort(404)
+        response = send_from_directory(dist, filename, max_age=ASSETS_MAX_AGE)
+        response.cache_control.immutable = True
+        return response
+
+    app.add_url_rule(f"{assets_path}<filename>", endpoint="swagger_ui_asset",
+                     view_func=swagger_ui_asset)
     return api
