@@ -1,4 +1,4 @@
-"""Gunicorn settings for the web process (reads the same environment as the app)."""
+"""Gunicorn settings for the web process, read from the service's settings inventory."""
 
 import os
 import shutil
@@ -6,38 +6,41 @@ import tempfile
 
 from gunicorn import glogging
 
+from service.config import load_server_config
 from service.logging import logging_config, redact_path
 
-_env = os.environ.get
+# The settings' inventory and defaults live in service/config.py; this reads only the web
+# server's part of it, so the master starts without the app's secrets (each worker checks
+# them when it builds the app).
+_settings = load_server_config(os.environ)
 
-# Loopback unless told otherwise: the web tier sits behind a buffering proxy (deploy/),
-# and only the proxy should reach it. HOST=0.0.0.0 where the proxy is on another host
-# (Heroku's router, a container's port mapping, a load balancer on the LAN).
-bind = f"{_env('HOST', '127.0.0.1')}:{_env('PORT', '8000')}"
-workers = int(_env("WEB_CONCURRENCY", str(2 * (os.cpu_count() or 1))))
+# HOST is loopback unless told otherwise: the web tier sits behind a buffering proxy
+# (deploy/), and only the proxy should reach it. HOST=0.0.0.0 where the proxy is on another
+# host (Heroku's router, a container's port mapping, a load balancer on the LAN).
+bind = f"{_settings['HOST']}:{_settings['PORT']}"
+workers = _settings["WEB_CONCURRENCY"]
 worker_class = "gthread"
 # Requests mostly wait on a commit (group commit shares it between threads), so
 # threads are cheap capacity, and more of them make bigger groups: on 2 cores, 4x16 served
 # ~25% more pixel views per second than 4x8 (bench/results-pixel.md). CPU-bound work is
 # bounded by the workers.
-threads = int(_env("GUNICORN_THREADS", "16"))
+threads = _settings["GUNICORN_THREADS"]
 # Behind a load balancer: requests are short; keep-alive a little longer than an
 # ALB's idle timeout is not needed for a relay, so a few seconds is enough.
-timeout = int(_env("GUNICORN_TIMEOUT", "30"))
-graceful_timeout = int(_env("GUNICORN_GRACEFUL_TIMEOUT", "25"))  # SIGTERM: finish in-flight
+timeout = _settings["GUNICORN_TIMEOUT"]
+graceful_timeout = _settings["GUNICORN_GRACEFUL_TIMEOUT"]  # SIGTERM: finish in-flight
 keepalive = 5
-max_requests = int(_env("GUNICORN_MAX_REQUESTS", "0"))
+max_requests = _settings["GUNICORN_MAX_REQUESTS"]
 max_requests_jitter = 100 if max_requests else 0
 # TRUSTED_PROXIES > 0: the app's ProxyFix reads X-Forwarded-*; let gunicorn accept them too.
-forwarded_allow_ips = "*" if int(_env("TRUSTED_PROXIES", "0")) > 0 else "127.0.0.1,::1"
+forwarded_allow_ips = "*" if _settings["TRUSTED_PROXIES"] > 0 else "127.0.0.1,::1"
 # Gunicorn 24+ opens a control socket at one fixed path per user; several web
 # processes on a host (or tests) would delete each other's. The relay needs none.
 control_socket_disable = True
 accesslog = "-"  # one structured record per request: see AccessLogger below
-_fmt = _env("LOG_FORMAT") or ("json" if _env("RELAY_ENV") == "production" else "text")
-logconfig_dict = logging_config(_env("LOG_LEVEL", "INFO").upper(), _fmt)
+logconfig_dict = logging_config(_settings["LOG_LEVEL"], _settings["LOG_FORMAT"])
 logconfig_dict["loggers"].update({
-    "gunicorn.error": {"level": _env("LOG_LEVEL", "INFO").upper(), "handlers": ["stdout"],
+    "gunicorn.error": {"level": _settings["LOG_LEVEL"], "handlers": ["stdout"],
                        "propagate": False},
     "gunicorn.access": {"level": "INFO", "handlers": ["stdout"], "propagate": False},
 })

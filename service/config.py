@@ -1,7 +1,16 @@
 """Every setting the service reads, in one inventory (DESIGN.md, "Configuration").
 
-``load_config(environ)`` is the only place that reads environment variables.
-Tests pass a plain dict to ``create_app`` instead.
+``load_config(environ)`` is the only place that reads the app's environment variables, and
+``load_server_config(environ)`` reads the few gunicorn's master needs. Tests pass a plain dict.
+
+Each value is parsed by a marshmallow field (marshmallow is already how the API loads its
+bodies). The reading itself is ours, not environs': environs reads ``os.environ`` (and its
+own copy of a ``.env``) with no public way to hand it a mapping, and here the mapping is the
+interface: ``create_app`` passes ``os.environ`` and tests pass a dict. (environs would also
+take an empty variable as a value and return a default unparsed; here empty means unset and
+a default is parsed like the environment's.) A ``.env`` file is read before this module is
+reached, by Flask's CLI (python-dotenv; ``FLASK_SKIP_DOTENV=1`` turns it off) or by honcho
+under ``make run``; nothing here reads one.
 """
 
 from __future__ import annotations
@@ -11,12 +20,13 @@ import os
 import re
 import secrets
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import marshmallow as ma
 from cryptography.fernet import Fernet
 
 
@@ -24,32 +34,76 @@ class ConfigError(ValueError):
     """A setting is missing or malformed; the message names it."""
 
 
-def _csv(value: str) -> list[str]:
-    return [part.strip() for part in value.split(",") if part.strip()]
+# -- parsers: marshmallow fields that take the environment's string ------------------------
 
 
-def _int(value: str) -> int:
-    return int(value)
+class CommaList(ma.fields.Field):
+    """``a, b,,c`` -> ``["a", "b", "c"]``: parts are stripped and empty ones dropped."""
+
+    def _deserialize(self, value, attr, data, **kwargs) -> list[str]:
+        if not isinstance(value, str):
+            raise self.make_error("invalid")
+        return [part.strip() for part in value.split(",") if part.strip()]
 
 
-def _choice(*allowed: str) -> Callable[[str], str]:
-    def coerce(value: str) -> str:
-        value = value.strip().lower()
-        if value not in allowed:
-            raise ValueError(f"expected one of {', '.join(allowed)}")
-        return value
+class Choice(ma.fields.String):
+    """One of a few words, compared case-insensitively and returned lower-case."""
 
-    return coerce
+    def __init__(self, *allowed: str) -> None:
+        super().__init__(validate=ma.validate.OneOf(allowed))
+
+    def _deserialize(self, value, attr, data, **kwargs) -> str:
+        return super()._deserialize(value, attr, data, **kwargs).strip().lower()
 
 
-def _rate(value: str) -> tuple[int, float]:
-    """Parse ``100/10s`` into (requests, seconds)."""
-    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*", value)
-    if not match:
-        raise ValueError("expected N/<interval>, e.g. 100/10s")
-    count, amount, unit = int(match[1]), float(match[2]), match[3] or "s"
-    seconds = amount / 1000 if unit == "ms" else amount * 60 if unit == "m" else amount
-    return count, seconds
+class Upper(ma.fields.String):
+    """A string, upper-cased (``debug`` -> ``DEBUG``)."""
+
+    def _deserialize(self, value, attr, data, **kwargs) -> str:
+        return super()._deserialize(value, attr, data, **kwargs).upper()
+
+
+class Rate(ma.fields.Field):
+    """``100/10s`` -> ``(100, 10.0)``: requests per interval, in ms, s (the default) or m."""
+
+    default_error_messages = {"invalid": "expected N/<interval>, e.g. 100/10s"}
+    _PATTERN = re.compile(r"\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*")
+
+    def _deserialize(self, value, attr, data, **kwargs) -> tuple[int, float]:
+        match = self._PATTERN.fullmatch(value) if isinstance(value, str) else None
+        if not match:
+            raise self.make_error("invalid")
+        count, amount, unit = int(match[1]), float(match[2]), match[3] or "s"
+        seconds = amount / 1000 if unit == "ms" else amount * 60 if unit == "m" else amount
+        return count, seconds
+
+
+class Listen(ma.fields.Field):
+    """``[host:]port`` -> ``(host, port)``; without a host, every interface."""
+
+    default_error_messages = {"invalid": "expected [host:]port, e.g. 9102 or 127.0.0.1:9102"}
+
+    def _deserialize(self, value, attr, data, **kwargs) -> tuple[str, int]:
+        if not isinstance(value, str):
+            raise self.make_error("invalid")
+        host, _, port = value.strip().rpartition(":")
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise self.make_error("invalid")
+        return host.strip("[]") or "0.0.0.0", int(port)
+
+
+class BaseUrl(ma.fields.String):
+    """An https URL without its trailing slash; plain http only for loopback (tests, demo)."""
+
+    default_error_messages = {"insecure": "must be https (plain http only for loopback)"}
+
+    def _deserialize(self, value, attr, data, **kwargs) -> str:
+        value = super()._deserialize(value, attr, data, **kwargs).strip()
+        parts = urlsplit(value)
+        loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
+        if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
+            raise self.make_error("insecure")
+        return value.rstrip("/")
 
 
 def normalize_database_url(url: str) -> str:
@@ -60,29 +114,28 @@ def normalize_database_url(url: str) -> str:
     return url
 
 
-def _listen(value: str) -> tuple[str, int]:
-    """Parse ``[host:]port``; without a host, every interface."""
-    host, _, port = value.strip().rpartition(":")
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError("expected [host:]port, e.g. 9102 or 127.0.0.1:9102")
-    return host.strip("[]") or "0.0.0.0", int(port)
+class DatabaseUrl(ma.fields.String):
+    """A SQLAlchemy URL, with ``postgres://`` and ``postgresql://`` meaning psycopg 3."""
+
+    def _deserialize(self, value, attr, data, **kwargs) -> str:
+        return normalize_database_url(super()._deserialize(value, attr, data, **kwargs))
 
 
-def _base_url(value: str) -> str:
-    parts = urlsplit(value.strip())
-    loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
-    if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
-        raise ValueError("must be https (plain http only for loopback)")
-    return value.strip().rstrip("/")
+# The plain ones, short so that the inventory stays one line a setting.
+Int, Float, Str = ma.fields.Integer, ma.fields.Float, ma.fields.String
 
 
 @dataclass(frozen=True)
 class Setting:
+    """One environment variable: its parser, its default (a string, parsed like the
+    environment's; None: unset) and what it means."""
+
     name: str
-    coerce: Callable[[str], Any]
+    field: ma.fields.Field
     default: str | None
     help: str
     secret: bool = False
+    server: bool = False  # gunicorn's master reads it too (load_server_config)
 
 
 DEV_PUBLIC_BASE_URL = "http://localhost:8000"
@@ -90,66 +143,116 @@ DEV_PUBLIC_BASE_URL = "http://localhost:8000"
 # (``keys generate`` makes 35) are about 190 bits.
 MIN_API_KEY_LENGTH = 32
 
-# name, coercer, default (a string, coerced like the environment), meaning
+# name, parser, default (a string, parsed like the environment's), meaning
 SETTINGS = [
-    Setting("RELAY_ENV", _choice("development", "production", "test"), "development",
-            "production refuses to start without explicit secrets"),
-    Setting("DATABASE_URL", normalize_database_url, "sqlite:///instance/relay.db",
+    Setting("RELAY_ENV", Choice("development", "production", "test"), "development",
+            "production refuses to start without explicit secrets", server=True),
+    Setting("DATABASE_URL", DatabaseUrl(), "sqlite:///instance/relay.db",
             "SQLAlchemy URL; postgres:// and postgresql:// are accepted"),
-    Setting("HIGHLEVEL_BASE_URL", _base_url, "https://services.leadconnectorhq.com",
+    Setting("HIGHLEVEL_BASE_URL", BaseUrl(), "https://services.leadconnectorhq.com",
             "HighLevel API base; plain http only for loopback"),
-    Setting("HIGHLEVEL_API_VERSION", str, "2021-07-28", "the Version header"),
-    Setting("HIGHLEVEL_CLIENT_ID", str, None, "OAuth app client id"),
-    Setting("HIGHLEVEL_CLIENT_SECRET", str, None, "OAuth app client secret", secret=True),
-    Setting("HIGHLEVEL_WEBHOOK_PUBLIC_KEY", str, None, "Ed25519 key for app webhooks"),
-    Setting("HIGHLEVEL_TIMEOUT_SECONDS", float, "10", "read timeout of each HighLevel call"),
-    Setting("HIGHLEVEL_OAUTH_SCOPES", str, "invoices.write invoices/estimate.write",
+    Setting("HIGHLEVEL_API_VERSION", Str(), "2021-07-28", "the Version header"),
+    Setting("HIGHLEVEL_CLIENT_ID", Str(), None, "OAuth app client id"),
+    Setting("HIGHLEVEL_CLIENT_SECRET", Str(), None, "OAuth app client secret", secret=True),
+    Setting("HIGHLEVEL_WEBHOOK_PUBLIC_KEY", Str(), None, "Ed25519 key for app webhooks"),
+    Setting("HIGHLEVEL_TIMEOUT_SECONDS", Float(), "10", "read timeout of each HighLevel call"),
+    Setting("HIGHLEVEL_OAUTH_SCOPES", Str(), "invoices.write invoices/estimate.write",
             "scopes the app asks for at install"),
-    Setting("HIGHLEVEL_MARKETPLACE_URL", _base_url, "https://marketplace.gohighlevel.com",
+    Setting("HIGHLEVEL_MARKETPLACE_URL", BaseUrl(), "https://marketplace.gohighlevel.com",
             "where installs choose a location"),
-    Setting("OAUTH_REDIRECT_URI", str, None, "default: PUBLIC_BASE_URL/oauth/callback"),
-    Setting("TOKEN_REFRESH_MARGIN_SECONDS", _int, "300", "refresh OAuth tokens this early"),
-    Setting("INGEST_API_KEYS", _csv, None, "bearer keys for event ingest", secret=True),
-    Setting("ADMIN_API_KEYS", _csv, None, "bearer keys for admin routes", secret=True),
-    Setting("PIXEL_SIGNING_KEYS", _csv, None, "pixel token keys; first signs", secret=True),
-    Setting("TOKEN_ENCRYPTION_KEYS", _csv, None, "Fernet keys; first encrypts", secret=True),
-    Setting("PUBLIC_BASE_URL", str, None,
+    Setting("OAUTH_REDIRECT_URI", Str(), None, "default: PUBLIC_BASE_URL/oauth/callback"),
+    Setting("TOKEN_REFRESH_MARGIN_SECONDS", Int(), "300", "refresh OAuth tokens this early"),
+    Setting("INGEST_API_KEYS", CommaList(), None, "bearer keys for event ingest", secret=True),
+    Setting("ADMIN_API_KEYS", CommaList(), None, "bearer keys for admin routes", secret=True),
+    Setting("PIXEL_SIGNING_KEYS", CommaList(), None, "pixel token keys; first signs",
+            secret=True),
+    Setting("TOKEN_ENCRYPTION_KEYS", CommaList(), None, "Fernet keys; first encrypts",
+            secret=True),
+    Setting("PUBLIC_BASE_URL", Str(), None,
             f"base of minted pixel URLs; required in production (else {DEV_PUBLIC_BASE_URL})"),
-    Setting("COALESCE_WINDOW_SECONDS", _int, "60", "at most one more send per window"),
-    Setting("MAX_EVENT_AGE_SECONDS", _int, "86400", "retry until a view is this old"),
-    Setting("FORWARD_CONCURRENCY", _int, "16", "sends in flight per forwarder"),
-    Setting("LEASE_SECONDS", _int, "120", "how long a claim is held before others retry it"),
-    Setting("MACHINE_OPENS", _choice("skip", "forward"), "skip", "forward machine opens?"),
-    Setting("MACHINE_OPEN_RULES", str, None, "extra machine-open rules file"),
+    Setting("COALESCE_WINDOW_SECONDS", Int(), "60", "at most one more send per window"),
+    Setting("MAX_EVENT_AGE_SECONDS", Int(), "86400", "retry until a view is this old"),
+    Setting("FORWARD_CONCURRENCY", Int(), "16", "sends in flight per forwarder"),
+    Setting("LEASE_SECONDS", Int(), "120", "how long a claim is held before others retry it"),
+    Setting("MACHINE_OPENS", Choice("skip", "forward"), "skip", "forward machine opens?"),
+    Setting("MACHINE_OPEN_RULES", Str(), None, "extra machine-open rules file"),
     # Email providers as sources (service/sources_api.py); a source left unset answers 503.
-    Setting("SENDGRID_WEBHOOK_PUBLIC_KEY", str, None, "SendGrid signed Event Webhook key"),
-    Setting("MAILGUN_SIGNING_KEY", str, None, "Mailgun webhook signing key", secret=True),
-    Setting("POSTMARK_WEBHOOK_CREDENTIALS", str, None, "user:password in Postmark's webhook URL",
+    Setting("SENDGRID_WEBHOOK_PUBLIC_KEY", Str(), None, "SendGrid signed Event Webhook key"),
+    Setting("MAILGUN_SIGNING_KEY", Str(), None, "Mailgun webhook signing key", secret=True),
+    Setting("POSTMARK_WEBHOOK_CREDENTIALS", Str(), None,
+            "user:password in Postmark's webhook URL", secret=True),
+    Setting("SES_TOPIC_ARNS", CommaList(), None,
+            "SNS topics allowed to deliver SES open events"),
+    Setting("INTERNAL_WEBHOOK_SECRETS", CommaList(), None, "Standard Webhooks whsec_ secrets",
             secret=True),
-    Setting("SES_TOPIC_ARNS", _csv, None, "SNS topics allowed to deliver SES open events"),
-    Setting("INTERNAL_WEBHOOK_SECRETS", _csv, None, "Standard Webhooks whsec_ secrets",
-            secret=True),
-    Setting("SOURCE_SIGNATURE_TOLERANCE_SECONDS", _int, "600",
+    Setting("SOURCE_SIGNATURE_TOLERANCE_SECONDS", Int(), "600",
             "max age of a SendGrid or Mailgun signature"),
-    Setting("RATE_LIMIT_BURST", _rate, "100/10s", "starting burst limit per resource"),
-    Setting("RATE_LIMIT_DAILY", _int, "200000", "starting daily limit per resource"),
-    Setting("DELIVERY_LOG_DAYS", _int, "30", "delivery-log retention"),
-    Setting("EVENT_RETENTION_DAYS", _int, "30",
+    Setting("RATE_LIMIT_BURST", Rate(), "100/10s", "starting burst limit per resource"),
+    Setting("RATE_LIMIT_DAILY", Int(), "200000", "starting daily limit per resource"),
+    Setting("DELIVERY_LOG_DAYS", Int(), "30", "delivery-log retention"),
+    Setting("EVENT_RETENTION_DAYS", Int(), "30",
             "events of delivered or dead documents are pruned after this many days"),
-    Setting("RETAIN_CLIENT_IP", _choice("truncate", "full", "none"), "truncate",
+    Setting("RETAIN_CLIENT_IP", Choice("truncate", "full", "none"), "truncate",
             "client address stored: truncate (IPv4 /24, IPv6 /48), full or none"),
-    Setting("MAX_CONTENT_LENGTH", _int, str(1024 * 1024), "largest request body, bytes"),
-    Setting("PORT", _int, "8000", "web port"),
-    Setting("WEB_CONCURRENCY", _int, str(2 * (os.cpu_count() or 1)), "gunicorn workers"),
-    Setting("TRUSTED_PROXIES", _int, "0", "proxies in front that set X-Forwarded-*"),
-    Setting("LOG_LEVEL", str.upper, "INFO", "logging level"),
-    Setting("LOG_FORMAT", _choice("json", "text"), None, "json in production, text in dev"),
-    Setting("FORWARDER_METRICS_PORT", _listen, None,
+    Setting("MAX_CONTENT_LENGTH", Int(), str(1024 * 1024), "largest request body, bytes"),
+    # The web server's (config/gunicorn.conf.py reads these through load_server_config).
+    Setting("HOST", Str(), "127.0.0.1", "address gunicorn binds (0.0.0.0: every interface)",
+            server=True),
+    Setting("PORT", Int(), "8000", "web port", server=True),
+    Setting("WEB_CONCURRENCY", Int(), str(2 * (os.cpu_count() or 1)), "gunicorn workers",
+            server=True),
+    Setting("GUNICORN_THREADS", Int(), "16", "threads per gunicorn worker", server=True),
+    Setting("GUNICORN_TIMEOUT", Int(), "30", "a worker silent this long is restarted",
+            server=True),
+    Setting("GUNICORN_GRACEFUL_TIMEOUT", Int(), "25", "on SIGTERM, finish in-flight requests",
+            server=True),
+    Setting("GUNICORN_MAX_REQUESTS", Int(), "0", "recycle a worker after this many; 0: never",
+            server=True),
+    Setting("TRUSTED_PROXIES", Int(), "0", "proxies in front that set X-Forwarded-*",
+            server=True),
+    Setting("LOG_LEVEL", Upper(), "INFO", "logging level", server=True),
+    Setting("LOG_FORMAT", Choice("json", "text"), None, "json in production, text in dev",
+            server=True),
+    Setting("FORWARDER_METRICS_PORT", Listen(), None,
             "[host:]port where a forwarder serves its Prometheus metrics; unset: off"),
 ]
 
 SECRET_NAMES = [s.name for s in SETTINGS if s.secret and s.name.endswith("_KEYS")]
 DEV_SECRETS_FILE = "dev-secrets.json"
+
+
+def _read(environ: Mapping[str, str], settings: Iterable[Setting],
+          overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Parse each setting from ``environ`` (empty counts as unset) or its default; a value in
+    ``overrides`` is taken as it is. Every malformed setting is named at once."""
+    config: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    for setting in settings:
+        if setting.name in overrides:
+            config[setting.name] = overrides[setting.name]
+            continue
+        raw = environ.get(setting.name) or setting.default
+        try:
+            config[setting.name] = None if raw is None else setting.field.deserialize(raw)
+        except ma.ValidationError as err:
+            messages = err.messages if isinstance(err.messages, list) else [str(err.messages)]
+            errors[setting.name] = " ".join(messages).rstrip(".")
+    if errors:  # names each bad setting and why, never its value (it may be a secret)
+        raise ConfigError("; ".join(f"{name}: {message}" for name, message in errors.items()))
+    if config.get("LOG_FORMAT") is None:
+        config["LOG_FORMAT"] = "json" if config["RELAY_ENV"] == "production" else "text"
+    return config
+
+
+def load_server_config(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Read the settings gunicorn's master needs (bind, workers, timeouts, logging).
+
+    Secrets are neither required nor generated here: the master must start (and log) even
+    in production; each worker checks them in ``load_config`` when it builds the app.
+
+    :raises ConfigError: a value does not parse.
+    """
+    return _read(environ, [s for s in SETTINGS if s.server], {})
 
 
 def load_config(environ: Mapping[str, str], overrides: Mapping[str, Any] | None = None,
@@ -159,27 +262,10 @@ def load_config(environ: Mapping[str, str], overrides: Mapping[str, Any] | None 
     :raises ConfigError: a value does not parse, or production lacks a secret.
     """
     overrides = dict(overrides or {})
-    config: dict[str, Any] = {}
-    for setting in SETTINGS:
-        if setting.name in overrides:
-            config[setting.name] = overrides.pop(setting.name)
-            continue
-        raw = environ.get(setting.name)
-        if raw is None or raw == "":
-            raw = setting.default
-        if raw is None:
-            config[setting.name] = None
-            continue
-        try:
-            config[setting.name] = setting.coerce(raw)
-        except ValueError as exc:
-            raise ConfigError(f"{setting.name}: {exc}") from None
+    config = _read(environ, SETTINGS, overrides)
     config.update(overrides)  # extra keys tests pass (e.g. TESTING)
     if isinstance(config["DATABASE_URL"], str):
         config["DATABASE_URL"] = normalize_database_url(config["DATABASE_URL"])
-    if config["LOG_FORMAT"] is None:
-        config["LOG_FORMAT"] = "json" if config["RELAY_ENV"] == "production" else "text"
-
     missing = [name for name in SECRET_NAMES if not config.get(name)]
     if missing and config["RELAY_ENV"] == "production":
         raise ConfigError(

@@ -7,11 +7,14 @@ Every record gets the current request id (a Flask request's, or none).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 import logging.config
 import re
 from urllib.parse import unquote
+
+import pythonjsonlogger.json
 
 # Attributes every LogRecord has; anything else came in through ``extra``.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
@@ -76,22 +79,28 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, event, then the extra fields."""
+class JsonFormatter(pythonjsonlogger.json.JsonFormatter):
+    """One JSON object per line: ts, level, logger, event, the extra fields (those that are
+    not None), then ``exc`` when there is a traceback."""
 
-    def format(self, record: logging.LogRecord) -> str:
-        out = {
-            "ts": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(
-                timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "event": record.getMessage(),
-        }
-        out.update({k: v for k, v in vars(record).items()
-                    if k not in _STANDARD and v is not None})
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str, separators=(",", ":"))
+    def __init__(self) -> None:
+        super().__init__(
+            ["created", "levelname", "name", "message"],
+            rename_fields={"created": "ts", "levelname": "level", "name": "logger",
+                           "message": "event", "exc_info": "exc"},
+            json_default=str,  # a value json cannot write (a datetime, a Path) as str() gives it
+            json_serializer=functools.partial(json.dumps, separators=(",", ":")),
+        )
+
+    def process_log_record(self, log_data: dict) -> dict:
+        log_data["ts"] = dt.datetime.fromtimestamp(log_data["ts"], dt.UTC).isoformat(
+            timespec="milliseconds")
+        log_data["level"] = log_data["level"].lower()
+        exc = log_data.pop("exc", None)  # last, after the fields: it is the long part
+        out = {k: v for k, v in log_data.items() if v is not None}
+        if exc:
+            out["exc"] = exc
+        return out
 
 
 class TextFormatter(logging.Formatter):

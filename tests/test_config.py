@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import json
+import runpy
 import stat
+from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet
 
-from service.config import ConfigError, generate_secrets, load_config, normalize_database_url
+from service.config import (
+    SETTINGS,
+    ConfigError,
+    generate_secrets,
+    load_config,
+    load_server_config,
+    normalize_database_url,
+)
 
 INGEST_ONE, INGEST_TWO = "ik_one_" + "1" * 25, "ik_two_" + "2" * 25  # 32 characters each
 ADMIN_ONE = "ak_one_" + "a" * 25
@@ -185,3 +194,152 @@ def test_overrides_from_tests_skip_the_environment(tmp_path):
     cfg = load_config({"COALESCE_WINDOW_SECONDS": "999", **SECRETS},
                       {"COALESCE_WINDOW_SECONDS": 3, "TESTING": True}, instance_path=tmp_path)
     assert cfg["COALESCE_WINDOW_SECONDS"] == 3 and cfg["TESTING"] is True
+
+
+# -- each parser, through load_config: good values and what they become ----------------------
+
+
+@pytest.mark.parametrize(("name", "raw", "value"), [
+    ("RATE_LIMIT_BURST", "100/10s", (100, 10.0)),
+    ("RATE_LIMIT_BURST", "5/500ms", (5, 0.5)),
+    ("RATE_LIMIT_BURST", "3/2m", (3, 120.0)),
+    ("RATE_LIMIT_BURST", " 7 / 1.5 ", (7, 1.5)),  # seconds when no unit
+    ("FORWARDER_METRICS_PORT", "9102", ("0.0.0.0", 9102)),
+    ("FORWARDER_METRICS_PORT", " 127.0.0.1:9102 ", ("127.0.0.1", 9102)),
+    ("FORWARDER_METRICS_PORT", "[::1]:65535", ("::1", 65535)),
+    ("HIGHLEVEL_BASE_URL", "https://hl.example/v2/", "https://hl.example/v2"),
+    ("HIGHLEVEL_BASE_URL", " http://localhost:9100 ", "http://localhost:9100"),
+    ("HIGHLEVEL_MARKETPLACE_URL", "http://[::1]:9100/", "http://[::1]:9100"),
+    ("SES_TOPIC_ARNS", " arn:a , arn:b,,", ["arn:a", "arn:b"]),
+    ("SES_TOPIC_ARNS", ",", []),
+    ("MACHINE_OPENS", " FORWARD ", "forward"),
+    ("RETAIN_CLIENT_IP", "None", "none"),
+    ("RELAY_ENV", "Test", "test"),
+    ("LOG_FORMAT", "JSON", "json"),
+    ("LOG_LEVEL", "warning", "WARNING"),
+    ("COALESCE_WINDOW_SECONDS", " 7 ", 7),
+    ("HIGHLEVEL_TIMEOUT_SECONDS", "2.5", 2.5),
+    ("HIGHLEVEL_TIMEOUT_SECONDS", "10", 10.0),
+    ("DATABASE_URL", "postgres://u@db/relay", "postgresql+psycopg://u@db/relay"),
+    ("HIGHLEVEL_CLIENT_ID", " app-1 ", " app-1 "),  # strings are taken as they are
+    ("PORT", "", 8000),  # empty counts as unset: the default
+    ("HOST", "0.0.0.0", "0.0.0.0"),
+    ("GUNICORN_MAX_REQUESTS", "1000", 1000),
+])
+def test_each_parser_reads_what_operators_write(tmp_path, name, raw, value):
+    assert load_config({**SECRETS, name: raw}, instance_path=tmp_path)[name] == value
+
+
+@pytest.mark.parametrize(("name", "raw"), [
+    ("RATE_LIMIT_BURST", "10"),
+    ("RATE_LIMIT_BURST", "10/s"),
+    ("RATE_LIMIT_BURST", "/10s"),
+    ("RATE_LIMIT_BURST", "10/10h"),
+    ("RATE_LIMIT_BURST", "-1/10s"),
+    ("FORWARDER_METRICS_PORT", "0"),
+    ("FORWARDER_METRICS_PORT", "65536"),
+    ("FORWARDER_METRICS_PORT", "127.0.0.1:"),
+    ("FORWARDER_METRICS_PORT", "metrics"),
+    ("HIGHLEVEL_BASE_URL", "http://hl.example"),
+    ("HIGHLEVEL_MARKETPLACE_URL", "ftp://localhost/"),
+    ("HIGHLEVEL_BASE_URL", "hl.example"),
+    ("RETAIN_CLIENT_IP", "partial"),
+    ("RELAY_ENV", "prod"),
+    ("LOG_FORMAT", "xml"),
+    ("PORT", "80a"),
+    ("WEB_CONCURRENCY", "2.0"),
+    ("GUNICORN_THREADS", "many"),
+    ("TRUSTED_PROXIES", "yes"),
+    ("HIGHLEVEL_TIMEOUT_SECONDS", "fast"),
+    ("HIGHLEVEL_TIMEOUT_SECONDS", "nan"),  # a timeout must be a number of seconds
+])
+def test_each_parser_refuses_a_bad_value_naming_the_setting(tmp_path, name, raw):
+    with pytest.raises(ConfigError, match=f"^{name}: ") as err:
+        load_config({**SECRETS, name: raw}, instance_path=tmp_path)
+    assert ";" not in str(err.value)  # that setting only
+
+
+@pytest.mark.parametrize(("name", "raw"), [
+    ("PORT", "s3cr3t"), ("RATE_LIMIT_BURST", "s3cr3t"), ("FORWARDER_METRICS_PORT", "s3cr3t:0"),
+    ("HIGHLEVEL_BASE_URL", "http://s3cr3t@hl.example"), ("MACHINE_OPENS", "s3cr3t"),
+])
+def test_a_refused_value_is_not_quoted(tmp_path, name, raw):
+    """A value pasted into the wrong variable may be a secret: the message names, never shows."""
+    with pytest.raises(ConfigError, match=f"^{name}: ") as err:
+        load_config({**SECRETS, name: raw}, instance_path=tmp_path)
+    assert "s3cr3t" not in str(err.value)
+
+
+def test_every_bad_setting_is_named_at_once(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config({**SECRETS, "PORT": "web", "MACHINE_OPENS": "maybe",
+                     "RATE_LIMIT_BURST": "lots"}, instance_path=tmp_path)
+    for name in ("PORT: ", "MACHINE_OPENS: ", "RATE_LIMIT_BURST: expected N/<interval>"):
+        assert name in str(err.value)
+
+
+# -- the web server's settings (config/gunicorn.conf.py) ---------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVER_NAMES = {"RELAY_ENV", "HOST", "PORT", "WEB_CONCURRENCY", "GUNICORN_THREADS",
+                "GUNICORN_TIMEOUT", "GUNICORN_GRACEFUL_TIMEOUT", "GUNICORN_MAX_REQUESTS",
+                "TRUSTED_PROXIES", "LOG_LEVEL", "LOG_FORMAT"}
+
+
+def test_the_server_settings_need_no_secrets_even_in_production(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where dev secrets would be written (instance/)
+    cfg = load_server_config({"RELAY_ENV": "production"})
+    assert set(cfg) == SERVER_NAMES
+    assert (cfg["HOST"], cfg["PORT"], cfg["LOG_FORMAT"]) == ("127.0.0.1", 8000, "json")
+    assert list(tmp_path.iterdir()) == []  # no dev secrets generated, none read
+
+
+def test_the_server_settings_match_the_apps(tmp_path):
+    environ = {**SECRETS, "PORT": "9000", "LOG_LEVEL": "debug", "GUNICORN_THREADS": "4"}
+    server = load_server_config(environ)
+    app = load_config(environ, instance_path=tmp_path)
+    assert server == {name: app[name] for name in SERVER_NAMES}
+
+
+def gunicorn_settings(monkeypatch, environ: dict[str, str]) -> dict:
+    """Run config/gunicorn.conf.py as gunicorn does, with exactly ``environ`` for settings."""
+    for setting in SETTINGS:
+        monkeypatch.delenv(setting.name, raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    return runpy.run_path(str(ROOT / "config" / "gunicorn.conf.py"))
+
+
+def test_gunicorn_defaults_come_from_the_inventory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    conf = gunicorn_settings(monkeypatch, {})
+    assert conf["bind"] == "127.0.0.1:8000"
+    assert conf["workers"] == load_server_config({})["WEB_CONCURRENCY"] >= 2
+    assert (conf["threads"], conf["timeout"], conf["graceful_timeout"]) == (16, 30, 25)
+    assert (conf["max_requests"], conf["max_requests_jitter"]) == (0, 0)
+    assert conf["forwarded_allow_ips"] == "127.0.0.1,::1"
+    assert conf["logconfig_dict"]["formatters"]["default"]["()"].endswith("TextFormatter")
+    assert conf["logconfig_dict"]["loggers"]["gunicorn.error"]["level"] == "INFO"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_gunicorn_reads_the_environment_through_the_inventory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    conf = gunicorn_settings(monkeypatch, {
+        "RELAY_ENV": "Production",  # no secrets: the master starts; the workers check them
+        "HOST": "0.0.0.0", "PORT": "9001", "WEB_CONCURRENCY": "3", "GUNICORN_THREADS": "4",
+        "GUNICORN_TIMEOUT": "60", "GUNICORN_GRACEFUL_TIMEOUT": "10",
+        "GUNICORN_MAX_REQUESTS": "500", "TRUSTED_PROXIES": "1", "LOG_LEVEL": "debug"})
+    assert (conf["bind"], conf["workers"], conf["threads"]) == ("0.0.0.0:9001", 3, 4)
+    assert (conf["timeout"], conf["graceful_timeout"]) == (60, 10)
+    assert (conf["max_requests"], conf["max_requests_jitter"]) == (500, 100)
+    assert conf["forwarded_allow_ips"] == "*"
+    assert conf["logconfig_dict"]["formatters"]["default"]["()"].endswith("JsonFormatter")
+    assert conf["logconfig_dict"]["root"]["level"] == "DEBUG"
+    assert conf["logconfig_dict"]["loggers"]["gunicorn.error"]["level"] == "DEBUG"
+    assert list(tmp_path.iterdir()) == []  # no dev secrets from the master
+
+
+def test_gunicorn_refuses_a_bad_setting_naming_it(monkeypatch):
+    with pytest.raises(ConfigError, match="^GUNICORN_THREADS: "):
+        gunicorn_settings(monkeypatch, {"GUNICORN_THREADS": "sixteen"})

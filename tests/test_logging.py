@@ -94,3 +94,33 @@ def test_service_lines_quoting_a_path_are_redacted_too():
     text = out.getvalue()
     assert f"/v1/pixel/{KEPT}\u2026.gif" in text and f"/v1/beacon/{KEPT}\u2026" in text
     assert TOKEN not in text
+
+
+def test_json_lines_carry_the_event_its_fields_and_the_traceback():
+    """The production format: ts, level, logger, event, the extra fields that have a value,
+    the request id, and ``exc`` last when there is a traceback."""
+    cfg = logging_config("INFO", "json")
+    out = io.StringIO()
+    cfg["handlers"]["stdout"]["stream"] = out
+    logging.config.dictConfig(cfg)
+    log = logging.getLogger("service.forward.test")
+    try:
+        log.info("delivery.attempt", extra={"location_id": "loc_1", "attempt": 2,
+                                            "status": None, "at": dt.date(2026, 1, 2)})
+        try:
+            raise RuntimeError("boom")
+        except RuntimeError:
+            log.exception("forwarder.crashed", extra={"request_id": "rid-1"})
+        log.debug("not at INFO")
+    finally:
+        configure_logging()
+    first, second = (json.loads(line) for line in out.getvalue().splitlines())
+    assert list(first) == ["ts", "level", "logger", "event", "location_id", "attempt", "at"]
+    assert first["level"] == "info" and first["logger"] == "service.forward.test"
+    assert (first["event"], first["location_id"], first["attempt"], first["at"]) == (
+        "delivery.attempt", "loc_1", 2, "2026-01-02")
+    assert dt.datetime.fromisoformat(first["ts"]).utcoffset() == dt.timedelta(0)
+    assert len(first["ts"]) == len("2026-01-02T03:04:05.678+00:00")  # milliseconds
+    assert list(second)[-2:] == ["request_id", "exc"] and second["request_id"] == "rid-1"
+    assert second["level"] == "error" and second["event"] == "forwarder.crashed"
+    assert second["exc"].startswith("Traceback") and "RuntimeError: boom" in second["exc"]
