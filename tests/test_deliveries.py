@@ -18,7 +18,7 @@ def attempt(store, document_id, outcome, now, **extra):
     """Record one view of ``document_id`` and one attempt with ``outcome``."""
     [accepted] = store.record_views([make_view(now, document_id=document_id)], now=now)
     [claim] = [c for c in store.claim_due(now=now, limit=50) if c.document_id == document_id]
-    store.record_outcome(claim, outcome, now=now)
+    store.record_outcomes([(claim, outcome)], now=now)
     return accepted
 
 
@@ -106,7 +106,7 @@ def test_replayed_event_reports_queued_then_delivered(client, store, services):
     assert replay(store.engine, LogFilter(document_id="inv_x"), now=T0) == 1
     assert store.event_status(accepted.id)["status"] == "queued"
     [claim] = store.claim_due(now=T0, limit=5)
-    store.record_outcome(claim, OK, now=T0)
+    store.record_outcomes([(claim, OK)], now=T0)
     assert store.event_status(accepted.id)["status"] == "delivered"
 
 

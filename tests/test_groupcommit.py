@@ -170,8 +170,8 @@ def test_a_group_writes_exactly_what_one_request_at_a_time_writes(grouped):
             [make_view(location_id=loc, document_id="inv_idle", event_key=f"{loc}-k0")],
             now=T0)
         [claim] = [c for c in store.claim_due(now=T0, limit=50) if c.location_id == loc]
-        store.record_outcome(claim, Outcome("delivered", "delivered", http_status=200),
-                             now=T0)
+        store.record_outcomes([(claim, Outcome("delivered", "delivered", http_status=200))],
+                                now=T0)
         if loc == "one_by_one":
             got = [store._record_alone(store._writer.prepare(views, now))
                    for views, now in requests(loc)]

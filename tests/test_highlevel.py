@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 from requests.structures import CaseInsensitiveDict
 
-from service.forward.forwarder import Forwarder, InlineExecutor
+from service.forward.forwarder import Forwarder
 from service.highlevel.client import (
     HighLevelClient,
     HighLevelError,
@@ -24,6 +24,7 @@ from service.store.db import delivery_log
 
 from .conftest import make_view
 from .fake_highlevel import SPEC_AVAILABLE, SPEC_DIR, FakeHighLevel
+from .fakes import InlineExecutor
 
 TOKEN = "pit-7e6d5c4b-secret-token-3a2f"
 INVOICE_ID = "6578278e879ad2646715ba9c"

@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from service import create_app
 from service.config import ConfigError, load_config
 from service.forward.credentials import TokenProvider
-from service.forward.forwarder import Forwarder, InlineExecutor
+from service.forward.forwarder import Forwarder
 from service.highlevel.client import HighLevelClient, build_session
 from service.ingest.pixels import PixelTarget
 from service.logging import RequestIdFilter
@@ -27,6 +27,7 @@ from service.metrics import exposition
 
 from .conftest import ingest_headers, make_event, make_view, test_config
 from .fake_highlevel import FakeHighLevel
+from .fakes import InlineExecutor
 from .processes import Processes, flask, free_port, gunicorn, wait_for
 
 LOC = "loc_metrics"

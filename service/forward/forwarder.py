@@ -11,7 +11,7 @@ import logging
 import random
 import threading
 from collections.abc import Callable
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor
 
 from ..highlevel.client import HighLevel, HighLevelError, Response
 from ..metrics import observe_outcomes
@@ -81,18 +81,6 @@ def classify(resp: Response | None, claim: Claim, *, now: dt.datetime, max_age: 
                    next_due=now + dt.timedelta(seconds=delay), **details)
 
 
-class InlineExecutor(Executor):
-    """Run each submitted call at once, in the caller's thread (tests, --once debugging)."""
-
-    def submit(self, fn, /, *args, **kwargs):
-        future: Future = Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller via the future
-            future.set_exception(exc)
-        return future
-
-
 class Forwarder:
     """One forwarder process's state: where to read, whom to call, how many at once."""
 
@@ -151,15 +139,6 @@ class Forwarder:
         if released:
             self.store.release(released, now=self.clock())  # shutting down: not attempted
         return len(claims)
-
-    def deliver(self, claim: Claim) -> str:
-        """Send one claimed document and record the outcome; return the outcome label."""
-        outcome = self.attempt(claim, self._credentials(claim.location_id))
-        if outcome is None:
-            self.store.release([claim], now=self.clock())
-            return "released"
-        self._record([(claim, outcome)])
-        return outcome.outcome
 
     def _credentials(self, location_id: str) -> Credentials | Outcome:
         """The token to send with, or the outcome that parks the location's views."""
