@@ -23,7 +23,6 @@ from .credentials import TokenProvider
 
 logger = logging.getLogger(__name__)
 
-UTC = dt.UTC
 PERMANENT = {400, 404, 405, 409, 410, 413, 415, 422}
 AUTH = {401, 403}
 BACKOFF_BASE, BACKOFF_CAP = 2.0, 600.0
@@ -33,7 +32,7 @@ DEFAULT_RATE_INTERVAL_MS = 10_000  # HighLevel's burst window when a 429 says no
 
 
 def utcnow() -> dt.datetime:
-    return dt.datetime.now(UTC)
+    return dt.datetime.now(dt.UTC)
 
 
 def retry_delay(attempt: int, *, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP,

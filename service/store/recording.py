@@ -40,8 +40,6 @@ from . import view_sql
 from .clients import RecentClients, client_key, retain_ip
 from .outcomes import DEAD, IDLE
 
-UTC = dt.UTC
-
 
 @dataclass(frozen=True)
 class View:
@@ -149,7 +147,7 @@ class ViewWriter:
             raise ValueError("naive datetime given to the store")
         if self._pg:
             return value.isoformat()  # read from JSON by the statements
-        return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+        return value.astimezone(dt.UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
     # -- inside the transaction ----------------------------------------------------------
 
