@@ -12,6 +12,7 @@ import click
 from flask import Flask
 from flask.cli import AppGroup, with_appcontext
 
+from .clock import expiry
 from .ids import ID_RULE, is_valid_id
 from .web.deps import services
 
@@ -130,7 +131,7 @@ def tokens_set(location_id, access_token, refresh_token, expires_in, company_id)
         raise click.BadParameter(json.dumps(exc.messages)) from None
     svc = services()
     now = svc.clock()
-    expires_at = now + dt.timedelta(seconds=expires_in) if expires_in else None
+    expires_at = expiry(expires_in, now=now)
     svc.vault.set_token(location_id, access_token=data["accessToken"],
                         refresh_token=data.get("refreshToken"), expires_at=expires_at,
                         company_id=company_id, now=now)

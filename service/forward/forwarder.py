@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Executor
 
+from ..clock import utcnow
 from ..highlevel.client import HighLevel, HighLevelError, Response
 from ..metrics import observe_outcomes
 from ..store.deliverylog import prune
@@ -29,10 +30,6 @@ BACKOFF_BASE, BACKOFF_CAP = 2.0, 600.0
 UNBLOCK_EVERY = dt.timedelta(seconds=5)
 PRUNE_EVERY = dt.timedelta(hours=1)
 DEFAULT_RATE_INTERVAL_MS = 10_000  # HighLevel's burst window when a 429 says nothing
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 def retry_delay(attempt: int, *, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP,
