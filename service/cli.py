@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import signal
@@ -189,9 +188,10 @@ def keys_show() -> None:
 
 
 def _filter_options(command):
+    """The delivery log's filter as options, named as the API's fields (``log_filter``)."""
     for option in reversed([
-        click.option("--location", "location_id", default=None),
-        click.option("--document", "document_id", default=None),
+        click.option("--location", "locationId", default=None),
+        click.option("--document", "documentId", default=None),
         click.option("--outcome", default=None),
         click.option("--since", type=click.DateTime(), default=None, help="UTC"),
         click.option("--until", type=click.DateTime(), default=None, help="UTC"),
@@ -200,27 +200,16 @@ def _filter_options(command):
     return command
 
 
-def _log_filter(location_id, document_id, outcome, since, until):
-    from .store.deliverylog import LogFilter
-
-    def utc(value):
-        return value.replace(tzinfo=dt.UTC) if value else None
-
-    return LogFilter(location_id=location_id, document_id=document_id, outcome=outcome,
-                     since=utc(since), until=utc(until))
-
-
 @click.command("deliveries")
 @_filter_options
 @click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
 @with_appcontext
-def deliveries_command(location_id, document_id, outcome, since, until, limit) -> None:
+def deliveries_command(limit: int, **filters) -> None:
     """Print the delivery log (newest first) as a table."""
     from .store.deliverylog import list_deliveries
+    from .web.deliveries import log_filter
 
-    rows, _ = list_deliveries(services().engine,
-                              _log_filter(location_id, document_id, outcome, since, until),
-                              limit=limit)
+    rows, _ = list_deliveries(services().engine, log_filter(filters), limit=limit)
     header = ("at", "location", "kind", "document", "try", "outcome", "http", "ms", "views",
               "message")
     table = [header] + [(
@@ -240,11 +229,12 @@ def deliveries_command(location_id, document_id, outcome, since, until, limit) -
 @_filter_options
 @click.option("--all", "replay_all", is_flag=True, help="Replay every dead view.")
 @with_appcontext
-def replay_command(location_id, document_id, outcome, since, until, replay_all) -> None:
+def replay_command(replay_all: bool, **filters) -> None:
     """Re-queue dead views (by location, document, outcome or time); say how many."""
     from .store.deliverylog import replay
+    from .web.deliveries import log_filter
 
-    filters = _log_filter(location_id, document_id, outcome, since, until)
+    filters = log_filter(filters)
     if filters.empty() and not replay_all:
         raise click.UsageError("give a filter, or --all to replay every dead view")
     svc = services()

@@ -139,6 +139,18 @@ def test_cli_deliveries_and_replay(runner, log):
         args=["replay", "--document", "inv_b"]).output
 
 
+@pytest.mark.parametrize(("options", "expected"), [
+    (["--since", "2026-01-05 12:01:00"], ["inv_c", "inv_b"]),
+    (["--until", "2026-01-05 12:01:00"], ["inv_a"]),
+    (["--location", "loc_1", "--document", "inv_a"], ["inv_a"]),
+])
+def test_cli_filters_as_the_api_does(runner, log, options, expected):
+    """The CLI's times have no offset: UTC, so the same rows as the API's ...Z."""
+    table = runner.invoke(args=["deliveries", *options])
+    assert table.exit_code == 0, table.output
+    assert [line.split()[4] for line in table.output.splitlines()[1:]] == expected
+
+
 def test_prune_deletes_only_old_rows(store):
     attempt(store, "inv_old", OK, T0 - dt.timedelta(days=40))
     attempt(store, "inv_new", OK, T0)
