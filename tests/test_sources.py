@@ -299,6 +299,8 @@ def test_mailgun_token_is_released_when_the_store_fails(app, client, services, k
                                                         monkeypatch):
     document = mailgun_webhook(mailgun_opened(), key=keys.mailgun, at=T0)
 
+    # Not an app on UNREACHABLE_DB_URL: the store must fail between the token's claim
+    # and the views' write, then be back for the retry, on the same database.
     def down(*args, **kwargs):
         raise sa.exc.OperationalError("INSERT", {}, Exception("connection refused"))
 
