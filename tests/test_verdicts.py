@@ -157,7 +157,7 @@ def test_mail_proxies_are_opens_although_crawler_lists_call_them_bots(classifier
 def test_shipped_rules_check_mail_proxies_first_and_name_a_source_each(classifier):
     ranks = [VERDICTS.index(rule.verdict) for rule in classifier.rules]
     assert ranks == sorted(ranks) and classifier.rules[0].verdict == "proxy_open"
-    shipped = resources.files("service") / "data" / "machine_opens.toml"
+    shipped = resources.files("service.ingest") / "data" / "machine_opens.toml"
     rules = tomllib.loads(shipped.read_text(encoding="utf-8"))["rules"]
     assert len(rules) == len(classifier.rules) and len(rules) < 200
     assert all(rule["source"].startswith("https://") for rule in rules)
