@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import signal
@@ -12,6 +11,7 @@ import click
 from flask import Flask
 from flask.cli import AppGroup, with_appcontext
 
+from .clock import expiry
 from .ids import ID_RULE, is_valid_id
 from .web.deps import services
 
@@ -130,7 +130,7 @@ def tokens_set(location_id, access_token, refresh_token, expires_in, company_id)
         raise click.BadParameter(json.dumps(exc.messages)) from None
     svc = services()
     now = svc.clock()
-    expires_at = now + dt.timedelta(seconds=expires_in) if expires_in else None
+    expires_at = expiry(expires_in, now=now)
     svc.vault.set_token(location_id, access_token=data["accessToken"],
                         refresh_token=data.get("refreshToken"), expires_at=expires_at,
                         company_id=company_id, now=now)
@@ -188,9 +188,10 @@ def keys_show() -> None:
 
 
 def _filter_options(command):
+    """The delivery log's filter as options, named as the API's fields (``log_filter``)."""
     for option in reversed([
-        click.option("--location", "location_id", default=None),
-        click.option("--document", "document_id", default=None),
+        click.option("--location", "locationId", default=None),
+        click.option("--document", "documentId", default=None),
         click.option("--outcome", default=None),
         click.option("--since", type=click.DateTime(), default=None, help="UTC"),
         click.option("--until", type=click.DateTime(), default=None, help="UTC"),
@@ -199,27 +200,16 @@ def _filter_options(command):
     return command
 
 
-def _log_filter(location_id, document_id, outcome, since, until):
-    from .store.deliverylog import LogFilter
-
-    def utc(value):
-        return value.replace(tzinfo=dt.UTC) if value else None
-
-    return LogFilter(location_id=location_id, document_id=document_id, outcome=outcome,
-                     since=utc(since), until=utc(until))
-
-
 @click.command("deliveries")
 @_filter_options
 @click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
 @with_appcontext
-def deliveries_command(location_id, document_id, outcome, since, until, limit) -> None:
+def deliveries_command(limit: int, **filters) -> None:
     """Print the delivery log (newest first) as a table."""
     from .store.deliverylog import list_deliveries
+    from .web.deliveries import log_filter
 
-    rows, _ = list_deliveries(services().engine,
-                              _log_filter(location_id, document_id, outcome, since, until),
-                              limit=limit)
+    rows, _ = list_deliveries(services().engine, log_filter(filters), limit=limit)
     header = ("at", "location", "kind", "document", "try", "outcome", "http", "ms", "views",
               "message")
     table = [header] + [(
@@ -239,9 +229,11 @@ def deliveries_command(location_id, document_id, outcome, since, until, limit) -
 @_filter_options
 @click.option("--all", "replay_all", is_flag=True, help="Replay every dead view.")
 @with_appcontext
-def replay_command(location_id, document_id, outcome, since, until, replay_all) -> None:
+def replay_command(replay_all: bool, **filters) -> None:
     """Re-queue dead views (by location, document, outcome or time); say how many."""
-    filters = _log_filter(location_id, document_id, outcome, since, until)
+    from .web.deliveries import log_filter
+
+    filters = log_filter(filters)
     if filters.empty() and not replay_all:
         raise click.UsageError("give a filter, or --all to replay every dead view")
     svc = services()

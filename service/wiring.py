@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from .clock import utcnow
 from .forward.credentials import TokenProvider
 from .forward.forwarder import Forwarder
 from .highlevel.client import HighLevelClient, build_session
@@ -30,10 +31,6 @@ from .store.db import create_engine
 from .store.queue import Store
 from .store.ratelimit import StoreLimiter
 from .store.tokens import TokenVault
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 @dataclass

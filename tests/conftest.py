@@ -146,6 +146,15 @@ def app(migrated_db_url, clock):
 
 
 @pytest.fixture
+def down_app(clock):
+    """An app on UNREACHABLE_DB_URL: it starts, and its requests meet a store outage."""
+    app = create_app(test_config(UNREACHABLE_DB_URL))
+    app.extensions["service"].clock = clock
+    yield app
+    app.extensions["service"].engine.dispose()
+
+
+@pytest.fixture
 def services(app):
     return app.extensions["service"]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 
 from service.highlevel.client import PATHS, HighLevelError, Response
@@ -54,3 +55,15 @@ class FakeHighLevelClient:
         if isinstance(answer, Response):
             return answer
         return Response(answer, message=None if answer < 300 else f"HTTP {answer}")
+
+
+class InlineExecutor(Executor):
+    """Run each submitted call at once, in the caller's thread: ``forward_once`` without threads."""
+
+    def submit(self, fn, /, *args, **kwargs):
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller via the future
+            future.set_exception(exc)
+        return future

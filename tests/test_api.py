@@ -161,12 +161,9 @@ def test_bad_batch_shapes_are_422(client, services, body):
     assert stored_events(services) == 0
 
 
-def test_store_down_is_503_with_retry_after(app, client, monkeypatch):
-    def down(*args, **kwargs):
-        raise sa.exc.OperationalError("INSERT", {}, Exception("connection refused"))
-
-    monkeypatch.setattr(app.extensions["service"].store, "record_views", down)
-    resp = client.post("/v1/events", json=make_event(), headers=ingest_headers())
+def test_store_down_is_503_with_retry_after(down_app):
+    resp = down_app.test_client().post("/v1/events", json=make_event(),
+                                       headers=ingest_headers())
     assert resp.status_code == 503
     assert resp.headers["Retry-After"] == "5"
     assert resp.json["statusCode"] == 503
@@ -249,13 +246,8 @@ def test_readiness_means_the_schema_is_at_least_this_codes(client, services):
     assert client.get("/readyz").json == {"status": "ready", "revision": head_revision()}
 
 
-def test_readiness_fails_when_the_store_is_unreachable(tmp_path):
-    from service import create_app
-
-    from .conftest import UNREACHABLE_DB_URL, test_config
-
-    app = create_app(test_config(UNREACHABLE_DB_URL))
-    resp = app.test_client().get("/readyz")
+def test_readiness_fails_when_the_store_is_unreachable(down_app):
+    resp = down_app.test_client().get("/readyz")
     assert resp.status_code == 503
     assert resp.json["message"].startswith("store unreachable")
     assert "nobody" not in resp.json["message"]

@@ -18,7 +18,7 @@ def attempt(store, document_id, outcome, now, **extra):
     """Record one view of ``document_id`` and one attempt with ``outcome``."""
     [accepted] = store.record_views([make_view(now, document_id=document_id)], now=now)
     [claim] = [c for c in store.claim_due(now=now, limit=50) if c.document_id == document_id]
-    store.record_outcome(claim, outcome, now=now)
+    store.record_outcomes([(claim, outcome)], now=now)
     return accepted
 
 
@@ -106,7 +106,7 @@ def test_replayed_event_reports_queued_then_delivered(client, store, services):
     assert store.replay(LogFilter(document_id="inv_x"), now=T0) == 1
     assert store.event_status(accepted.id)["status"] == "queued"
     [claim] = store.claim_due(now=T0, limit=5)
-    store.record_outcome(claim, OK, now=T0)
+    store.record_outcomes([(claim, OK)], now=T0)
     assert store.event_status(accepted.id)["status"] == "delivered"
 
 
@@ -137,6 +137,18 @@ def test_cli_deliveries_and_replay(runner, log):
         args=["replay", "--document", "inv_b"]).output
     assert "replayed 0 document(s)" in runner.invoke(
         args=["replay", "--document", "inv_b"]).output
+
+
+@pytest.mark.parametrize(("options", "expected"), [
+    (["--since", "2026-01-05 12:01:00"], ["inv_c", "inv_b"]),
+    (["--until", "2026-01-05 12:01:00"], ["inv_a"]),
+    (["--location", "loc_1", "--document", "inv_a"], ["inv_a"]),
+])
+def test_cli_filters_as_the_api_does(runner, log, options, expected):
+    """The CLI's times have no offset: UTC, so the same rows as the API's ...Z."""
+    table = runner.invoke(args=["deliveries", *options])
+    assert table.exit_code == 0, table.output
+    assert [line.split()[4] for line in table.output.splitlines()[1:]] == expected
 
 
 def test_prune_deletes_only_old_rows(store):

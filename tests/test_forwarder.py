@@ -8,13 +8,13 @@ import logging
 import pytest
 import sqlalchemy as sa
 
-from service.forward.forwarder import Forwarder, InlineExecutor, classify, retry_delay, run
+from service.forward.forwarder import Forwarder, classify, retry_delay, run
 from service.highlevel.client import HighLevelError, RateLimit, Response
 from service.store.db import delivery_log, documents
 from service.store.queue import Claim, Outcome
 
 from .conftest import T0, make_view
-from .fakes import Call, FakeHighLevelClient
+from .fakes import Call, FakeHighLevelClient, InlineExecutor
 
 TOKEN = "pit-0f9e8d7c-secret-token-4b3a"
 NEW_TOKEN = "pit-1a2b3c4d-replacement-9z8y"
@@ -264,8 +264,8 @@ def test_a_view_during_a_send_gets_one_more_send_after_the_window(store, forward
     [claim] = store.claim_due(now=clock(), limit=10)
     clock.advance(1)
     [during] = view(store, clock)  # arrives while the PATCH is in flight
-    assert store.record_outcome(claim, Outcome("delivered", "delivered", http_status=200),
-                                now=clock())
+    delivered = Outcome("delivered", "delivered", http_status=200)
+    assert store.record_outcomes([(claim, delivered)], now=clock()) == [True]
 
     assert status(store, first) == ("delivered", None)
     assert status(store, during) == ("queued", None)
@@ -536,10 +536,10 @@ def test_an_expired_lease_is_claimed_again_and_the_late_outcome_is_ignored(
     assert taken.lease_token != lost.lease_token
 
     late = Outcome("dead", "permanent", http_status=404, message="Invoice not found")
-    assert store.record_outcome(lost, late, now=clock()) is False
-    assert store.record_outcome(taken, Outcome("delivered", "delivered", http_status=200),
-                                now=clock()) is True
-    assert store.record_outcome(lost, late, now=clock()) is False
+    assert store.record_outcomes([(lost, late)], now=clock()) == [False]
+    delivered = Outcome("delivered", "delivered", http_status=200)
+    assert store.record_outcomes([(taken, delivered)], now=clock()) == [True]
+    assert store.record_outcomes([(lost, late)], now=clock()) == [False]
 
     assert status(store, event) == ("delivered", None)
     assert store.queue_depth() == {"idle": 1}

@@ -5,13 +5,14 @@ from __future__ import annotations
 import datetime as dt
 import email.utils
 import socket
+import time
 import uuid
 
 import pytest
 import sqlalchemy as sa
 from requests.structures import CaseInsensitiveDict
 
-from service.forward.forwarder import Forwarder, InlineExecutor
+from service.forward.forwarder import Forwarder
 from service.highlevel.client import (
     HighLevelClient,
     HighLevelError,
@@ -24,6 +25,7 @@ from service.store.db import delivery_log
 
 from .conftest import make_view
 from .fake_highlevel import SPEC_AVAILABLE, SPEC_DIR, FakeHighLevel
+from .fakes import InlineExecutor
 
 TOKEN = "pit-7e6d5c4b-secret-token-3a2f"
 INVOICE_ID = "6578278e879ad2646715ba9c"
@@ -56,7 +58,10 @@ def closed_port() -> int:
 
 @pytest.mark.parametrize("kind", ["invoice", "estimate"])
 def test_patch_reaches_highlevel_as_documented(fake_highlevel, hl_client, kind):
+    fake_highlevel.latency = 0.05  # so the measured latency is known not to be the default 0
+    started = time.monotonic()
     resp = hl_client.mark_viewed(kind=kind, document_id=INVOICE_ID, token=TOKEN)
+    elapsed_ms = (time.monotonic() - started) * 1000
 
     assert (resp.status, resp.message, resp.trace_id) == (200, None, None)
     [received] = fake_highlevel.patches()
@@ -66,7 +71,7 @@ def test_patch_reaches_highlevel_as_documented(fake_highlevel, hl_client, kind):
     assert received.headers["Authorization"] == f"Bearer {TOKEN}"
     assert received.headers["Content-Type"] == "application/json"
     assert received.json == {field: INVOICE_ID}
-    assert resp.latency_ms >= 0
+    assert 50 <= resp.latency_ms <= elapsed_ms
 
 
 def test_rate_limit_headers_are_parsed_from_every_answer(fake_highlevel, hl_client):

@@ -11,6 +11,7 @@ import logging
 import re
 import secrets
 import socket
+import time
 
 import pytest
 import requests
@@ -19,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from service import create_app
 from service.config import ConfigError, load_config
 from service.forward.credentials import TokenProvider
-from service.forward.forwarder import Forwarder, InlineExecutor
+from service.forward.forwarder import Forwarder
 from service.highlevel.client import HighLevelClient, build_session
 from service.ingest.pixels import PixelTarget
 from service.logging import RequestIdFilter
@@ -27,6 +28,7 @@ from service.metrics import exposition
 
 from .conftest import ingest_headers, make_event, make_view, test_config
 from .fake_highlevel import FakeHighLevel
+from .fakes import InlineExecutor
 from .processes import Processes, flask, free_port, gunicorn, wait_for
 
 LOC = "loc_metrics"
@@ -277,14 +279,15 @@ def test_forwarder_serves_its_metrics_while_it_runs(migrated_db_url, hl, monkeyp
         [make_view(dt.datetime.now(dt.UTC), location_id=LOC)],
         now=dt.datetime.now(dt.UTC))
     seen = []
-    real_record = Forwarder._record
+    forward_once = Forwarder.forward_once
 
-    def record_and_scrape(self, results):  # scrape mid-run, while the endpoint is up
-        real_record(self, results)
+    def forward_and_scrape(self, **kwargs):  # scrape mid-run, while the endpoint is up
+        handled = forward_once(self, **kwargs)
         with requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
             seen.append(parse(resp.text))
+        return handled
 
-    monkeypatch.setattr(Forwarder, "_record", record_and_scrape)
+    monkeypatch.setattr(Forwarder, "forward_once", forward_and_scrape)
     before = parse(exposition()[0].decode())
     result = runner.invoke(args=["forwarder", "--once"])
     app.extensions["service"].engine.dispose()
@@ -355,8 +358,10 @@ def test_gunicorn_workers_add_up_and_logs_are_structured(tmp_path):
             if len(pids) >= 2:
                 break
         assert len(pids) == 2, f"one worker took all {posted} events"
+        started = time.monotonic()
         traced = call("POST", "/v1/events", headers={"X-Request-ID": "e2e-rid-1"},
                       json=make_event(locationId=LOC, invoiceId="inv_traced"))
+        traced_ms = (time.monotonic() - started) * 1000
         assert traced.headers["X-Request-ID"] == "e2e-rid-1"
         posted += 1
 
@@ -399,7 +404,8 @@ def test_gunicorn_workers_add_up_and_logs_are_structured(tmp_path):
     [access] = [r for r in access_lines() if r.get("request_id") == "e2e-rid-1"]
     assert (access["method"], access["path"], access["status"], access["level"]) == (
         "POST", "/v1/events", 202, "info")
-    assert access["logger"] == "gunicorn.access" and access["duration_ms"] >= 0
+    assert access["logger"] == "gunicorn.access"
+    assert 0 < access["duration_ms"] <= traced_ms  # milliseconds, of this request
     [attempt] = [r for r in json_lines(forwarder.stdout())
                  if r.get("event") == "delivery.attempt" and r["document_id"] == "inv_traced"]
     assert attempt["request_id"] == "e2e-rid-1"

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from service import create_app
 from service.forward.credentials import TokenProvider
-from service.forward.forwarder import Forwarder, InlineExecutor
+from service.forward.forwarder import Forwarder
 from service.highlevel.client import HighLevelClient, build_session
 from service.store.db import installs
 
@@ -29,6 +29,7 @@ from .conftest import (
     test_config,
 )
 from .fake_highlevel import FakeHighLevel
+from .fakes import InlineExecutor
 
 ROOT = Path(__file__).resolve().parent.parent
 LOC, COMPANY = "loc_oauth_1", "company_1"

@@ -9,13 +9,13 @@ import pytest
 import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.forward.forwarder import Forwarder, InlineExecutor
+from service.forward.forwarder import Forwarder
 from service.store.clients import retain_ip
 from service.store.db import delivery_log, documents, events, installs, locations, rate_limits
 from service.store.retention import prune_events, purge_location
 
 from .conftest import T0, admin_headers, ingest_headers, make_event, make_view, test_config
-from .fakes import FakeHighLevelClient
+from .fakes import FakeHighLevelClient, InlineExecutor
 from .test_pixel import CHROME, INV, LOC, token_for
 
 SAFARI = "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15 Version/17.5"

@@ -80,13 +80,13 @@ def _seed(services) -> dict:
                            verdict_reason="ua:scanner", forward=False))
     accepted = store.record_views(views, now=T0)
     claims = {c.document_id: c for c in store.claim_due(now=T0, limit=10)}
-    store.record_outcome(claims["inv_0"], Outcome("delivered", "delivered", http_status=200,
-                                                  latency_ms=30), now=T0)
-    store.record_outcome(claims["inv_1"], Outcome("dead", "permanent", http_status=404,
-                                                  message="Invoice not found", trace_id="t-1",
-                                                  latency_ms=12), now=T0)
-    store.record_outcome(claims["inv_2"], Outcome("retry", "network_error",
-                                                  next_due=T0 + dt.timedelta(seconds=5)), now=T0)
+    store.record_outcomes([
+        (claims["inv_0"], Outcome("delivered", "delivered", http_status=200, latency_ms=30)),
+        (claims["inv_1"], Outcome("dead", "permanent", http_status=404,
+                                  message="Invoice not found", trace_id="t-1", latency_ms=12)),
+        (claims["inv_2"], Outcome("retry", "network_error",
+                                  next_due=T0 + dt.timedelta(seconds=5))),
+    ], now=T0)
     return {status: a.id for status, a in zip(
         ["delivered", "failed", "queued", "filtered"], accepted, strict=True)}
 

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from service import create_app
 from service.config import ConfigError
-from service.forward.forwarder import Forwarder, InlineExecutor
+from service.forward.forwarder import Forwarder
 from service.highlevel.client import HighLevelClient, build_session
 from service.ingest.signatures import CertificateFetcher, SignatureError, check_certificate_url
 from service.ingest.sources import Context, event_key, parse_mailgun, route
@@ -26,6 +26,7 @@ from service.ingest.verdicts import Classifier
 from service.store.db import events, used_webhook_tokens
 
 from .conftest import BACKENDS, T0, ingest_headers, make_event, test_config
+from .fakes import InlineExecutor
 from .source_payloads import (
     CERT_URL,
     CHROME,
@@ -298,6 +299,8 @@ def test_mailgun_token_is_released_when_the_store_fails(app, client, services, k
                                                         monkeypatch):
     document = mailgun_webhook(mailgun_opened(), key=keys.mailgun, at=T0)
 
+    # Not an app on UNREACHABLE_DB_URL: the store must fail between the token's claim
+    # and the views' write, then be back for the retry, on the same database.
     def down(*args, **kwargs):
         raise sa.exc.OperationalError("INSERT", {}, Exception("connection refused"))
 

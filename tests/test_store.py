@@ -56,17 +56,17 @@ def test_claim_is_a_lease(store):
     assert [c.row_id for c in second] == [first[0].row_id]
     assert second[0].lease_token != first[0].lease_token
     # The first holder's late answer does not overwrite the new holder's state...
-    assert store.record_outcome(first[0], DELIVERED, now=later) is False
+    assert store.record_outcomes([(first[0], DELIVERED)], now=later) == [False]
     assert doc_row(store).sent_seq == 0
     # ...while the current holder's does.
-    assert store.record_outcome(second[0], DELIVERED, now=later) is True
+    assert store.record_outcomes([(second[0], DELIVERED)], now=later) == [True]
     assert doc_row(store).sent_seq == 1
 
 
 def test_delivered_document_goes_idle_and_coalesces_the_next_window(store):
     store.record_views([make_view()], now=T0)
     [claim] = store.claim_due(now=T0, limit=10)
-    store.record_outcome(claim, DELIVERED, now=T0)
+    store.record_outcomes([(claim, DELIVERED)], now=T0)
     assert doc_row(store).status == "idle"
     # Views inside the window after a send: one more send, at the end of the window.
     t1 = T0 + dt.timedelta(seconds=10)
@@ -76,7 +76,7 @@ def test_delivered_document_goes_idle_and_coalesces_the_next_window(store):
     [claim2] = store.claim_due(now=end, limit=10)
     assert claim2.views == 2
     # A view after the window has passed is due at once.
-    store.record_outcome(claim2, DELIVERED, now=end)
+    store.record_outcomes([(claim2, DELIVERED)], now=end)
     t3 = end + store.window + dt.timedelta(seconds=1)
     store.record_views([make_view(t3)], now=t3)
     assert len(store.claim_due(now=t3, limit=10)) == 1
@@ -86,7 +86,7 @@ def test_views_during_a_send_cause_one_more_send_after_the_window(store):
     store.record_views([make_view()], now=T0)
     [claim] = store.claim_due(now=T0, limit=10)
     store.record_views([make_view()], now=T0)  # arrives while the PATCH is in flight
-    store.record_outcome(claim, DELIVERED, now=T0)
+    store.record_outcomes([(claim, DELIVERED)], now=T0)
     row = doc_row(store)
     assert (row.status, row.sent_seq, row.views_seq) == ("pending", 1, 2)
     assert store.claim_due(now=T0 + dt.timedelta(seconds=59), limit=10) == []
@@ -100,7 +100,7 @@ def test_event_status_follows_the_document(store):
     [claim] = store.claim_due(now=T0, limit=10)
     t1 = T0 + dt.timedelta(seconds=1)
     [second] = store.record_views([make_view()], now=t1)  # not covered by the claim
-    store.record_outcome(claim, DELIVERED, now=t1)
+    store.record_outcomes([(claim, DELIVERED)], now=t1)
     status = store.event_status(first.id)
     assert status["status"] == "delivered" and status["deliveredAt"] == t1
     assert store.event_status(second.id)["status"] == "queued"
@@ -110,8 +110,8 @@ def test_event_status_follows_the_document(store):
 def test_dead_document_reports_failed_and_a_new_view_reopens_it(store):
     [first] = store.record_views([make_view()], now=T0)
     [claim] = store.claim_due(now=T0, limit=10)
-    store.record_outcome(claim, Outcome("dead", "permanent", http_status=404,
-                                        message="Invoice not found"), now=T0)
+    store.record_outcomes([(claim, Outcome("dead", "permanent", http_status=404,
+                                           message="Invoice not found"))], now=T0)
     status = store.event_status(first.id)
     assert (status["status"], status["reason"], status["message"]) == (
         "failed", "permanent", "Invoice not found")
@@ -128,20 +128,21 @@ def test_retry_spends_an_attempt_unless_told_not_to(store):
     store.record_views([make_view()], now=T0)
     [claim] = store.claim_due(now=T0, limit=10)
     due = T0 + dt.timedelta(seconds=3)
-    store.record_outcome(claim, Outcome("retry", "retry", http_status=503, next_due=due), now=T0)
+    retry = Outcome("retry", "retry", http_status=503, next_due=due)
+    store.record_outcomes([(claim, retry)], now=T0)
     assert doc_row(store).attempts == 1
     assert store.claim_due(now=due - dt.timedelta(seconds=1), limit=10) == []
     [claim] = store.claim_due(now=due, limit=10)
-    store.record_outcome(claim, Outcome("retry", "rate_limited", http_status=429, next_due=due,
-                                        spend_attempt=False), now=due)
+    store.record_outcomes([(claim, Outcome("retry", "rate_limited", http_status=429, next_due=due,
+                                           spend_attempt=False))], now=due)
     assert doc_row(store).attempts == 1
 
 
 def test_every_outcome_writes_one_delivery_log_row(store):
     store.record_views([make_view(request_id="req-1")], now=T0)
     [claim] = store.claim_due(now=T0, limit=10)
-    store.record_outcome(claim, Outcome("delivered", "delivered", http_status=200,
-                                        latency_ms=42, trace_id="t-1"), now=T0)
+    store.record_outcomes([(claim, Outcome("delivered", "delivered", http_status=200,
+                                           latency_ms=42, trace_id="t-1"))], now=T0)
     with store.engine.connect() as conn:
         rows = conn.execute(sa.select(delivery_log)).all()
     assert len(rows) == 1
@@ -153,7 +154,7 @@ def test_every_outcome_writes_one_delivery_log_row(store):
 def test_blocked_views_wait_for_a_token(store, vault):
     store.record_views([make_view(), make_view(document_id="inv_2")], now=T0)
     claims = store.claim_due(now=T0, limit=1)
-    store.record_outcome(claims[0], Outcome("blocked", "no_token"), now=T0)
+    store.record_outcomes([(claims[0], Outcome("blocked", "no_token"))], now=T0)
     assert store.block_location("loc_1", now=T0) == 1  # the other, unclaimed one
     assert store.queue_depth() == {"blocked": 2}
     assert store.claim_due(now=T0, limit=10) == []

@@ -29,7 +29,11 @@ def sqlite_store(sqlite_template, tmp_path):
 
 @pytest.fixture
 def syncs(monkeypatch):
-    """Every fdatasync of the write connection: (file synced, write lock free then)."""
+    """Every fdatasync of the write connection: (file synced, write lock free then).
+
+    The module's ``_fdatasync`` is replaced, not a public function: it is the system
+    call itself (the OS boundary), and when it runs relative to the write lock, or a
+    disk that refuses it, is visible nowhere else."""
     calls, real = [], write_connection._fdatasync
 
     def spy(fd):
@@ -60,13 +64,19 @@ def test_each_group_syncs_the_wal_after_releasing_the_write_lock(sqlite_store, s
 
 def test_only_the_group_connection_commits_without_its_own_sync(sqlite_store, syncs):
     """NORMAL on the connection whose commits ``sync`` makes durable; FULL everywhere else
-    (the forwarder, the API's fallback writes)."""
+    (the forwarder, the API's fallback writes). That the store's group commits take this
+    connection is shown by its syncs (test_each_group_syncs_the_wal_...)."""
     store, _ = sqlite_store
     store.record_views([make_view()], now=T0)
-    group_connection = store._write_connection._fairy.dbapi_connection
-    assert group_connection.execute("PRAGMA synchronous").fetchone() == (1,)  # NORMAL
+    connection = write_connection.WriteConnection(store.engine)
+    with connection.begin() as cursor:
+        cursor.execute("PRAGMA synchronous")
+        assert cursor.fetchone() == (1,)  # NORMAL
+    connection.sync()
+    assert len(syncs) == 2  # the store's group, then this one: each synced by ``sync``
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+    connection.close()
 
 
 def test_a_failed_sync_fails_its_requests_and_writes_nothing_twice(sqlite_store,
@@ -76,7 +86,7 @@ def test_a_failed_sync_fails_its_requests_and_writes_nothing_twice(sqlite_store,
     a second time by the one-by-one fallback; the next group syncs again."""
     store, _ = sqlite_store
     failing = {"on": True}
-    real = write_connection._fdatasync
+    real = write_connection._fdatasync  # the system call: see ``syncs``
 
     def flaky(fd):
         if failing["on"]:

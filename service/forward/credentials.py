@@ -8,6 +8,7 @@ import logging
 
 import sqlalchemy as sa
 
+from ..clock import expiry
 from ..highlevel.oauth import OAuthClient, OAuthError
 from ..metrics import observe_refresh
 from ..store.db import installs, read_only
@@ -87,9 +88,8 @@ class TokenProvider:
                                                        "kind": exc.kind, "error": exc.message})
             return None
         # Minting twice is harmless (nothing single-use is spent), so no lock here.
-        expires_at = now + dt.timedelta(seconds=grant.expires_in) if grant.expires_in else None
         self.vault.set_token(location_id, access_token=grant.access_token, now=now,
-                             expires_at=expires_at, company_id=company_id,
+                             expires_at=expiry(grant.expires_in, now=now), company_id=company_id,
                              token_kind="minted")
         logger.info("token.minted", extra={"location_id": location_id,
                                            "company_id": company_id})

@@ -11,8 +11,9 @@ import logging
 import random
 import threading
 from collections.abc import Callable
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor
 
+from ..clock import utcnow
 from ..highlevel.client import HighLevel, HighLevelError, Response
 from ..metrics import observe_outcomes
 from ..store.deliverylog import prune
@@ -23,17 +24,12 @@ from .credentials import TokenProvider
 
 logger = logging.getLogger(__name__)
 
-UTC = dt.UTC
 PERMANENT = {400, 404, 405, 409, 410, 413, 415, 422}
 AUTH = {401, 403}
 BACKOFF_BASE, BACKOFF_CAP = 2.0, 600.0
 UNBLOCK_EVERY = dt.timedelta(seconds=5)
 PRUNE_EVERY = dt.timedelta(hours=1)
 DEFAULT_RATE_INTERVAL_MS = 10_000  # HighLevel's burst window when a 429 says nothing
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(UTC)
 
 
 def retry_delay(attempt: int, *, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP,
@@ -79,18 +75,6 @@ def classify(resp: Response | None, claim: Claim, *, now: dt.datetime, max_age: 
     outcome = "retry" if resp else "network_error"
     return Outcome("retry", outcome, message=message or f"HTTP {status}",
                    next_due=now + dt.timedelta(seconds=delay), **details)
-
-
-class InlineExecutor(Executor):
-    """Run each submitted call at once, in the caller's thread (tests, --once debugging)."""
-
-    def submit(self, fn, /, *args, **kwargs):
-        future: Future = Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller via the future
-            future.set_exception(exc)
-        return future
 
 
 class Forwarder:
@@ -151,15 +135,6 @@ class Forwarder:
         if released:
             self.store.release(released, now=self.clock())  # shutting down: not attempted
         return len(claims)
-
-    def deliver(self, claim: Claim) -> str:
-        """Send one claimed document and record the outcome; return the outcome label."""
-        outcome = self.attempt(claim, self._credentials(claim.location_id))
-        if outcome is None:
-            self.store.release([claim], now=self.clock())
-            return "released"
-        self._record([(claim, outcome)])
-        return outcome.outcome
 
     def _credentials(self, location_id: str) -> Credentials | Outcome:
         """The token to send with, or the outcome that parks the location's views."""

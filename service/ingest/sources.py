@@ -31,7 +31,6 @@ from ..store.queue import View
 from .verdicts import Classifier, Verdict
 from .views import build_view
 
-UTC = dt.UTC
 MAX_EVENT_KEY = 64  # events.event_key is VARCHAR(64)
 MAX_USER_AGENT = 512
 FUTURE_TOLERANCE = dt.timedelta(minutes=5)
@@ -104,7 +103,7 @@ def _when(value: object, ctx: Context) -> dt.datetime:
     when = None
     if isinstance(value, int | float) and not isinstance(value, bool):
         try:
-            when = dt.datetime.fromtimestamp(value, UTC)
+            when = dt.datetime.fromtimestamp(value, dt.UTC)
         except (OverflowError, OSError, ValueError):
             when = None
     elif isinstance(value, str):
@@ -113,10 +112,10 @@ def _when(value: object, ctx: Context) -> dt.datetime:
         except ValueError:
             when = None
         if when is not None and when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
+            when = when.replace(tzinfo=dt.UTC)
     if when is None or when > ctx.now + FUTURE_TOLERANCE:
         return ctx.now
-    return when.astimezone(UTC)
+    return when.astimezone(dt.UTC)
 
 
 def _ip(value: object) -> str | None:

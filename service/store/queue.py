@@ -93,10 +93,6 @@ class Store:
             return states.claim(conn, now=now, limit=limit, lease=self.lease,
                                 limiter=self.limiter, dialect=self.dialect)
 
-    def record_outcome(self, claim: Claim, outcome: Outcome, *, now: dt.datetime) -> bool:
-        """Apply one attempt's outcome and log it; False if the lease was lost meanwhile."""
-        return self.record_outcomes([(claim, outcome)], now=now)[0]
-
     def record_outcomes(self, results: Sequence[tuple[Claim, Outcome]], *,
                         now: dt.datetime) -> list[bool]:
         """Apply a batch of outcomes in one transaction (``documents.apply_outcomes``)."""
@@ -186,8 +182,3 @@ class Store:
             )
             return {"documents": dict(docs.all()),
                     "verdicts": {verdict: int(n) for verdict, n in verdicts}}
-
-    def ping(self) -> None:
-        """Raise if the store cannot be reached."""
-        with read_only(self.engine) as conn:
-            conn.execute(sa.text("SELECT 1"))

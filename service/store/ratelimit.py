@@ -24,7 +24,6 @@ import sqlalchemy as sa
 from ..highlevel.client import RateLimit
 from .db import dialect_insert, rate_limits
 
-UTC = dt.UTC
 MAX_PAUSE = dt.timedelta(minutes=10)  # a Retry-After is honoured up to this
 
 
@@ -43,7 +42,7 @@ class LimitState:
 
 
 def _next_midnight(now: dt.datetime) -> dt.datetime:
-    return dt.datetime.combine(now.date() + dt.timedelta(days=1), dt.time(), UTC)
+    return dt.datetime.combine(now.date() + dt.timedelta(days=1), dt.time(), dt.UTC)
 
 
 def _pause(state: LimitState, until: dt.datetime, reason: str) -> None:

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from sqlalchemy.engine import Engine
 
+from ..clock import expiry
 from .db import locations, read_only
 
 ACTIVE, INVALID, INACTIVE = "active", "invalid", "inactive"
@@ -154,7 +155,7 @@ class TokenVault:
                 access_token=self._encrypt(grant.access_token),
                 refresh_token=self._encrypt(grant.refresh_token or
                                             self._decrypt(row.refresh_token)),
-                expires_at=_expiry(grant.expires_in, now), status=ACTIVE, retry_at=None,
+                expires_at=expiry(grant.expires_in, now=now), status=ACTIVE, retry_at=None,
                 unauthorized_count=0, last_error=None, generation=c.generation + 1,
                 updated_at=now))
             row = conn.execute(sa.select(locations).where(c.location_id == location_id)).one()
@@ -251,10 +252,6 @@ class TokenVault:
                 if conn.execute(locations.update().where(unchanged).values(**values)).rowcount:
                     return True
             # Rewritten since the read (refresh, new token): rotate what is there now.
-
-
-def _expiry(expires_in: int | None, now: dt.datetime) -> dt.datetime | None:
-    return now + dt.timedelta(seconds=expires_in) if expires_in else None
 
 
 def _summary(row) -> dict:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any
+
 import marshmallow as ma
 
 from ..store.deliverylog import LogFilter, list_deliveries
@@ -15,10 +19,16 @@ bp = Blueprint("deliveries", __name__, url_prefix="/v1/deliveries",
 SECURITY = [{"adminKey": []}]
 
 
-def to_filter(args: dict) -> LogFilter:
+def log_filter(args: Mapping[str, Any]) -> LogFilter:
+    """Build the delivery log's filter from the API's fields, which the CLI's options
+    share; a time without an offset (the CLI's) is UTC."""
+
+    def utc(value: dt.datetime | None) -> dt.datetime | None:
+        return value.replace(tzinfo=dt.UTC) if value and value.tzinfo is None else value
+
     return LogFilter(location_id=args.get("locationId"), document_id=args.get("documentId"),
-                     outcome=args.get("outcome"), since=args.get("since"),
-                     until=args.get("until"))
+                     outcome=args.get("outcome"), since=utc(args.get("since")),
+                     until=utc(args.get("until")))
 
 
 @bp.route("", methods=["GET"])
@@ -28,7 +38,7 @@ def to_filter(args: dict) -> LogFilter:
 @bp.response(200, DeliveryPageSchema)
 def get_deliveries(args):
     """Every send attempt, newest first: status, HighLevel's message, latency, views."""
-    page, cursor = list_deliveries(services().engine, to_filter(args), limit=args["limit"],
+    page, cursor = list_deliveries(services().engine, log_filter(args), limit=args["limit"],
                                    before=args.get("cursor"))
     return {"deliveries": page, "nextCursor": cursor}
 
@@ -41,4 +51,4 @@ def get_deliveries(args):
 def post_replay(body):
     """Re-queue dead views matching the filter; running it again replays nothing more."""
     svc = services()
-    return {"replayed": svc.store.replay(to_filter(body), now=svc.clock())}
+    return {"replayed": svc.store.replay(log_filter(body), now=svc.clock())}

@@ -16,25 +16,25 @@ logger = logging.getLogger(__name__)
 
 
 class ServiceError(Exception):
-    """Root of the errors our views raise; ``status`` picks the HTTP status."""
+    """Root of the errors our views raise. A subclass names one failure by its class
+    attributes: ``status`` (the HTTP status), a default ``message`` and ``headers``."""
 
     status = 400
     message = "Bad request"
+    headers: dict[str, str] = {}
 
     def __init__(self, message: str | None = None, *, errors: dict | None = None,
                  headers: dict | None = None):
         super().__init__(message or self.message)
         self.message = message or self.message
         self.errors = errors
-        self.headers = headers or {}
+        self.headers = {**self.headers, **(headers or {})}
 
 
 class UnauthorizedError(ServiceError):
     status = 401
     message = "Missing or invalid API key"
-
-    def __init__(self, message: str | None = None):
-        super().__init__(message, headers={"WWW-Authenticate": 'Bearer realm="relay"'})
+    headers = {"WWW-Authenticate": 'Bearer realm="relay"'}
 
 
 class NotFoundError(ServiceError):
@@ -45,9 +45,7 @@ class NotFoundError(ServiceError):
 class StoreUnavailableError(ServiceError):
     status = 503
     message = "The store is unavailable; retry later"
-
-    def __init__(self, message: str | None = None):
-        super().__init__(message, headers={"Retry-After": "5"})
+    headers = {"Retry-After": "5"}
 
 
 def error_response(status: int, message: str, errors: dict | None = None,

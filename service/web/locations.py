@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import datetime as dt
-
+from ..clock import expiry
 from ..ids import ID_PATTERN, ID_RULE, is_valid_id
 from .auth import require_admin_key
 from .bodies import Blueprint
@@ -45,9 +44,7 @@ def put_token(body, location_id):
     location_id = _location_id(location_id)
     svc = services()
     now = svc.clock()
-    expires_at = body.get("expiresAt")
-    if "expiresIn" in body:
-        expires_at = now + dt.timedelta(seconds=body["expiresIn"])
+    expires_at = expiry(body.get("expiresIn"), now=now) or body.get("expiresAt")
     svc.vault.set_token(location_id, access_token=body["accessToken"],
                         refresh_token=body.get("refreshToken"), expires_at=expires_at,
                         company_id=body.get("companyId"), now=now)

@@ -27,6 +27,7 @@ from flask import Blueprint, make_response, redirect, request
 from itsdangerous import BadData, URLSafeTimedSerializer
 from markupsafe import escape
 
+from ..clock import expiry
 from ..highlevel.oauth import OAuthError, TokenGrant
 from ..store.installs import INSTALLED, upsert_install
 from .deps import services
@@ -163,7 +164,7 @@ def record_install(engine, target_type: str, target_id: str, *, company_id: str 
 def store_grant(grant: TokenGrant, *, now: dt.datetime) -> str:
     """Store an install's tokens and install rows; return what was installed, for people."""
     svc = services()
-    expires_at = now + dt.timedelta(seconds=grant.expires_in) if grant.expires_in else None
+    expires_at = expiry(grant.expires_in, now=now)
     if grant.user_type == "Company" or not grant.location_id:
         svc.vault.set_token(grant.company_id, access_token=grant.access_token,
                             refresh_token=grant.refresh_token, expires_at=expires_at,

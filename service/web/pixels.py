@@ -7,11 +7,10 @@ POST) with a valid token that is not a prefetch records a view.
 
 from __future__ import annotations
 
-import datetime as dt
-
 from flask import Response, g, request
 from werkzeug.routing import PathConverter
 
+from ..clock import expiry
 from ..ingest.pixels import GIF, GIF_HEADERS, PixelTarget, img_tag, is_prefetch, pixel_url
 from .auth import require_admin_key
 from .bodies import Blueprint
@@ -80,9 +79,7 @@ def mint(location_id: str, document_id: str, *, kind: str,
          expires_in: int | None = None) -> dict:
     """Sign a pixel token and build its URL and HTML (the API and the CLI share this)."""
     svc = services()
-    expires_at = None
-    if expires_in:
-        expires_at = (svc.clock() + dt.timedelta(seconds=expires_in)).replace(microsecond=0)
+    expires_at = expiry(expires_in, now=svc.clock().replace(microsecond=0))
     token = svc.pixel_signer.sign(PixelTarget(kind, location_id, document_id, expires_at))
     url = pixel_url(svc.config["PUBLIC_BASE_URL"], token)
     return {"url": url, "html": img_tag(url), "token": token, "expiresAt": expires_at,

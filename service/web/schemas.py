@@ -9,7 +9,6 @@ import marshmallow as ma
 
 from ..ids import FullMatch, Id
 
-UTC = dt.UTC
 MAX_BATCH = 500
 MAX_BIGINT = 2**63 - 1
 FUTURE_TOLERANCE = dt.timedelta(minutes=5)
@@ -38,7 +37,7 @@ EXACTLY_ONE_DOCUMENT = {"oneOf": [{"required": ["invoiceId"]}, {"required": ["es
 
 
 def _not_in_future(value: dt.datetime) -> None:
-    if value > dt.datetime.now(UTC) + FUTURE_TOLERANCE:
+    if value > dt.datetime.now(dt.UTC) + FUTURE_TOLERANCE:
         raise ma.ValidationError("Must not be more than 5 minutes in the future.")
 
 
@@ -47,12 +46,12 @@ class UTCDateTime(ma.fields.AwareDateTime):
     not exist in UTC (0001-01-01T00:00:00+05:00 falls in year 0) is invalid, not a 500."""
 
     def __init__(self, **kwargs):
-        super().__init__(default_timezone=UTC, **kwargs)
+        super().__init__(default_timezone=dt.UTC, **kwargs)
 
     def _deserialize(self, value, attr, data, **kwargs) -> dt.datetime:
         loaded = super()._deserialize(value, attr, data, **kwargs)
         try:
-            return loaded.astimezone(UTC)
+            return loaded.astimezone(dt.UTC)
         except OverflowError:
             raise self.make_error("invalid", input=value, obj_type=self.OBJ_TYPE) from None
 

@@ -81,6 +81,7 @@ class SourceNotConfiguredError(ServiceError):
 class SourceUnavailableError(ServiceError):
     status = 503
     message = "Cannot verify the message right now; retry later"
+    headers = {"Retry-After": "30"}
 
 
 class SourceResultSchema(ma.Schema):
@@ -131,7 +132,7 @@ def source(name: str):
             except CertificateUnavailableError as exc:
                 logger.warning("source.certificate_unavailable",
                                extra={"provider": name, "reason": str(exc)})
-                raise SourceUnavailableError(headers={"Retry-After": "30"}) from None
+                raise SourceUnavailableError() from None
 
         return wrapped
 

@@ -48,10 +48,7 @@ class StoreBusyError(StoreUnavailableError):
     times: https://help.gohighlevel.com/support/solutions/articles/155000007071)."""
 
     status = 429
-
-    def __init__(self):
-        super().__init__()
-        self.headers["Retry-After"] = "600"  # HighLevel's own retry interval
+    headers = {"Retry-After": "600"}  # HighLevel's own retry interval
 
 
 @bp.route("/highlevel", methods=["POST"])

@@ -27,7 +27,6 @@ from .common import (
     check_age,
 )
 
-UTC = dt.UTC
 # SNS gives up on an HTTP/S endpoint after at most 3,600 s of retries (a hard limit), so a
 # notification published longer ago than that (plus clock skew) can only be a replay.
 SNS_MAX_AGE = 3600 + 300
@@ -150,7 +149,7 @@ def _iso_seconds(value: object) -> float:
         when = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     except ValueError:
         raise SignatureError("The SNS Timestamp is not ISO 8601") from None
-    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+    return (when if when.tzinfo else when.replace(tzinfo=dt.UTC)).timestamp()
 
 
 class SnsVerifier:

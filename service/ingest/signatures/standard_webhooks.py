@@ -12,7 +12,6 @@ from standardwebhooks import Webhook
 
 from .common import SignatureError, check_age, unix_seconds
 
-UTC = dt.UTC
 # Standard Webhooks' tolerance, fixed by its spec (and by the package's own verify).
 STANDARD_WEBHOOKS_TOLERANCE = 300
 
@@ -53,7 +52,7 @@ class StandardWebhookVerifier:
             text = body.decode("utf-8")
         except UnicodeDecodeError:
             raise SignatureError("The signature does not match the body") from None
-        signed_at = dt.datetime.fromtimestamp(seconds, UTC)
+        signed_at = dt.datetime.fromtimestamp(seconds, dt.UTC)
         expected = [base64.b64decode(wh.sign(msg_id, signed_at, text).partition(",")[2])
                     for wh in self.webhooks]
         found = False
