@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from service.store.db import documents, events
 from service.store.queue import Outcome, Store
-from service.store.recording import ViewWriter
+from service.store.writers import view_writer
 from service.store.write_connection import WriteConnection
 
 from .conftest import T0, make_view
@@ -168,7 +168,7 @@ def test_a_group_writes_exactly_what_one_request_at_a_time_writes(grouped):
     # requests in ONE transaction, as the group commit writes them, with the public
     # parts it is made of (a ViewWriter's write on the WriteConnection's cursor).
     one_at_a_time = Store(store.engine)
-    writer = ViewWriter(store.engine.dialect, window=int(store.window.total_seconds()))
+    writer = view_writer(store.engine.dialect, window=int(store.window.total_seconds()))
     connection = WriteConnection(store.engine)
     answers = {}
     for loc in ("one_by_one", "grouped"):
@@ -222,7 +222,7 @@ def test_a_group_costs_one_statement_on_postgresql_and_three_on_sqlite(services)
     inserts in one; SQLite upserts, reads the counts back, inserts. An eventId lookup
     is added only for a group that carries eventIds."""
     engine = services.engine
-    writer, connection = ViewWriter(engine.dialect), WriteConnection(engine)
+    writer, connection = view_writer(engine.dialect), WriteConnection(engine)
 
     def write(views):
         with connection.begin() as cursor:
