@@ -1,38 +1,50 @@
-"""Shared plumbing for the benchmarks: fresh stores, service processes, machine facts.
+"""Shared plumbing for the benchmarks: fresh stores, service processes, the run loop,
+machine facts and reports.
 
+The processes are the end-to-end tests' (``tests/processes.py``): the same commands, the
+same clean environment, logs in files (here under ``bench/out/``), always reaped.
 Nothing here talks to anything but 127.0.0.1. Every wait is bounded.
 """
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
 import platform
 import re
 import secrets
 import shlex
-import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"  # logs and SQLite files (git-ignored)
 DEFAULT_PG_URL = os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+PROBLEMS = ("Traceback", "WORKER TIMEOUT", "pixel.record_failed")  # in a server's log
 
+sys.path.insert(0, str(ROOT))  # `tests` (the process harness) and `service`
 
-def free_port() -> int:
-    """A free TCP port on loopback (the usual small race; fine for a benchmark)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.processes import (  # noqa: E402 - after the path set-up
+    Process,
+    Processes,
+    clean_env,
+    flask,
+    free_port,
+    gunicorn,
+    wait_for,
+    wait_ready,
+)
+
+__all__ = ["Process", "flask", "free_port", "gunicorn", "wait_for"]  # re-exported
 
 
 def bench_secrets() -> dict[str, str]:
@@ -48,10 +60,10 @@ def bench_secrets() -> dict[str, str]:
     }
 
 
-def service_env(db_url: str, keys: dict[str, str], **extra: str) -> dict[str, str]:
-    """The environment for a service process: production mode, loopback only."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("DATABASE_URL", "FLASK_APP", "HIGHLEVEL_BASE_URL")}
+def service_env(db_url: str, keys: dict[str, str], **extra: object) -> dict[str, str]:
+    """The environment for a service process: production mode, loopback only, no relay
+    setting inherited from this shell (``tests.processes.clean_env``)."""
+    env = clean_env()
     env.update(keys)
     env.update({
         "RELAY_ENV": "production",
@@ -66,85 +78,76 @@ def service_env(db_url: str, keys: dict[str, str], **extra: str) -> dict[str, st
     return env
 
 
-def bin_path(name: str) -> str:
-    """A console script of this interpreter's environment (the project's venv)."""
-    candidate = Path(sys.executable).parent / name
-    return str(candidate) if candidate.exists() else name
+def store_options(p, results: str, output_help: str | None = None) -> None:
+    """The options every script has: ``--pg-url``, ``--output`` (by default
+    ``bench/<results>``) and ``--keep``."""
+    p.add_argument("--pg-url", default=DEFAULT_PG_URL,
+                   help="PostgreSQL server to create a scratch database in ($BENCH_PG_URL)")
+    p.add_argument("--output", type=Path, default=ROOT / "bench" / results, help=output_help)
+    p.add_argument("--keep", action="store_true", help="keep the SQLite file / PG database")
 
 
-def flask_cmd(*args: str) -> list[str]:
-    return [bin_path("flask"), "--app", "service", *args]
+def check_names(p, values: Iterable[str], allowed: Iterable[str], what: str) -> None:
+    """An argparse error for the first of ``values`` not in ``allowed``."""
+    for v in values:
+        if v not in allowed:
+            p.error(f"unknown {what} {v!r}")
 
 
-def gunicorn_cmd() -> list[str]:
-    return [bin_path("gunicorn"), "--config", "config/gunicorn.conf.py", "service:create_app()"]
+_procs: list[Processes] = []
 
 
-def run_checked(cmd: list[str], env: dict[str, str], *, timeout: float = 120) -> str:
-    """Run a short command in the project root; raise with its output if it fails."""
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{shlex.join(cmd)} failed ({proc.returncode}):\n"
-                           f"{proc.stdout}\n{proc.stderr}")
-    return proc.stdout
+def processes() -> Processes:
+    """This run's processes (``tests.processes.Processes``), logs under bench/out/; any
+    still running when the script exits is killed with its group."""
+    if not _procs:
+        OUT.mkdir(parents=True, exist_ok=True)
+        _procs.append(Processes(OUT, {}))
+        atexit.register(_procs[0].cleanup, show_logs=False)
+    return _procs[0]
 
 
-class Proc:
-    """A background process in its own session, its output in a log file."""
-
-    def __init__(self, name: str, cmd: list[str], env: dict[str, str], log: Path):
-        log.parent.mkdir(parents=True, exist_ok=True)
-        self.name, self.cmd, self.log = name, cmd, log
-        self._fh = open(log, "wb")  # noqa: SIM115 - closed in stop()
-        self.popen = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self._fh,
-                                      stderr=subprocess.STDOUT, start_new_session=True)
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def stop(self, timeout: float = 35.0) -> float:
-        """SIGTERM, wait up to ``timeout`` s, then SIGKILL its group; return seconds taken."""
-        started = time.monotonic()
-        if self.alive():
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                print(f"  {self.name} did not exit in {timeout:.0f}s; killing it", flush=True)
-                try:
-                    os.killpg(self.popen.pid, signal.SIGKILL)  # its own group only
-                except ProcessLookupError:
-                    pass
-                self.popen.wait(10)
-        self._fh.close()
-        return time.monotonic() - started
-
-    def tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+def start(name: str, cmd: Sequence[str], env: dict[str, str]) -> Process:
+    """Start ``cmd`` in the background with exactly ``env``; its logs are
+    ``bench/out/<name>.stdout.log`` and ``.stderr.log``."""
+    return processes().start(name, cmd, **env)
 
 
-def wait_ready(base_url: str, proc: Proc, *, timeout: float = 60.0) -> None:
-    """Poll ``/readyz`` until 200; raise (with the log tail) on timeout or exit."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not proc.alive():
-            raise RuntimeError(f"{proc.name} exited early:\n{proc.tail()}")
-        try:
-            with urllib.request.urlopen(base_url + "/readyz", timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{proc.name} not ready after {timeout:.0f}s:\n{proc.tail()}")
+def run_checked(name: str, cmd: Sequence[str], env: dict[str, str], *,
+                timeout: float = 120) -> str:
+    """Run a short command in the project root; fail with its output unless it exits 0."""
+    return processes().run(name, cmd, timeout=timeout, **env)
+
+
+def log_text(proc: Process) -> str:
+    return proc.stdout() + proc.stderr()
+
+
+SERVICE_APP = "service:create_app()"
+
+
+@contextmanager
+def web_server(name: str, store, keys: dict[str, str], *, workers: int, threads: int,
+               app: str = SERVICE_APP, **extra: object):
+    """``app`` under gunicorn as the Procfile starts it, on a free 127.0.0.1 port, with
+    WEB_CONCURRENCY x GUNICORN_THREADS; on ``store`` after ``flask --app service db
+    upgrade`` (None: an app without a store). Yields ``port``, ``url``, ``env`` and
+    ``web`` (the ``Process``) once /readyz answers and every worker has booted; stops it
+    (SIGTERM, bounded) at the end, and sets ``stopped_in`` (seconds). Logs:
+    ``bench/out/<name>.*.log``."""
+    port = free_port()
+    db_url = store.url if store is not None else "sqlite:///" + str(OUT / "unused.db")
+    env = service_env(db_url, keys, PORT=port, WEB_CONCURRENCY=workers,
+                      GUNICORN_THREADS=threads, **extra)
+    if store is not None:  # idempotent; also catches a migration added since the run began
+        run_checked(f"{name}-db-upgrade", flask("db", "upgrade"), env)
+    url = f"http://127.0.0.1:{port}"
+    server = SimpleNamespace(port=port, url=url, env=env, web=start(name, gunicorn(app=app), env))
+    try:
+        wait_ready(url, server.web, timeout=60, workers=workers)
+        yield server
+    finally:
+        server.stopped_in = server.web.stop()
 
 
 def child_pids(pid: int) -> list[int]:
@@ -156,19 +159,26 @@ def child_pids(pid: int) -> list[int]:
         return []
 
 
-def process_tree_cpu(pid: int) -> float:
-    """CPU seconds (user + system) used by ``pid`` and its live children, from /proc."""
+def tree_cpu(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of ``pid`` and its live children, from /proc."""
     tick = os.sysconf("SC_CLK_TCK")
-    total, todo = 0.0, [pid]
+    user = system = 0.0
+    todo = [pid]
     while todo:
         p = todo.pop()
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
+            user += int(fields[11]) / tick
+            system += int(fields[12]) / tick
         except (OSError, IndexError, ValueError):
             continue
         todo.extend(child_pids(p))
-    return total
+    return user, system
+
+
+def process_tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used by ``pid`` and its live children, from /proc."""
+    return sum(tree_cpu(pid))
 
 
 def rss_kib(pid: int) -> int | None:
@@ -178,6 +188,68 @@ def rss_kib(pid: int) -> int | None:
     except OSError:
         return None
     return int(match[1]) if match else None
+
+
+# -- the run loop -------------------------------------------------------------------------
+
+def run_matrix(outer: Iterable, run: Callable, *, notes: list[str],
+               inner: Sequence = (None,), rounds: int = 1,
+               where: Callable = lambda o, i, rnd: f"{o} {i}",
+               describe: Callable | None = None, check: Callable | None = None,
+               keep_going: bool = True) -> list[dict]:
+    """Every case, side by side, in turn: for each round, for each ``outer`` value (a
+    gunicorn setting, a store...), ``run(o, i, round)`` for each ``inner`` value (the
+    servers, the concurrencies...; by default just None), in reverse order on even rounds
+    so that none always goes first. ``run`` returns a result row (a dict) or yields
+    several (one server, many loads). Each row gets its ``round``, is printed as
+    ``describe(row)`` and adds ``check(row)``'s lines to ``notes``. A case that raises is
+    a note, ``<where>: FAILED: <error>``, and the run goes on; with ``keep_going=False``
+    the error ends the run."""
+    outer = list(outer)
+    rows: list[dict] = []
+    for rnd in range(1, rounds + 1):
+        for o in outer:
+            for i in (inner if rnd % 2 else list(reversed(inner))):
+                try:
+                    made = run(o, i, rnd)
+                    for r in ([made] if isinstance(made, dict) else made):
+                        r["round"] = rnd
+                        rows.append(r)
+                        if describe is not None:
+                            print(describe(r), flush=True)
+                        if check is not None:
+                            notes.extend(check(r))
+                except Exception as exc:
+                    if not keep_going:
+                        raise
+                    notes.append(f"{where(o, i, rnd)}: FAILED: {exc}")
+                    print(f"  FAILED: {exc}", flush=True)
+    return rows
+
+
+def usable_backends(backends: list[str], pg_url: str, notes: list[str], *,
+                    need_pg: bool = True) -> tuple[list[str], list[tuple[str, str]]]:
+    """``backends`` less PostgreSQL (with a note) when it does not answer at ``pg_url``,
+    and the machine's facts (``machine_info``, with PostgreSQL's if it is used)."""
+    backends = list(backends)
+    if need_pg and "postgresql" in backends and (why := postgres_reachable(pg_url)):
+        notes.append(f"postgresql skipped: {why}")
+        print(f"PostgreSQL not reachable at {pg_url}: {why}; skipping it", flush=True)
+        backends.remove("postgresql")
+    return backends, machine_info(pg_url if "postgresql" in backends else None)
+
+
+def write_report(text: str, output: Path, *, marker: str | None = None,
+                 also: str = "") -> None:
+    """Print the report and write it to ``output``; the hand-written analysis in the old
+    file, from ``marker`` on, is kept below the new numbers."""
+    print()
+    print(text)
+    if marker and output.exists() and marker in (old := output.read_text()):
+        text += "\n" + old[old.index(marker):]
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text)
+    print(f"written to {output}{also}")
 
 
 # -- stores ---------------------------------------------------------------------------
@@ -658,31 +730,78 @@ def relay_processes(store: Store, keys: dict[str, str], *, label: str, highlevel
                     workers: int, threads: int, tokens: dict[str, str] | None = None,
                     **extra: str):
     """The relay as the Procfile runs it, on ``store``: ``db upgrade``, gunicorn on a free
-    loopback port, each location's token stored through the admin API, then one forwarder
-    sending to ``highlevel_url`` (waited for until it logs ``forwarder.started``). Yields
-    an object with ``port``, ``url``, ``web`` and ``forwarder`` (``Proc``); stops the
-    forwarder, then gunicorn (SIGTERM, bounded)."""
-    from types import SimpleNamespace
+    loopback port (``web_server``), each location's token stored through the admin API,
+    then one forwarder sending to ``highlevel_url`` (waited for until it logs
+    ``forwarder.started``). Yields an object with ``port``, ``url``, ``web`` and
+    ``forwarder`` (``Process``); stops the forwarder, then gunicorn (SIGTERM, bounded)."""
+    with web_server(f"{label}-gunicorn", store, keys, workers=workers, threads=threads,
+                    HIGHLEVEL_BASE_URL=highlevel_url, **extra) as server:
+        put_tokens(server.url, keys["ADMIN_API_KEYS"].split(",")[0], tokens or {})
+        fwd = start(f"{label}-forwarder", flask("forwarder"), server.env)
+        try:
+            def started() -> bool:
+                assert fwd.running(), f"forwarder exited:\n{fwd.tail()}"
+                return "forwarder.started" in fwd.stdout()
 
-    port = free_port()
-    env = service_env(store.url, keys, PORT=port, WEB_CONCURRENCY=workers,
-                      GUNICORN_THREADS=threads, HIGHLEVEL_BASE_URL=highlevel_url, **extra)
-    run_checked(flask_cmd("db", "upgrade"), env)
-    url = f"http://127.0.0.1:{port}"
-    web = Proc(f"gunicorn ({label})", gunicorn_cmd(), env, OUT / f"{label}-gunicorn.log")
-    fwd = None
-    try:
-        wait_ready(url, web)
-        put_tokens(url, keys["ADMIN_API_KEYS"].split(",")[0], tokens or {})
-        fwd = Proc(f"forwarder ({label})", flask_cmd("forwarder"), env,
-                   OUT / f"{label}-forwarder.log")
-        deadline = time.monotonic() + 60
-        while "forwarder.started" not in fwd.tail(5):
-            if not fwd.alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"forwarder did not start:\n{fwd.tail()}")
-            time.sleep(0.1)
-        yield SimpleNamespace(port=port, url=url, web=web, forwarder=fwd)
-    finally:
-        if fwd is not None:
+            wait_for(started, timeout=60, what="forwarder.started")
+            yield SimpleNamespace(port=server.port, url=server.url, web=server.web,
+                                  forwarder=fwd)
+        finally:
             fwd.stop()
-        web.stop()
+
+
+# -- a backlog for the forwarder ----------------------------------------------------------
+
+def preload_backlog(store: Store, keys: dict[str, str], *, locations: int, documents: int,
+                    token: Callable[[int], str]) -> None:
+    """Store location n's token ``token(n)`` with the service's ``TokenVault`` and one due
+    view for each of ``documents`` documents (every tenth an estimate, locations
+    interleaved, as traffic would be) with ``Store.record_views``, in this process; fail
+    unless exactly that many documents are then due."""
+    import datetime as dt
+
+    from service.store.db import create_engine
+    from service.store.queue import Store as Queue
+    from service.store.queue import View
+    from service.store.tokens import TokenVault
+
+    engine = create_engine(store.url)
+    try:
+        vault = TokenVault(engine, [keys["TOKEN_ENCRYPTION_KEYS"]])
+        now = dt.datetime.now(dt.UTC)
+        for n in range(locations):
+            vault.set_token(f"loc-{n:03d}", access_token=token(n), now=now)
+        queue = Queue(engine)
+        views = [View(kind="estimate" if i % 10 == 9 else "invoice",
+                      location_id=f"loc-{i % locations:03d}",
+                      document_id=f"doc-{i:06d}", viewed_at=now, source="bench")
+                 for i in range(documents)]
+        for first in range(0, len(views), 500):
+            queue.record_views(views[first:first + 500], now=now)
+    finally:
+        engine.dispose()
+    due = store.scalar("SELECT count(*) FROM documents WHERE status = 'pending'")
+    if due != documents:
+        raise RuntimeError(f"preloaded {due} due documents, wanted {documents}")
+
+
+def wait_documents_delivered(store: Store, forwarder: Process, documents: int, *,
+                             deadline: float, interval: float,
+                             each: Callable[[int], None] | None = None
+                             ) -> tuple[int, float | None]:
+    """Poll the store every ``interval`` s until ``documents`` documents are delivered
+    (idle, ``sent_seq >= views_seq``) or ``deadline`` (``time.monotonic()``) passes; call
+    ``each(delivered)`` at every poll. Returns the count and when it was reached (None:
+    not in time); fails if the forwarder exits first."""
+    delivered = 0
+    while time.monotonic() < deadline:
+        delivered = store.scalar("SELECT count(*) FROM documents WHERE status = 'idle' "
+                                 "AND sent_seq >= views_seq")
+        if delivered >= documents:
+            return delivered, time.monotonic()
+        if not forwarder.running():
+            raise RuntimeError(f"forwarder exited early:\n{forwarder.tail()}")
+        if each is not None:
+            each(delivered)
+        time.sleep(interval)
+    return delivered, None

@@ -41,32 +41,33 @@ import shutil
 import subprocess
 import sys
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402 - after the path set-up, so `python bench/compare.py` works
-    DEFAULT_PG_URL,
     OUT,
+    PROBLEMS,
     ROOT,
-    Proc,
+    SERVICE_APP,
+    Process,
     bench_secrets,
-    flask_cmd,
-    free_port,
+    check_names,
     fresh_store,
-    gunicorn_cmd,
-    machine_info,
+    log_text,
     machine_section,
     markdown_table,
-    postgres_reachable,
     pyplot,
     relative_to,
     report_head,
-    run_checked,
-    service_env,
-    wait_ready,
+    run_matrix,
+    store_options,
+    tree_cpu,
+    usable_backends,
+    web_server,
+    write_report,
 )
 from pixel import (  # noqa: E402
     BARE_APP,
@@ -76,7 +77,6 @@ from pixel import (  # noqa: E402
     mint_paths,
     run_wrk,
     settle,
-    tree_cpu,
 )
 
 DEFAULTS = {"duration": 15, "warmup": 2}
@@ -134,45 +134,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="pixel, ingest")
     p.add_argument("--invoices", type=int, default=1000, help="distinct pixel tokens")
     p.add_argument("--locations", type=int, default=20, help="distinct locations")
-    p.add_argument("--pg-url", default=DEFAULT_PG_URL,
-                   help="PostgreSQL server to create a scratch database in ($BENCH_PG_URL)")
-    p.add_argument("--output", type=Path, default=ROOT / "bench" / "results-compare.md",
-                   help="the report; the chart goes beside it with .png")
-    p.add_argument("--keep", action="store_true", help="keep the SQLite file / PG database")
+    store_options(p, "results-compare.md", "the report; the chart goes beside it with .png")
     args = p.parse_args(argv)
-    for b in args.backends:
-        if b not in ("sqlite", "postgresql"):
-            p.error(f"unknown backend {b!r}")
-    for e in args.endpoints:
-        if e not in ("pixel", "ingest"):
-            p.error(f"unknown endpoint {e!r}")
+    check_names(p, args.backends, ("sqlite", "postgresql"), "backend")
+    check_names(p, args.endpoints, ("pixel", "ingest"), "endpoint")
     if not shutil.which("wrk"):
         p.error("wrk is not installed (apt-get install -y wrk)")
     return args
 
 
-@contextmanager
-def serve(target: str, store, workers: int, threads: int, keys: dict):
-    """Start the bare app or the relay under gunicorn; yield (port, process); stop it."""
-    port = free_port()
-    url = store.url if store else "sqlite:///" + str(OUT / "unused.db")
-    env = service_env(url, keys, PORT=port, WEB_CONCURRENCY=workers, GUNICORN_THREADS=threads)
-    cmd = gunicorn_cmd()
-    if store is None:
-        cmd = cmd[:-1] + [BARE_APP]
-    else:
-        run_checked(flask_cmd("db", "upgrade"), env)
-    name = f"{target}-{store.backend}" if store else target
-    server = Proc(f"gunicorn {name} {workers}x{threads}", cmd, env,
-                  OUT / f"compare-{name}-{workers}x{threads}.log")
-    try:
-        wait_ready(f"http://127.0.0.1:{port}", server)
-        yield port, server
-    finally:
-        server.stop()
-
-
-def measure(args, endpoint: str, port: int, server: Proc, store, files: dict, *,
+def measure(args, endpoint: str, port: int, server: Process, store, files: dict, *,
             after_warmup=None) -> dict:
     """Warm up, call ``after_warmup()`` if given, then one measured wrk run; the relay's
     stored rows checked against its 2xx. ``r["started"]``: when the measured run began."""
@@ -200,7 +171,7 @@ def measure(args, endpoint: str, port: int, server: Proc, store, files: dict, *,
     r.pop("raw")
     r["server_cpu_ms"] = (sum(cpu1) - sum(cpu0)) / max(r["ok"], 1) * 1000
     r["server_cores"] = (sum(cpu1) - sum(cpu0)) / r["seconds"]
-    if not server.alive():
+    if not server.running():
         raise RuntimeError(f"{server.name} died:\n{server.tail()}")
     if store is not None:
         r["stored"] = settle(store) - before
@@ -213,12 +184,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     started = dt.datetime.now(dt.UTC)
     notes: list[str] = []
-    backends = list(args.backends)
-    if "postgresql" in backends and (why := postgres_reachable(args.pg_url)):
-        notes.append(f"postgresql skipped: {why}")
-        print(f"PostgreSQL not reachable at {args.pg_url}: {why}; skipping it", flush=True)
-        backends.remove("postgresql")
-    facts = machine_info(args.pg_url if "postgresql" in backends else None)
+    backends, facts = usable_backends(args.backends, args.pg_url, notes)
     print("\n".join(f"{k}: {v}" for k, v in facts), flush=True)
     keys = bench_secrets()
     OUT.mkdir(parents=True, exist_ok=True)
@@ -230,45 +196,46 @@ def main(argv=None) -> int:
     files["paths"].write_text("\n".join(mint_paths(keys, args.invoices, args.locations)) + "\n")
     files["pixel_lua"].write_text(WRK_SCRIPT)
     files["ingest_lua"].write_text(INGEST_LUA)
-    rows: list[dict] = []
     with ExitStack() as stack:
         stores = [None] + [stack.enter_context(fresh_store(b, "compare", pg_url=args.pg_url,
                                                            keep=args.keep))
                            for b in backends]
-        for workers, threads in args.configs:
-            for store in stores:
-                target = "bare" if store is None else "relay"
-                name = "bare Flask" if store is None else f"relay, {store.backend}"
-                try:
-                    with serve(target, store, workers, threads, keys) as (port, server):
-                        for endpoint in args.endpoints:
-                            print(f"{workers}x{threads} {name} {endpoint}: {args.warmup} s "
-                                  f"warm-up + {args.duration} s ...", flush=True)
-                            r = measure(args, endpoint, port, server, store, files)
-                            r.update(server=name, endpoint=endpoint, workers=workers,
-                                     threads=threads)
-                            rows.append(r)
-                            print("  " + describe(r), flush=True)
-                    log = server.log.read_text(errors="replace")
-                    for what in ("Traceback", "WORKER TIMEOUT", "pixel.record_failed"):
-                        if log.count(what):
-                            notes.append(f"{workers}x{threads} {name}: {log.count(what)} "
-                                         f"{what!r} in {server.log.relative_to(ROOT)}")
-                except Exception as exc:  # noqa: BLE001 - reported; the other cases go on
-                    notes.append(f"{workers}x{threads} {name}: FAILED: {exc}")
-                    print(f"  FAILED: {exc}", flush=True)
+
+        def server_of(store) -> str:
+            return "bare Flask" if store is None else f"relay, {store.backend}"
+
+        def case(config: tuple[int, int], store, _round: int):
+            """One server, each endpoint in turn: a row each."""
+            workers, threads = config
+            name = server_of(store)
+            log = "bare" if store is None else f"relay-{store.backend}"
+            with web_server(f"compare-{log}-{workers}x{threads}", store, keys,
+                            workers=workers, threads=threads,
+                            app=SERVICE_APP if store else BARE_APP) as server:
+                for endpoint in args.endpoints:
+                    print(f"{workers}x{threads} {name} {endpoint}: {args.warmup} s "
+                          f"warm-up + {args.duration} s ...", flush=True)
+                    r = measure(args, endpoint, server.port, server.web, store, files)
+                    r.update(server=name, endpoint=endpoint, workers=workers,
+                             threads=threads)
+                    yield r
+            text = log_text(server.web)
+            for what in PROBLEMS:
+                if text.count(what):
+                    notes.append(f"{workers}x{threads} {name}: {text.count(what)} {what!r} "
+                                 f"in {server.web.stdout_path.relative_to(ROOT)}")
+
+        rows = run_matrix(args.configs, case, inner=stores, notes=notes,
+                          where=lambda c, st, _r: f"{c[0]}x{c[1]} {server_of(st)}",
+                          describe=lambda r: "  " + describe(r))
     notes += [f"{r['workers']}x{r['threads']} {r['server']} {r['endpoint']}: STORED "
               f"{r['stored']} rows for {r['ok']} 2xx" for r in rows if r.get("stored_ok") is False]
     notes.append("load average at the end: "
                  + " ".join(f"{x:.2f}" for x in os.getloadavg()) + f" on {os.cpu_count()} CPUs")
     chart = args.output.with_suffix(".png")
     draw(rows, chart)
-    text = report(args, rows, notes, facts, started, chart)
-    print()
-    print(text)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text)
-    print(f"written to {args.output} and {chart}")
+    write_report(report(args, rows, notes, facts, started, chart), args.output,
+                 also=f" and {chart}")
     ok = rows and all(r.get("stored_ok", True) for r in rows) and not any(
         "FAILED" in n or "record_failed" in n for n in notes)
     return 0 if ok else 1

@@ -34,22 +34,25 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402 - after the path set-up, so `python bench/forward.py` works
-    DEFAULT_PG_URL,
-    OUT,
     ROOT,
-    Proc,
     bench_secrets,
+    check_names,
     command_line,
-    facts_block,
-    flask_cmd,
+    flask,
     fresh_store,
-    machine_info,
+    machine_section,
     markdown_table,
     percentile,
-    postgres_reachable,
+    preload_backlog,
     process_tree_cpu,
     run_checked,
+    run_matrix,
     service_env,
+    start,
+    store_options,
+    usable_backends,
+    wait_documents_delivered,
+    write_report,
 )
 
 UTC = dt.UTC
@@ -77,18 +80,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--validate-openapi", action="store_true",
                    help="let the fake validate each request against ../shared/highlevel-openapi "
                         "(costs the fake CPU on this machine)")
-    p.add_argument("--pg-url", default=DEFAULT_PG_URL,
-                   help="PostgreSQL server to create a scratch database in ($BENCH_PG_URL)")
     p.add_argument("--timeout", type=float, default=None,
                    help="give up on a run after this many seconds (default: 20x the time the "
                         "ceiling would take, at least 120)")
-    p.add_argument("--output", type=Path, default=ROOT / "bench" / "results-forward.md")
-    p.add_argument("--keep", action="store_true", help="keep the SQLite file / PG database")
+    store_options(p, "results-forward.md")
     args = p.parse_args(argv)
     args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    for b in args.backends:
-        if b not in ("sqlite", "postgresql"):
-            p.error(f"unknown backend {b!r}")
+    check_names(p, args.backends, ("sqlite", "postgresql"), "backend")
     if args.documents < 1 or args.locations < 1 or args.latency < 0:
         p.error("--documents and --locations must be >= 1, --latency >= 0")
     return args
@@ -129,40 +127,14 @@ def fake_process(latency: float, rate_max: int, validate: bool, pipe) -> None:
 
 # -- one run ------------------------------------------------------------------------------
 
-def preload(store_url: str, keys: dict, args) -> None:
-    """Store the tokens and the due views with the service's own code, in this process."""
-    sys.path.insert(0, str(ROOT))
-    from service.store.db import create_engine
-    from service.store.queue import Store, View
-    from service.store.tokens import TokenVault
-
-    engine = create_engine(store_url)
-    try:
-        vault = TokenVault(engine, [keys["TOKEN_ENCRYPTION_KEYS"]])
-        now = dt.datetime.now(UTC)
-        for n in range(args.locations):
-            vault.set_token(f"loc-{n:03d}", access_token=f"bench-token-{n:03d}-xxxxxxxx", now=now)
-        store = Store(engine)
-        views = [View(kind="estimate" if i % 10 == 9 else "invoice",
-                      location_id=f"loc-{i % args.locations:03d}",
-                      document_id=f"doc-{i:06d}", viewed_at=now, source="bench")
-                 for i in range(args.documents)]
-        for start in range(0, len(views), 500):
-            store.record_views(views[start:start + 500], now=now)
-    finally:
-        engine.dispose()
-
-
 def run_one(args, backend: str, concurrency: int, keys: dict) -> dict:
     label = f"forward-{backend}-c{concurrency}"
     with fresh_store(backend, "forward", pg_url=args.pg_url, keep=args.keep) as store:
         env = service_env(store.url, keys, FORWARD_CONCURRENCY=concurrency,
                           RATE_LIMIT_BURST="1000000/10s", RATE_LIMIT_DAILY="100000000")
-        run_checked(flask_cmd("db", "upgrade"), env)
-        preload(store.url, keys, args)
-        due = store.scalar("SELECT count(*) FROM documents WHERE status = 'pending'")
-        if due != args.documents:
-            raise RuntimeError(f"preloaded {due} due documents, wanted {args.documents}")
+        run_checked(f"{label}-db-upgrade", flask("db", "upgrade"), env)
+        preload_backlog(store, keys, locations=args.locations, documents=args.documents,
+                        token=lambda n: f"bench-token-{n:03d}-xxxxxxxx")
 
         ctx = mp.get_context("spawn")
         pipe, child_end = ctx.Pipe()
@@ -177,23 +149,12 @@ def run_one(args, backend: str, concurrency: int, keys: dict) -> dict:
 
         ceiling = concurrency / args.latency if args.latency else float("inf")
         timeout = args.timeout or max(120.0, 20 * args.documents / min(ceiling, 1e6) + 60)
-        log = OUT / f"{label}.log"
         t_spawn = time.monotonic()
-        fwd = Proc(f"forwarder ({backend}, {concurrency})", flask_cmd("forwarder"), env, log)
-        delivered = 0
-        done_at = None
+        fwd = start(label, flask("forwarder"), env)
+        log = fwd.stdout_path
         try:
-            deadline = t_spawn + timeout
-            while time.monotonic() < deadline:
-                delivered = store.scalar(
-                    "SELECT count(*) FROM documents WHERE status = 'idle' "
-                    "AND sent_seq >= views_seq")
-                if delivered >= args.documents:
-                    done_at = time.monotonic()
-                    break
-                if not fwd.alive():
-                    raise RuntimeError(f"forwarder exited early:\n{fwd.tail()}")
-                time.sleep(0.1)
+            delivered, done_at = wait_documents_delivered(
+                store, fwd, args.documents, deadline=t_spawn + timeout, interval=0.1)
             fwd_cpu = process_tree_cpu(fwd.pid)
         finally:
             stop_s = fwd.stop()
@@ -279,57 +240,51 @@ def report(args, rows: list, notes: list, facts: list, started: dt.datetime) -> 
         "- stores: a new SQLite file under `bench/out/`, a new PostgreSQL database (dropped "
         "afterwards).",
         "",
-        "## Machine",
-        "",
-        facts_block(facts),
+        *machine_section(facts, notes),
     ]
-    if notes:
-        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
+
+
+def describe(r: dict) -> str:
+    return (f"[{r['backend']}] c={r['concurrency']}: {r['sends_per_s']:.1f} sends/s of a "
+            f"{r['ceiling']:.0f}/s ceiling ({100 * r['sends_per_s'] / r['ceiling']:.0f}%), "
+            f"delivered {r['delivered']}/{r['documents']}, peak in flight "
+            f"{r['peak_in_flight']}, exit after SIGTERM {r['stop_s']:.1f} s, "
+            f"log {r['log'].relative_to(ROOT)}")
+
+
+def check(r: dict) -> list[str]:
+    where = f"{r['backend']} c={r['concurrency']}"
+    notes = []
+    if not r["finished"]:
+        notes.append(f"{where}: timed out with {r['delivered']}/{r['documents']} "
+                     f"delivered (see {r['log'].relative_to(ROOT)})")
+    if set(r["outcomes"]) - {"delivered"}:
+        notes.append(f"{where}: delivery-log outcomes {r['outcomes']}")
+    if set(r["hl_statuses"]) - {200}:
+        notes.append(f"{where}: fake HighLevel answered {r['hl_statuses']}")
+    if r["repeated"]:
+        notes.append(f"{where}: {r['repeated']} documents were PATCHed more than once")
+    if r["violations"]:
+        notes.append(f"{where}: contract violations {r['violations']}")
+    return notes
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     started = dt.datetime.now(UTC)
     notes: list[str] = []
-    backends = list(args.backends)
-    if "postgresql" in backends:
-        why = postgres_reachable(args.pg_url)
-        if why:
-            notes.append(f"postgresql skipped: {why}")
-            print(f"PostgreSQL not reachable at {args.pg_url}: {why}; skipping it", flush=True)
-            backends.remove("postgresql")
-    facts = machine_info(args.pg_url if "postgresql" in backends else None)
+    backends, facts = usable_backends(args.backends, args.pg_url, notes)
     keys = bench_secrets()
-    rows = []
-    for backend in backends:
-        for concurrency in args.concurrency:
-            print(f"[{backend}] FORWARD_CONCURRENCY={concurrency}: {args.documents} documents, "
-                  f"HighLevel latency {args.latency:g} s ...", flush=True)
-            r = run_one(args, backend, concurrency, keys)
-            rows.append(r)
-            print(f"[{backend}] c={concurrency}: {r['sends_per_s']:.1f} sends/s of a "
-                  f"{r['ceiling']:.0f}/s ceiling ({100 * r['sends_per_s'] / r['ceiling']:.0f}%), "
-                  f"delivered {r['delivered']}/{r['documents']}, peak in flight "
-                  f"{r['peak_in_flight']}, exit after SIGTERM {r['stop_s']:.1f} s, "
-                  f"log {r['log'].relative_to(ROOT)}", flush=True)
-            where = f"{backend} c={concurrency}"
-            if not r["finished"]:
-                notes.append(f"{where}: timed out with {r['delivered']}/{r['documents']} "
-                             f"delivered (see {r['log'].relative_to(ROOT)})")
-            if set(r["outcomes"]) - {"delivered"}:
-                notes.append(f"{where}: delivery-log outcomes {r['outcomes']}")
-            if set(r["hl_statuses"]) - {200}:
-                notes.append(f"{where}: fake HighLevel answered {r['hl_statuses']}")
-            if r["repeated"]:
-                notes.append(f"{where}: {r['repeated']} documents were PATCHed more than once")
-            if r["violations"]:
-                notes.append(f"{where}: contract violations {r['violations']}")
-    text = report(args, rows, notes, facts, started)
-    print()
-    print(text)
-    args.output.write_text(text)
-    print(f"written to {args.output}")
+
+    def case(backend: str, concurrency: int, _round: int) -> dict:
+        print(f"[{backend}] FORWARD_CONCURRENCY={concurrency}: {args.documents} documents, "
+              f"HighLevel latency {args.latency:g} s ...", flush=True)
+        return run_one(args, backend, concurrency, keys)
+
+    rows = run_matrix(backends, case, inner=args.concurrency, notes=notes,
+                      describe=describe, check=check, keep_going=False)
+    write_report(report(args, rows, notes, facts, started), args.output)
     ok = rows and all(r["finished"] and not r["repeated"] for r in rows)
     return 0 if ok else 1
 

@@ -36,25 +36,22 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402 - after the path set-up, so `python bench/ingest.py` works
-    DEFAULT_PG_URL,
-    OUT,
     ROOT,
-    Proc,
+    Process,
     bench_secrets,
+    check_names,
     command_line,
-    facts_block,
-    flask_cmd,
-    free_port,
     fresh_store,
-    gunicorn_cmd,
-    machine_info,
+    log_text,
+    machine_section,
     markdown_table,
     percentile,
-    postgres_reachable,
     process_tree_cpu,
-    run_checked,
-    service_env,
-    wait_ready,
+    run_matrix,
+    store_options,
+    usable_backends,
+    web_server,
+    write_report,
 )
 
 
@@ -86,19 +83,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--locations", type=int, default=50, help="distinct locationIds")
     p.add_argument("--repeat", type=float, default=0.2,
                    help="share of events that repeat a recent invoice (coalesced)")
-    p.add_argument("--pg-url", default=DEFAULT_PG_URL,
-                   help="PostgreSQL server to create a scratch database in ($BENCH_PG_URL)")
-    p.add_argument("--output", type=Path, default=ROOT / "bench" / "results-ingest.md")
-    p.add_argument("--keep", action="store_true", help="keep the SQLite file / PG database")
+    store_options(p, "results-ingest.md")
     args = p.parse_args(argv)
     args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]
-    for b in args.backends:
-        if b not in ("sqlite", "postgresql"):
-            p.error(f"unknown backend {b!r}")
-    for c in args.cases:
-        if c not in ("single", "batch"):
-            p.error(f"unknown case {c!r}")
+    check_names(p, args.backends, ("sqlite", "postgresql"), "backend")
+    check_names(p, args.cases, ("single", "batch"), "case")
     if not 1 <= args.batch_size <= 500:
         p.error("--batch-size must be 1..500 (the API's limit)")
     return args
@@ -197,7 +187,7 @@ def client_process(spec: dict, pipe) -> None:
 
 # -- one case -----------------------------------------------------------------------------
 
-def run_case(args, store, server: Proc, port: int, key: str, mode: str, conns: int,
+def run_case(args, store, server: Process, port: int, key: str, mode: str, conns: int,
              seed: int) -> dict:
     ctx = mp.get_context("spawn")
     procs_n = max(1, min(conns, args.client_procs))
@@ -264,55 +254,56 @@ def run_case(args, store, server: Proc, port: int, key: str, mode: str, conns: i
     }
 
 
-def run_backend(args, backend: str, keys: dict, rows: list, notes: list) -> None:
+def run_backend(args, backend: str, _server, _round: int, keys: dict, notes: list):
+    """One gunicorn on a fresh ``backend`` store, each case in turn: a row each."""
     with fresh_store(backend, "ingest", pg_url=args.pg_url, keep=args.keep) as store:
-        port = free_port()
-        env = service_env(store.url, keys, PORT=port, WEB_CONCURRENCY=args.workers,
-                          GUNICORN_THREADS=args.threads)
-        run_checked(flask_cmd("db", "upgrade"), env)
-        log = OUT / f"ingest-{backend}-gunicorn.log"
-        server = Proc(f"gunicorn ({backend})", gunicorn_cmd(), env, log)
-        try:
-            wait_ready(f"http://127.0.0.1:{port}", server)
-            print(f"[{backend}] gunicorn up on 127.0.0.1:{port} "
+        with web_server(f"ingest-{backend}-gunicorn", store, keys, workers=args.workers,
+                        threads=args.threads) as server:
+            log = server.web.stdout_path
+            print(f"[{backend}] gunicorn up on 127.0.0.1:{server.port} "
                   f"({args.workers} workers x {args.threads} threads), log {log}", flush=True)
             plan = [("single", c) for c in args.connections if "single" in args.cases]
             plan += [("batch", c) for c in args.batch_connections if "batch" in args.cases]
             for i, (mode, conns) in enumerate(plan):
                 print(f"[{backend}] {mode}, {conns} connections: {args.warmup:g} s warm-up + "
                       f"{args.duration:g} s ...", flush=True)
-                r = run_case(args, store, server, port, keys["INGEST_API_KEYS"], mode, conns,
-                             seed=i + 1)
+                r = run_case(args, store, server.web, server.port, keys["INGEST_API_KEYS"],
+                             mode, conns, seed=i + 1)
                 r["backend"] = backend
-                rows.append(r)
-                print(f"[{backend}] {mode}: {r['eps']:.0f} events/s, {r['rps']:.0f} req/s, "
-                      f"p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms, errors {r['errors']}, "
-                      f"stored {r['stored']} / expected {r['expected_rows']} "
-                      f"{'OK' if r['stored_ok'] else 'MISMATCH'}", flush=True)
-                if r["error_kinds"]:
-                    notes.append(f"{backend} {mode} x{conns}: errors {r['error_kinds']}"
-                                 + (f" ({r['unknown_outcome']} with unknown outcome)"
-                                    if r["unknown_outcome"] else ""))
-                if r["samples"] < 20:
-                    notes.append(f"{backend} {mode} x{conns}: only {r['samples']} requests "
-                                 "sent in the window: a rough rate and p99; raise --duration")
-                if r["stuck"]:
-                    notes.append(f"{backend} {mode} x{conns}: {r['stuck']} client threads "
-                                 "still waiting at the end")
-                if not r["stored_ok"]:
-                    notes.append(f"{backend} {mode} x{conns}: STORED {r['stored']} rows but "
-                                 f"the server accepted {r['expected_rows']} new events")
-                if not server.alive():
-                    raise RuntimeError(f"gunicorn died:\n{server.tail()}")
-        finally:
-            took = server.stop()
-            print(f"[{backend}] gunicorn stopped in {took:.1f} s", flush=True)
-        log_text = log.read_text(errors="replace")
-        tracebacks = log_text.count("Traceback")
-        worker_timeouts = log_text.count("WORKER TIMEOUT")
+                yield r
+                if not server.web.running():
+                    raise RuntimeError(f"gunicorn died:\n{server.web.tail()}")
+        print(f"[{backend}] gunicorn stopped in {server.stopped_in:.1f} s", flush=True)
+        text = log_text(server.web)
+        tracebacks, worker_timeouts = text.count("Traceback"), text.count("WORKER TIMEOUT")
         if tracebacks or worker_timeouts:
             notes.append(f"{backend}: server log has {tracebacks} tracebacks, "
                          f"{worker_timeouts} worker timeouts (see {log.relative_to(ROOT)})")
+
+
+def describe(r: dict) -> str:
+    return (f"[{r['backend']}] {r['mode']}: {r['eps']:.0f} events/s, {r['rps']:.0f} req/s, "
+            f"p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms, errors {r['errors']}, "
+            f"stored {r['stored']} / expected {r['expected_rows']} "
+            f"{'OK' if r['stored_ok'] else 'MISMATCH'}")
+
+
+def check(r: dict) -> list[str]:
+    where = f"{r['backend']} {r['mode']} x{r['conns']}"
+    notes = []
+    if r["error_kinds"]:
+        notes.append(f"{where}: errors {r['error_kinds']}"
+                     + (f" ({r['unknown_outcome']} with unknown outcome)"
+                        if r["unknown_outcome"] else ""))
+    if r["samples"] < 20:
+        notes.append(f"{where}: only {r['samples']} requests "
+                     "sent in the window: a rough rate and p99; raise --duration")
+    if r["stuck"]:
+        notes.append(f"{where}: {r['stuck']} client threads still waiting at the end")
+    if not r["stored_ok"]:
+        notes.append(f"{where}: STORED {r['stored']} rows but "
+                     f"the server accepted {r['expected_rows']} new events")
+    return notes
 
 
 def _ms(r: dict) -> list[str]:
@@ -365,12 +356,8 @@ def report(args, rows: list, notes: list, facts: list, started: dt.datetime) -> 
         f"{args.repeat:.0%} of events repeat a recent invoice of the same connection (those "
         "coalesce onto one pending row); no `eventId`, so every 202 is a new event row.",
         "",
-        "## Machine",
-        "",
-        facts_block(facts),
+        *machine_section(facts, notes),
     ]
-    if notes:
-        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
 
 
@@ -378,23 +365,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     started = dt.datetime.now(dt.UTC)
     notes: list[str] = []
-    backends = list(args.backends)
-    if "postgresql" in backends:
-        why = postgres_reachable(args.pg_url)
-        if why:
-            notes.append(f"postgresql skipped: {why}")
-            print(f"PostgreSQL not reachable at {args.pg_url}: {why}; skipping it", flush=True)
-            backends.remove("postgresql")
-    facts = machine_info(args.pg_url if "postgresql" in backends else None)
+    backends, facts = usable_backends(args.backends, args.pg_url, notes)
     keys = bench_secrets()
-    rows: list[dict] = []
-    for backend in backends:
-        run_backend(args, backend, keys, rows, notes)
-    text = report(args, rows, notes, facts, started)
-    print()
-    print(text)
-    args.output.write_text(text)
-    print(f"written to {args.output}")
+    rows = run_matrix(backends, lambda b, s, rnd: run_backend(args, b, s, rnd, keys, notes),
+                      notes=notes, describe=describe, check=check, keep_going=False)
+    write_report(report(args, rows, notes, facts, started), args.output)
     return 0 if rows and all(r["stored_ok"] for r in rows) else 1
 
 

@@ -51,17 +51,12 @@ from types import SimpleNamespace
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402 - after the path set-up, so `python bench/inline.py` works
-    DEFAULT_PG_URL,
     OUT,
-    ROOT,
     FakeHighLevelProcess,
     PacedLoad,
-    Proc,
     bench_secrets,
     facts_for,
-    free_port,
     fresh_store,
-    gunicorn_cmd,
     machine_section,
     markdown_table,
     per_second,
@@ -70,9 +65,11 @@ from common import (  # noqa: E402 - after the path set-up, so `python bench/inl
     relative_to,
     relay_processes,
     report_head,
-    service_env,
+    run_matrix,
+    store_options,
     wait_delivered,
-    wait_ready,
+    web_server,
+    write_report,
 )
 from compare import INGEST_LUA, measure  # noqa: E402
 from pixel import _csv  # noqa: E402
@@ -114,11 +111,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="longest wait for the relay to deliver its backlog")
     p.add_argument("--backend", choices=["sqlite", "postgresql"], default="sqlite",
                    help="the relay's store")
-    p.add_argument("--pg-url", default=DEFAULT_PG_URL,
-                   help="PostgreSQL server to create a scratch database in ($BENCH_PG_URL)")
-    p.add_argument("--output", type=Path, default=ROOT / "bench" / "results-inline.md",
-                   help="the report; the chart goes beside it with .png")
-    p.add_argument("--keep", action="store_true", help="keep the SQLite file / PG database")
+    store_options(p, "results-inline.md", "the report; the chart goes beside it with .png")
     args = p.parse_args(argv)
     if not set(args.parts) <= {"throughput", "outage"} or not set(args.apps) <= set(APPS):
         p.error("--parts: throughput, outage; --apps: inline, relay")
@@ -134,19 +127,12 @@ def running(args, app: str, keys: dict, label: str):
     """A fresh fake HighLevel and the app (inline, or relay on a fresh store) against it."""
     with FakeHighLevelProcess(latency=args.latency) as fake:
         if app == "inline":
-            port = free_port()
-            env = service_env("sqlite:///" + str(OUT / "unused.db"), keys, PORT=port,
-                              WEB_CONCURRENCY=args.workers, GUNICORN_THREADS=args.threads,
-                              HIGHLEVEL_BASE_URL=fake.url,
-                              INLINE_TOKENS=json.dumps(tokens_for(args)))
-            web = Proc(f"gunicorn inline ({label})", gunicorn_cmd()[:-1] + [INLINE_APP], env,
-                       OUT / f"{label}-gunicorn.log")
-            try:
-                wait_ready(f"http://127.0.0.1:{port}", web)
-                yield SimpleNamespace(fake=fake, port=port, web=web, forwarder=None,
-                                      store=None)
-            finally:
-                web.stop()
+            with web_server(f"{label}-gunicorn", None, keys, workers=args.workers,
+                            threads=args.threads, app=INLINE_APP,
+                            HIGHLEVEL_BASE_URL=fake.url,
+                            INLINE_TOKENS=json.dumps(tokens_for(args))) as server:
+                yield SimpleNamespace(fake=fake, port=server.port, web=server.web,
+                                      forwarder=None, store=None)
         else:
             with fresh_store(args.backend, "inline", pg_url=args.pg_url,
                              keep=args.keep) as store, \
@@ -176,7 +162,7 @@ def throughput(args, app: str, keys: dict) -> dict:
              "locations": list(tokens_for(args))}
     files["ingest_lua"].write_text(INGEST_LUA)
     with running(args, app, keys, label) as env:
-        alive = (lambda: env.forwarder.alive()) if env.forwarder else (lambda: True)
+        alive = env.forwarder.running if env.forwarder else (lambda: True)
 
         def drain_warmup() -> None:  # the measured run starts with no backlog
             if env.store is not None:
@@ -185,7 +171,7 @@ def throughput(args, app: str, keys: dict) -> dict:
         r = measure(args, "ingest", env.port, env.web, env.store, files,
                     after_warmup=drain_warmup)
         ended = r["started"] + r["seconds"]
-        r.update(app=app, ended=ended)
+        r.update(part="throughput", app=app, ended=ended)
         if env.store is not None:
             counts, drained_at = wait_delivered(env.store, timeout=args.drain_timeout,
                                                 alive=alive)
@@ -231,10 +217,10 @@ def outage(args, app: str, keys: dict) -> dict:
         t_up = time.monotonic()
         results = load.join()
         t_end = time.monotonic()
-        r = {"app": app, "start": load.start_at, "t_down": t_down, "t_up": t_up,
+        r = {"part": "outage", "app": app, "start": load.start_at, "t_down": t_down, "t_up": t_up,
              "t_end": t_end, "results": results}
         if env.store is not None:
-            alive = env.forwarder.alive
+            alive = env.forwarder.running
             counts, drained_at = wait_delivered(env.store, timeout=args.drain_timeout,
                                                 alive=alive)
             r.update(counts=counts, drained_at=drained_at)
@@ -472,6 +458,31 @@ def report(args, tp: list[dict], out: list[dict], notes: list[str], facts: list,
     return "\n".join(lines) + "\n"
 
 
+def describe(r: dict) -> str:
+    if r["part"] == "throughput":
+        return (f"  accepted {r['rps']:,.1f} events/s, p50 {r['p50']:.1f} ms, "
+                f"p99 {r['p99']:.1f} ms, HighLevel 200s in the run {r['hl_ok_in_run']:,}"
+                + (f", stored {r['stored']:,} for {r['ok']:,} 202s, backlog "
+                   f"delivered in {r['drain_s']:.1f} s" if r["app"] == "relay" else ""))
+    return (f"  sent {r['sent']:,}, accepted {r['accepted']:,}, lost "
+            f"{r['lost']:,}, delivered after recovery {r['after_recovery']:,}"
+            + (f", drained {r['drain_s']:.1f} s after recovery"
+               if r.get("drain_s") is not None else ""))
+
+
+def check(r: dict) -> list[str]:
+    part, app = r["part"], r["app"]
+    notes = []
+    if part == "throughput" and set(r["hl_statuses"]) - {200}:
+        notes.append(f"throughput {app}: the fake HighLevel answered "
+                     f"{r['hl_statuses']} (status: PATCHes) during the run")
+    if r.get("violations"):
+        notes.append(f"{part} {app}: contract violations at the fake: {r['violations']}")
+    if r.get("note"):
+        notes.append(f"{part} {app}: {r['note']}")
+    return notes
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     started = dt.datetime.now(dt.UTC)
@@ -479,42 +490,17 @@ def main(argv=None) -> int:
     facts = facts_for(args.backend, args.pg_url)
     keys = bench_secrets()
     OUT.mkdir(parents=True, exist_ok=True)
-    tp: list[dict] = []
-    out: list[dict] = []
-    failed = False
-    for part in args.parts:
-        for app in args.apps:
-            print(f"{part}: {APPS[app]} ...", flush=True)
-            try:
-                if part == "throughput":
-                    r = throughput(args, app, keys)
-                    tp.append(r)
-                    print(f"  accepted {r['rps']:,.1f} events/s, p50 {r['p50']:.1f} ms, "
-                          f"p99 {r['p99']:.1f} ms, HighLevel 200s in the run "
-                          f"{r['hl_ok_in_run']:,}"
-                          + (f", stored {r['stored']:,} for {r['ok']:,} 202s, backlog "
-                             f"delivered in {r['drain_s']:.1f} s" if app == "relay" else ""),
-                          flush=True)
-                else:
-                    r = outage(args, app, keys)
-                    out.append(r)
-                    print(f"  sent {r['sent']:,}, accepted {r['accepted']:,}, lost "
-                          f"{r['lost']:,}, delivered after recovery {r['after_recovery']:,}"
-                          + (f", drained {r['drain_s']:.1f} s after recovery"
-                             if r.get("drain_s") is not None else ""), flush=True)
-            except Exception as exc:  # noqa: BLE001 - reported; the other cases go on
-                failed = True
-                notes.append(f"{part} {app}: FAILED: {exc}")
-                print(f"  FAILED: {exc}", flush=True)
-                continue
-            if part == "throughput" and set(r["hl_statuses"]) - {200}:
-                notes.append(f"throughput {app}: the fake HighLevel answered "
-                             f"{r['hl_statuses']} (status: PATCHes) during the run")
-            if r.get("violations"):
-                notes.append(f"{part} {app}: contract violations at the fake: "
-                             f"{r['violations']}")
-            if r.get("note"):
-                notes.append(f"{part} {app}: {r['note']}")
+
+    def case(part: str, app: str, _round: int) -> dict:
+        print(f"{part}: {APPS[app]} ...", flush=True)
+        return (throughput if part == "throughput" else outage)(args, app, keys)
+
+    rows = run_matrix(args.parts, case, inner=args.apps, notes=notes,
+                      where=lambda part, app, _r: f"{part} {app}", describe=describe,
+                      check=check)
+    tp = [r for r in rows if r["part"] == "throughput"]
+    out = [r for r in rows if r["part"] == "outage"]
+    failed = any(": FAILED: " in n for n in notes)
     for r in tp:
         if r["app"] == "relay" and not (r["stored_ok"] and r["drained"] and not r["hl_extra"]):
             failed = True
@@ -531,12 +517,8 @@ def main(argv=None) -> int:
     chart = args.output.with_suffix(".png")
     if tp or out:
         draw(args, tp, out, chart)
-    text = report(args, tp, out, notes, facts, started, chart)
-    print()
-    print(text)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text)
-    print(f"written to {args.output} and {chart}")
+    write_report(report(args, tp, out, notes, facts, started, chart), args.output,
+                 also=f" and {chart}")
     return 1 if failed or not (tp or out) else 0
 
 

@@ -63,27 +63,26 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402 - after the path set-up, so `python bench/pixel.py` works
-    DEFAULT_PG_URL,
     OUT,
-    ROOT,
-    Proc,
+    SERVICE_APP,
     bench_secrets,
+    check_names,
     command_line,
-    facts_block,
-    flask_cmd,
-    free_port,
+    flask,
     fresh_store,
-    gunicorn_cmd,
-    machine_info,
+    log_text,
+    machine_section,
     markdown_table,
     percentile,
-    postgres_reachable,
     run_checked,
+    run_matrix,
     service_env,
-    wait_ready,
+    store_options,
+    tree_cpu,
+    usable_backends,
+    web_server,
+    write_report,
 )
-
-sys.path.insert(0, str(ROOT))  # `service` (token signing, the engine's pragmas)
 
 # A current desktop Chrome on Windows: what most invoice emails are opened in (via webmail).
 USER_AGENT = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
@@ -195,17 +194,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="wrk if installed (auto), or the stdlib multi-process fallback")
     p.add_argument("--client-procs", type=int, default=2,
                    help="processes of the python load generator")
-    p.add_argument("--pg-url", default=DEFAULT_PG_URL,
-                   help="PostgreSQL server to create a scratch database in ($BENCH_PG_URL)")
-    p.add_argument("--output", type=Path, default=ROOT / "bench" / "results-pixel.md")
-    p.add_argument("--keep", action="store_true", help="keep the SQLite file / PG database")
+    store_options(p, "results-pixel.md")
     args = p.parse_args(argv)
-    for b in args.backends:
-        if b not in ("sqlite", "postgresql"):
-            p.error(f"unknown backend {b!r}")
-    for t in args.targets:
-        if t not in ("bare", "relay"):
-            p.error(f"unknown target {t!r}")
+    check_names(p, args.backends, ("sqlite", "postgresql"), "backend")
+    check_names(p, args.targets, ("bare", "relay"), "target")
     if args.loadgen == "auto":
         args.loadgen = "wrk" if shutil.which("wrk") else "python"
     elif args.loadgen == "wrk" and not shutil.which("wrk"):
@@ -357,24 +349,6 @@ def smoke(port: int, path: str) -> dict:
         return {"status": resp.status, "body": body, "headers": headers}
 
 
-def tree_cpu(pid: int) -> tuple[float, float]:
-    """(user, system) CPU seconds of ``pid`` and its live children, from /proc."""
-    tick = os.sysconf("SC_CLK_TCK")
-    user = system = 0.0
-    todo = [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            user += int(fields[11]) / tick
-            system += int(fields[12]) / tick
-            for task in Path(f"/proc/{p}/task").iterdir():
-                todo.extend(int(c) for c in (task / "children").read_text().split())
-        except (OSError, IndexError, ValueError):
-            continue
-    return user, system
-
-
 def count_events(store) -> int:
     return store.scalar("SELECT coalesce(sum(views), 0) FROM events")
 
@@ -395,21 +369,14 @@ def settle(store, limit: float = 15.0) -> int:
 def run_case(args, target: str, backend: str | None, store, workers: int, threads: int,
              keys: dict, paths: list[str], paths_file: Path, script: Path,
              reference: dict) -> dict:
-    port = free_port()
-    env = service_env(store.url if store else "sqlite:///" + str(OUT / "unused.db"), keys,
-                      PORT=port, WEB_CONCURRENCY=workers, GUNICORN_THREADS=threads)
-    cmd = gunicorn_cmd()
-    if target == "bare":
-        cmd = cmd[:-1] + [BARE_APP]
-    if store is not None:  # idempotent; also catches a migration added since the run began
-        run_checked(flask_cmd("db", "upgrade"), env)
     name = f"{target}-{backend}" if backend else target
-    log = OUT / f"pixel-{name}-{workers}x{threads}.log"
-    server = Proc(f"gunicorn {name} {workers}x{threads}", cmd, env, log)
     result = {"target": target, "backend": backend or "-", "workers": workers,
-              "threads": threads, "connections": args.connections, "cmd": cmd}
-    try:
-        wait_ready(f"http://127.0.0.1:{port}", server)
+              "threads": threads, "connections": args.connections}
+    with web_server(f"pixel-{name}-{workers}x{threads}", store, keys, workers=workers,
+                    threads=threads, app=BARE_APP if target == "bare" else SERVICE_APP
+                    ) as server:
+        port, web = server.port, server.web
+        result["cmd"] = web.args
         answer = smoke(port, paths[0])
         if answer["status"] != 200 or answer["body"] != reference["body"]:
             raise RuntimeError(f"{name}: unexpected answer {answer['status']} "
@@ -418,17 +385,15 @@ def run_case(args, target: str, backend: str | None, store, workers: int, thread
         if args.warmup:
             load(args, port, paths, paths_file, script, args.warmup)
         before = settle(store) if store else 0
-        cpu0 = tree_cpu(server.pid)
+        cpu0 = tree_cpu(web.pid)
         r = load(args, port, paths, paths_file, script, args.duration)
-        cpu1 = tree_cpu(server.pid)
+        cpu1 = tree_cpu(web.pid)
         result["server_cpu"] = (sum(cpu1) - sum(cpu0)) / r["seconds"]
         result["server_sys"] = (cpu1[1] - cpu0[1]) / r["seconds"]
         result.update(r)
-        if not server.alive():
-            raise RuntimeError(f"{name} died:\n{server.tail()}")
-    finally:
-        server.stop()
-    text = log.read_text(errors="replace")
+        if not web.running():
+            raise RuntimeError(f"{name} died:\n{web.tail()}")
+    text = log_text(web)
     result["record_failed"] = text.count("pixel.record_failed")
     result["tracebacks"] = text.count("Traceback")
     result["worker_timeouts"] = text.count("WORKER TIMEOUT")
@@ -591,12 +556,8 @@ def report(args, rows: list[dict], notes: list[str], facts: list, started: dt.da
         "",
     ] + [f"- {d}" for d in durability] + [
         "",
-        "## Machine",
-        "",
-        facts_block(facts),
+        *machine_section(facts, notes),
     ]
-    if notes:
-        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
 
 
@@ -623,14 +584,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     started = dt.datetime.now(dt.UTC)
     notes: list[str] = []
-    backends = list(args.backends)
-    if "postgresql" in backends and any(t != "bare" for t in args.targets):
-        why = postgres_reachable(args.pg_url)
-        if why:
-            notes.append(f"postgresql skipped: {why}")
-            print(f"PostgreSQL not reachable at {args.pg_url}: {why}; skipping it", flush=True)
-            backends.remove("postgresql")
-    facts = machine_info(args.pg_url if "postgresql" in backends else None)
+    backends, facts = usable_backends(args.backends, args.pg_url, notes,
+                                      need_pg=any(t != "bare" for t in args.targets))
     facts.append(("load generator", "wrk" if args.loadgen == "wrk" else "python fallback"))
     print("\n".join(f"{k}: {v}" for k, v in facts), flush=True)
     if args.loadgen == "python":
@@ -644,7 +599,6 @@ def main(argv=None) -> int:
     paths_file.write_text("\n".join(paths) + "\n")
     script = OUT / "pixel-rotate.lua"
     script.write_text(WRK_SCRIPT)
-    rows: list[dict] = []
     durability: list[str] = []
     with ExitStack() as stack:
         stores = {}
@@ -653,7 +607,8 @@ def main(argv=None) -> int:
                 break
             store = stack.enter_context(fresh_store(b, "pixel", pg_url=args.pg_url,
                                                     keep=args.keep))
-            run_checked(flask_cmd("db", "upgrade"), service_env(store.url, keys))
+            run_checked(f"pixel-{b}-db-upgrade", flask("db", "upgrade"),
+                        service_env(store.url, keys))
             stores[b] = store
             if b == "sqlite":
                 durability.append(sqlite_durability(store.url))
@@ -675,51 +630,46 @@ def main(argv=None) -> int:
             else:
                 plan += [(t, b) for b in stores]
         settings = [(w, th, c) for w, th in args.configs for c in args.connections]
-        for rnd in range(1, args.rounds + 1):
-            for w, th, conns in settings:
-                order = plan if rnd % 2 else list(reversed(plan))
-                case_args = argparse.Namespace(**{**vars(args), "connections": conns})
-                for target, backend in order:
-                    print(f"[round {rnd}] {w}x{th} -c{conns} "
-                          f"{target}{'/' + backend if backend else ''}: "
-                          f"{args.warmup} s warm-up + {args.duration} s ...", flush=True)
-                    try:
-                        r = run_case(case_args, target, backend, stores.get(backend), w, th,
-                                     keys, paths, paths_file, script, reference)
-                    except Exception as exc:  # noqa: BLE001 - reported, the run goes on
-                        notes.append(f"round {rnd} {w}x{th} {target} {backend or ''}: "
-                                     f"FAILED: {exc}")
-                        print(f"  FAILED: {exc}", flush=True)
-                        continue
-                    r["round"] = rnd
-                    rows.append(r)
-                    print("  " + describe(r), flush=True)
-                    if not r["headers_match"]:
-                        notes.append(f"{label(r)} {w}x{th}: response headers differ from the "
-                                     "bare app's")
-                    if r.get("stored_ok") is False:
-                        notes.append(f"round {rnd} {label(r)} {w}x{th}: STORED "
-                                     f"{r['stored']} rows for {r['ok']} 200s")
-                    if r.get("not_human"):
-                        notes.append(f"round {rnd} {label(r)} {w}x{th}: {r['not_human']} "
-                                     "views were not classified human")
-                    for key, what in (("record_failed", "pixel.record_failed log lines"),
-                                      ("tracebacks", "tracebacks"),
-                                      ("worker_timeouts", "worker timeouts")):
-                        if r[key]:
-                            notes.append(f"round {rnd} {label(r)} {w}x{th}: {r[key]} {what} "
-                                         "in the server log")
+
+        def case(setting: tuple, server: tuple, rnd: int) -> dict:
+            (w, th, conns), (target, backend) = setting, server
+            print(f"[round {rnd}] {w}x{th} -c{conns} "
+                  f"{target}{'/' + backend if backend else ''}: "
+                  f"{args.warmup} s warm-up + {args.duration} s ...", flush=True)
+            case_args = argparse.Namespace(**{**vars(args), "connections": conns})
+            return run_case(case_args, target, backend, stores.get(backend), w, th,
+                            keys, paths, paths_file, script, reference)
+
+        def check(r: dict) -> list[str]:
+            rnd, w, th = r["round"], r["workers"], r["threads"]
+            out = []
+            if not r["headers_match"]:
+                out.append(f"{label(r)} {w}x{th}: response headers differ from the "
+                           "bare app's")
+            if r.get("stored_ok") is False:
+                out.append(f"round {rnd} {label(r)} {w}x{th}: STORED "
+                           f"{r['stored']} rows for {r['ok']} 200s")
+            if r.get("not_human"):
+                out.append(f"round {rnd} {label(r)} {w}x{th}: {r['not_human']} "
+                           "views were not classified human")
+            for key, what in (("record_failed", "pixel.record_failed log lines"),
+                              ("tracebacks", "tracebacks"),
+                              ("worker_timeouts", "worker timeouts")):
+                if r[key]:
+                    out.append(f"round {rnd} {label(r)} {w}x{th}: {r[key]} {what} "
+                               "in the server log")
+            return out
+
+        rows = run_matrix(
+            settings, case, inner=plan, rounds=args.rounds, notes=notes,
+            where=lambda s, t, rnd: f"round {rnd} {s[0]}x{s[1]} {t[0]} {t[1] or ''}",
+            describe=lambda r: "  " + describe(r), check=check)
     load_now = os.getloadavg()
     notes.append(f"load average at the end: {' '.join(f'{x:.2f}' for x in load_now)} "
                  f"on {os.cpu_count()} CPUs")
-    text = report(args, rows, notes, facts, started, durability)
-    print()
-    print(text)
-    # Keep the hand-written analysis (everything from the marker on) across reruns.
-    if args.output.exists() and MARKER in (old := args.output.read_text()):
-        text += "\n" + old[old.index(MARKER):]
-    args.output.write_text(text)
-    print(f"written to {args.output}")
+    # Keeps the hand-written analysis (everything from the marker on) across reruns.
+    write_report(report(args, rows, notes, facts, started, durability), args.output,
+                 marker=MARKER)
     ok = rows and all(r.get("stored_ok", True) for r in rows) and not any(
         r["record_failed"] for r in rows)
     return 0 if ok else 1
@@ -727,16 +677,9 @@ def main(argv=None) -> int:
 
 def reference_answer(keys: dict, path: str) -> dict:
     """Start the bare app once to learn the reference answer (body and headers)."""
-    port = free_port()
-    env = service_env("sqlite:///" + str(OUT / "unused.db"), keys, PORT=port,
-                      WEB_CONCURRENCY=1, GUNICORN_THREADS=1)
-    server = Proc("gunicorn bare (reference)", gunicorn_cmd()[:-1] + [BARE_APP], env,
-                  OUT / "pixel-reference.log")
-    try:
-        wait_ready(f"http://127.0.0.1:{port}", server)
-        return smoke(port, path)
-    finally:
-        server.stop()
+    with web_server("pixel-reference", None, keys, workers=1, threads=1,
+                    app=BARE_APP) as server:
+        return smoke(server.port, path)
 
 
 if __name__ == "__main__":

@@ -47,22 +47,27 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402 - after the path set-up, so `python bench/ratelimit.py` works
-    DEFAULT_PG_URL,
-    OUT,
     ROOT,
-    Proc,
+    Process,
     bench_secrets,
+    check_names,
     command_line,
     facts_block,
-    flask_cmd,
+    flask,
     free_port,
     fresh_store,
-    machine_info,
     markdown_table,
-    postgres_reachable,
+    preload_backlog,
     process_tree_cpu,
     run_checked,
+    run_matrix,
     service_env,
+    start,
+    store_options,
+    usable_backends,
+    wait_documents_delivered,
+    wait_for,
+    write_report,
 )
 
 UTC = dt.UTC
@@ -97,17 +102,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--validate-openapi", action="store_true",
                    help="let the fake validate each request against ../shared/highlevel-openapi "
                         "(costs the fake CPU)")
-    p.add_argument("--pg-url", default=DEFAULT_PG_URL,
-                   help="PostgreSQL server to create a scratch database in ($BENCH_PG_URL)")
     p.add_argument("--timeout", type=float, default=300.0,
                    help="give up on a run after this many seconds")
-    p.add_argument("--output", type=Path, default=ROOT / "bench" / "results-ratelimit.md")
-    p.add_argument("--keep", action="store_true", help="keep the SQLite file / PG database")
+    store_options(p, "results-ratelimit.md")
     args = p.parse_args(argv)
     args.backends = [b.strip() for b in args.db.split(",") if b.strip()]
-    for b in args.backends:
-        if b not in ("sqlite", "postgresql"):
-            p.error(f"unknown store {b!r}")
+    check_names(p, args.backends, ("sqlite", "postgresql"), "store")
     if args.locations < 1 or args.per_location < 1 or args.latency < 0 or args.rate_max < 1:
         p.error("--locations, --per-location, --rate-max must be >= 1, --latency >= 0")
     return args
@@ -139,32 +139,7 @@ def token_for(n: int) -> str:
     return f"bench-rl-token-{n:04d}"
 
 
-def preload(store_url: str, keys: dict, args) -> None:
-    """Store the tokens and the due views with the service's own code, in this process."""
-    sys.path.insert(0, str(ROOT))
-    from service.store.db import create_engine
-    from service.store.queue import Store, View
-    from service.store.tokens import TokenVault
-
-    engine = create_engine(store_url)
-    try:
-        vault = TokenVault(engine, [keys["TOKEN_ENCRYPTION_KEYS"]])
-        now = dt.datetime.now(UTC)
-        for n in range(args.locations):
-            vault.set_token(f"loc-{n:03d}", access_token=token_for(n), now=now)
-        store = Store(engine)
-        total = args.locations * args.per_location
-        views = [View(kind="estimate" if i % 10 == 9 else "invoice",
-                      location_id=f"loc-{i % args.locations:03d}",
-                      document_id=f"doc-{i:06d}", viewed_at=now, source="bench")
-                 for i in range(total)]  # locations interleaved, as traffic would be
-        for start in range(0, len(views), 500):
-            store.record_views(views[start:start + 500], now=now)
-    finally:
-        engine.dispose()
-
-
-def start_fake(args, label: str) -> tuple[Proc, str]:
+def start_fake(args, label: str) -> tuple[Process, str]:
     port = free_port()
     cmd = [sys.executable, "-m", "tests.fake_highlevel", "--port", str(port),
            "--latency", f"{args.latency:g}", "--timestamps"]
@@ -174,17 +149,18 @@ def start_fake(args, label: str) -> tuple[Proc, str]:
         cmd += ["--interval-ms", str(args.interval_ms)]
     if not args.validate_openapi:
         cmd.append("--no-openapi")
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    fake = Proc("fake HighLevel", cmd, env, OUT / f"{label}-fake.log")
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if "listening on" in fake.tail(5):
-            return fake, f"http://127.0.0.1:{port}"
-        if not fake.alive():
-            raise RuntimeError(f"fake HighLevel exited early:\n{fake.tail()}")
-        time.sleep(0.1)
-    fake.stop()
-    raise RuntimeError(f"fake HighLevel not listening after 60 s:\n{fake.tail()}")
+    fake = start(f"{label}-fake", cmd, dict(os.environ, PYTHONUNBUFFERED="1"))
+
+    def listening() -> bool:
+        assert fake.running(), f"fake HighLevel exited early:\n{fake.tail()}"
+        return "listening on" in fake.stdout()
+
+    try:
+        wait_for(listening, timeout=60, what="the fake HighLevel to listen")
+    except AssertionError:
+        fake.stop()
+        raise
+    return fake, f"http://127.0.0.1:{port}"
 
 
 def _rows(store, sql: str) -> list:
@@ -206,45 +182,34 @@ def run_one(args, backend: str, concurrency: int, keys: dict) -> dict:
     label = f"ratelimit-{backend}-c{concurrency}"
     total = args.locations * args.per_location
     with fresh_store(backend, "ratelimit", pg_url=args.pg_url, keep=args.keep) as store:
+        # RATE_LIMIT_BURST and RATE_LIMIT_DAILY: the service's defaults (none inherited)
         env = service_env(store.url, keys, FORWARD_CONCURRENCY=concurrency)
-        for name in ("RATE_LIMIT_BURST", "RATE_LIMIT_DAILY"):  # the service's defaults
-            env.pop(name, None)
-        run_checked(flask_cmd("db", "upgrade"), env)
-        preload(store.url, keys, args)
-        due = store.scalar("SELECT count(*) FROM documents WHERE status = 'pending'")
-        if due != total:
-            raise RuntimeError(f"preloaded {due} due documents, wanted {total}")
+        run_checked(f"{label}-db-upgrade", flask("db", "upgrade"), env)
+        preload_backlog(store, keys, locations=args.locations, documents=total, token=token_for)
 
         fake, url = start_fake(args, label)
         env["HIGHLEVEL_BASE_URL"] = url
         samples: list[dict] = []  # the rate_limits table over time
         loads: list[float] = []
-        delivered, done_at, fwd_cpu = 0, None, 0.0
+        next_sample = [0.0]
+
+        def take_sample(delivered: int) -> None:  # every 0.5 s
+            if time.monotonic() >= next_sample[0]:
+                next_sample[0] = time.monotonic() + 0.5
+                now = dt.datetime.now(UTC)
+                paused = [(r[0], r[1]) for r in _rows(
+                    store, "SELECT resource, pause_reason, paused_until FROM rate_limits")
+                    if r[2] is not None and _as_dt(r[2]) > now]
+                samples.append({"t": time.monotonic(), "delivered": delivered,
+                                "paused": paused})
+                loads.append(os.getloadavg()[0])
+
         t_spawn = time.monotonic()
-        fwd = Proc(f"forwarder ({backend}, {concurrency})", flask_cmd("forwarder"), env,
-                   OUT / f"{label}-forwarder.log")
+        fwd = start(f"{label}-forwarder", flask("forwarder"), env)
         try:
-            deadline = t_spawn + args.timeout
-            next_sample = 0.0
-            while time.monotonic() < deadline:
-                delivered = store.scalar(
-                    "SELECT count(*) FROM documents WHERE status = 'idle' "
-                    "AND sent_seq >= views_seq")
-                if delivered >= total:
-                    done_at = time.monotonic()
-                    break
-                if not fwd.alive():
-                    raise RuntimeError(f"forwarder exited early:\n{fwd.tail()}")
-                if time.monotonic() >= next_sample:
-                    next_sample = time.monotonic() + 0.5
-                    now = dt.datetime.now(UTC)
-                    paused = [(r[0], r[1]) for r in _rows(
-                        store, "SELECT resource, pause_reason, paused_until FROM rate_limits")
-                        if r[2] is not None and _as_dt(r[2]) > now]
-                    samples.append({"t": time.monotonic(), "delivered": delivered,
-                                    "paused": paused})
-                    loads.append(os.getloadavg()[0])
-                time.sleep(0.2)
+            delivered, done_at = wait_documents_delivered(
+                store, fwd, total, deadline=t_spawn + args.timeout, interval=0.2,
+                each=take_sample)
             fwd_cpu = process_tree_cpu(fwd.pid)
         finally:
             stop_s = fwd.stop()
@@ -256,8 +221,8 @@ def run_one(args, backend: str, concurrency: int, keys: dict) -> dict:
                                                    "SELECT outcome FROM delivery_log")))
         statuses = dict(Counter(r[0] for r in _rows(
             store, "SELECT status FROM documents")))
-    fake_stats = parse_fake_log(fake.log, args)
-    fwd_stats = parse_forwarder_log(fwd.log)
+    fake_stats = parse_fake_log(fake.stdout_path, args)
+    fwd_stats = parse_forwarder_log(fwd.stdout_path)
     makespan = fake_stats["makespan"]
     ideal = ideal_seconds(args)
     ideal_c = ideal_at_concurrency(args, concurrency)
@@ -273,7 +238,7 @@ def run_one(args, backend: str, concurrency: int, keys: dict) -> dict:
         "load_mean": statistics.fmean(loads) if loads else os.getloadavg()[0],
         "samples": samples, "limits": limits, "outcomes": outcomes, "doc_statuses": statuses,
         "fake": fake_stats, "fwd": fwd_stats,
-        "logs": (fake.log, fwd.log),
+        "logs": (fake.stdout_path, fwd.stdout_path),
     }
 
 
@@ -488,51 +453,48 @@ def report(args, rows: list, notes: list, facts: list, started: dt.datetime,
     return "\n".join(lines) + "\n"
 
 
+def describe(r: dict) -> str:
+    return (f"[{r['backend']}] c={r['concurrency']}: makespan {r['makespan']:.2f} s, ideal "
+            f"{r['ideal']:.2f} s (ratio {r['ratio']:.2f}; {r['ideal_c']:.2f} s at this "
+            f"concurrency, ratio {r['ratio_c']:.2f}), 429s "
+            f"{r['fake']['statuses'].get(429, 0)}, delivered "
+            f"{r['delivered']}/{r['total']}, sent twice {r['fake']['twice']}, "
+            f"logs {', '.join(str(p.relative_to(ROOT)) for p in r['logs'])}")
+
+
+def check(r: dict, args) -> list[str]:
+    where = f"{r['backend']} c={r['concurrency']}"
+    notes = []
+    if not r["finished"]:
+        notes.append(f"{where}: timed out after {args.timeout:g} s with "
+                     f"{r['delivered']}/{r['total']} delivered")
+    notes.append(f"{where}: fake statuses {r['fake']['statuses']}; forwarder "
+                 f"attempts by outcome {r['fwd']['outcomes']}; delivery_log "
+                 f"{r['outcomes']}; documents {r['doc_statuses']}")
+    if r["fwd"]["problems"]:
+        notes.append(f"{where}: forwarder warnings/errors {r['fwd']['problems']}")
+    if r["fake"]["twice"]:
+        notes.append(f"{where}: {r['fake']['twice']} documents were delivered twice")
+    return notes
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     started = dt.datetime.now(UTC)
     notes: list[str] = []
-    backends = list(args.backends)
-    if "postgresql" in backends:
-        why = postgres_reachable(args.pg_url)
-        if why:
-            notes.append(f"postgresql skipped: {why}")
-            print(f"PostgreSQL not reachable at {args.pg_url}: {why}; skipping it", flush=True)
-            backends.remove("postgresql")
-    facts = machine_info(args.pg_url if "postgresql" in backends else None)
+    backends, facts = usable_backends(args.backends, args.pg_url, notes)
     keys = bench_secrets()
-    rows = []
-    for backend in backends:
-        for concurrency in args.concurrency:
-            print(f"[{backend}] FORWARD_CONCURRENCY={concurrency}: {args.locations} x "
-                  f"{args.per_location} documents, {args.rate_max} per "
-                  f"{args.interval_ms} ms per location, latency {args.latency:g} s ...",
-                  flush=True)
-            r = run_one(args, backend, concurrency, keys)
-            rows.append(r)
-            print(f"[{backend}] c={concurrency}: makespan {r['makespan']:.2f} s, ideal "
-                  f"{r['ideal']:.2f} s (ratio {r['ratio']:.2f}; {r['ideal_c']:.2f} s at this "
-                  f"concurrency, ratio {r['ratio_c']:.2f}), 429s "
-                  f"{r['fake']['statuses'].get(429, 0)}, delivered "
-                  f"{r['delivered']}/{r['total']}, sent twice {r['fake']['twice']}, "
-                  f"logs {', '.join(str(p.relative_to(ROOT)) for p in r['logs'])}",
-                  flush=True)
-            where = f"{backend} c={concurrency}"
-            if not r["finished"]:
-                notes.append(f"{where}: timed out after {args.timeout:g} s with "
-                             f"{r['delivered']}/{r['total']} delivered")
-            notes.append(f"{where}: fake statuses {r['fake']['statuses']}; forwarder "
-                         f"attempts by outcome {r['fwd']['outcomes']}; delivery_log "
-                         f"{r['outcomes']}; documents {r['doc_statuses']}")
-            if r["fwd"]["problems"]:
-                notes.append(f"{where}: forwarder warnings/errors {r['fwd']['problems']}")
-            if r["fake"]["twice"]:
-                notes.append(f"{where}: {r['fake']['twice']} documents were delivered twice")
-    text = report(args, rows, notes, facts, started, os.getloadavg())
-    print()
-    print(text)
-    args.output.write_text(text)
-    print(f"written to {args.output}")
+
+    def case(backend: str, concurrency: int, _round: int) -> dict:
+        print(f"[{backend}] FORWARD_CONCURRENCY={concurrency}: {args.locations} x "
+              f"{args.per_location} documents, {args.rate_max} per "
+              f"{args.interval_ms} ms per location, latency {args.latency:g} s ...",
+              flush=True)
+        return run_one(args, backend, concurrency, keys)
+
+    rows = run_matrix(backends, case, inner=args.concurrency, notes=notes,
+                      describe=describe, check=lambda r: check(r, args), keep_going=False)
+    write_report(report(args, rows, notes, facts, started, os.getloadavg()), args.output)
     ok = rows and all(r["finished"] and not r["fake"]["twice"]
                       and not r["fake"]["statuses"].get(429) for r in rows)
     return 0 if ok else 1

@@ -48,8 +48,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402 - after the path set-up, so `python bench/soak.py` works
-    DEFAULT_PG_URL,
-    ROOT,
+    PROBLEMS,
     FakeHighLevelProcess,
     PacedLoad,
     bench_secrets,
@@ -57,6 +56,7 @@ from common import (  # noqa: E402 - after the path set-up, so `python bench/soa
     event_counts,
     facts_for,
     fresh_store,
+    log_text,
     machine_section,
     markdown_table,
     percentile,
@@ -65,11 +65,11 @@ from common import (  # noqa: E402 - after the path set-up, so `python bench/soa
     relay_processes,
     report_head,
     rss_kib,
+    store_options,
     wait_delivered,
+    write_report,
 )
 from pixel import ACCEPT, USER_AGENT, mint_paths  # noqa: E402
-
-sys.path.insert(0, str(ROOT))  # `service` (the pixel tokens' locations)
 
 DEFAULT_DURATION = 600
 
@@ -103,11 +103,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--drain-timeout", type=float, default=300.0,
                    help="longest wait after the load for every view to be delivered")
     p.add_argument("--backend", choices=["sqlite", "postgresql"], default="sqlite")
-    p.add_argument("--pg-url", default=DEFAULT_PG_URL,
-                   help="PostgreSQL server to create a scratch database in ($BENCH_PG_URL)")
-    p.add_argument("--output", type=Path, default=ROOT / "bench" / "results-soak.md",
-                   help="the report; .csv (samples) and .png (chart) go beside it")
-    p.add_argument("--keep", action="store_true", help="keep the SQLite file / PG database")
+    store_options(p, "results-soak.md", "the report; .csv (samples) and .png (chart) go beside it")
     args = p.parse_args(argv)
     if not 0 <= args.pixel_share <= 1 or args.rate <= 0 or args.duration <= 0:
         p.error("--pixel-share must be 0..1, --rate and --duration positive")
@@ -200,19 +196,19 @@ def main(argv=None) -> int:
             time.sleep(max(0.0, next_at - time.monotonic()))
             take("load" if time.monotonic() >= origin else "warmup")
             next_at += args.sample_every
-            if not (relay.web.alive() and relay.forwarder.alive()):
+            if not (relay.web.running() and relay.forwarder.running()):
                 notes.append("a relay process exited during the load")
                 break
         results = load.join()
         take("load end")
         drain_from = time.monotonic()
         counts, drained_at = wait_delivered(store, timeout=args.drain_timeout,
-                                            alive=relay.forwarder.alive)
+                                            alive=relay.forwarder.running)
         take("drained")
         hl_patches = fake.patches()
         not_human = store.scalar(
             "SELECT coalesce(sum(views), 0) FROM events WHERE verdict <> 'human'")
-    logs = {p.name: p.log.read_text(errors="replace") for p in (relay.web, relay.forwarder)}
+    logs = {p.name: log_text(p) for p in (relay.web, relay.forwarder)}
 
     # -- what the load got, what the store holds --------------------------------------------
     by_label: dict[str, list] = {"pixel": [], "event": []}
@@ -247,7 +243,7 @@ def main(argv=None) -> int:
             "fds": (mine[0]["fds"], mine[-1]["fds"]), "flat": growth < args.max_growth})
     memory_ok = bool(verdicts) and all(v["flat"] for v in verdicts)
     for name, text in logs.items():  # any of these fails the run
-        for what in ("Traceback", "WORKER TIMEOUT", "pixel.record_failed"):
+        for what in PROBLEMS:
             if text.count(what):
                 notes.append(f"{text.count(what)} {what!r} in the log of {name}")
     ok_all = stored_ok and delivered_ok and memory_ok and not failed and not notes
@@ -273,10 +269,7 @@ def main(argv=None) -> int:
     }
     text = report(args, facts_run, verdicts, window, memory_ok, ok_all, notes, facts, started,
                   chart, csv_path)
-    print()
-    print(text)
-    args.output.write_text(text)
-    print(f"written to {args.output}, {csv_path} and {chart}")
+    write_report(text, args.output, also=f", {csv_path} and {chart}")
     return 0 if ok_all else 1
 
 

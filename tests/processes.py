@@ -1,4 +1,5 @@
-"""Real subprocesses for the end-to-end tests: started with logs in files, always reaped.
+"""Real subprocesses for the end-to-end tests (and the benchmarks, bench/common.py):
+started with logs in files, always reaped.
 
 Each process runs in its own session (``start_new_session``), so its whole process group
 (gunicorn's master and workers) can be signalled, and killed, at once.
@@ -127,6 +128,24 @@ class Process:
         except FileNotFoundError:  # exited
             return []
 
+    def stop(self, timeout: float = STOP_WITHIN + 5) -> float:
+        """SIGTERM; if it has not exited within ``timeout``, SIGKILL its group. Returns the
+        seconds it took (lenient, unlike ``stop_cleanly``: for the benchmarks)."""
+        started = time.monotonic()
+        self.signal(signal.SIGTERM)
+        try:
+            self.wait(timeout)
+        except subprocess.TimeoutExpired:
+            print(f"{self.name} did not exit {timeout:.0f}s after SIGTERM; killing it",
+                  file=sys.stderr)
+            self.kill_group()
+        return time.monotonic() - started
+
+    def tail(self, lines: int = 20) -> str:
+        """The last ``lines`` of stdout, then of stderr: for an error message."""
+        return "\n".join(text for log in (self.stdout(), self.stderr())
+                         if (text := "\n".join(log.splitlines()[-lines:])))
+
     def kill_group(self) -> None:
         """SIGKILL the process and everything in its group, then reap it."""
         try:
@@ -174,14 +193,14 @@ class Processes:
         assert code == 0, f"{name} exited {code}\n{proc.report()}"
         return proc.stdout()
 
-    def cleanup(self) -> None:
+    def cleanup(self, *, show_logs: bool = True) -> None:
         for proc in self.started:
             if proc.running() or proc.group_alive():
                 print(f"killing straggler {proc.name} (pid {proc.pid})", file=sys.stderr)
                 proc.kill_group()
             else:
                 proc.wait(0)  # already exited: reap (poll() did), keeps Popen quiet
-        for proc in self.started:
+        for proc in self.started if show_logs else ():
             print(proc.report())
 
 
@@ -190,10 +209,10 @@ def flask(*args: str) -> list[str]:
     return [str(BIN / "flask"), "--app", "service", *args]
 
 
-def gunicorn(*args: str) -> list[str]:
-    """The web process exactly as the Procfile starts it."""
-    return [str(BIN / "gunicorn"), "--config", "config/gunicorn.conf.py", *args,
-            "service:create_app()"]
+def gunicorn(*args: str, app: str = "service:create_app()") -> list[str]:
+    """The web process exactly as the Procfile starts it (``app``: another app, e.g. the
+    benchmarks' bare one, under the same gunicorn config)."""
+    return [str(BIN / "gunicorn"), "--config", "config/gunicorn.conf.py", *args, app]
 
 
 def haproxy(binary: str, config: Path) -> list[str]:
@@ -273,25 +292,40 @@ class Relay:
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Until /readyz answers 200 and every gunicorn worker has booted."""
-        def ready():
-            assert self.web.running(), f"gunicorn exited {self.web.returncode}"
-            try:
-                with self.session.get(self.url + "/readyz", timeout=5) as resp:
-                    return resp.status_code == 200
-            except (requests.ConnectionError, requests.Timeout):
-                return False  # not listening yet, or a worker still importing the app
+        wait_ready(self.url, self.web, timeout=timeout, session=self.session,
+                   workers=int(self.procs.env["WEB_CONCURRENCY"]))
 
-        wait_for(ready, timeout=timeout, interval=0.1, what="GET /readyz 200")
-        # Every worker booted (each would answer /readyz on its own).
-        workers = int(self.procs.env["WEB_CONCURRENCY"])
-        wait_for(lambda: self.web.stdout().count("Booting worker") >= workers, timeout=20,
-                 what=f"{workers} gunicorn workers")
+
+def wait_ready(url: str, web: Process, *, timeout: float = 30.0, workers: int = 0,
+               session: requests.Session | None = None) -> None:
+    """Until ``url``/readyz answers 200 and (if given) ``workers`` gunicorn workers have
+    booted; fail at once if the gunicorn process ``web`` exits."""
+    get = (session or requests).get
+
+    def ready():
+        assert web.running(), f"{web.name} exited {web.returncode}:\n{web.tail()}"
+        try:
+            with get(url + "/readyz", timeout=5) as resp:
+                return resp.status_code == 200
+        except (requests.ConnectionError, requests.Timeout):
+            return False  # not listening yet, or a worker still importing the app
+
+    wait_for(ready, timeout=timeout, interval=0.1, what=f"GET {url}/readyz 200")
+    # Every worker booted (each would answer /readyz on its own).
+    wait_for(lambda: web.stdout().count("Booting worker") >= workers, timeout=20,
+             what=f"{workers} gunicorn workers")
+
+
+def clean_env() -> dict[str, str]:
+    """This process's environment without any relay, Flask or gunicorn setting, so a
+    process started with it runs on the settings it is given and the defaults only."""
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith(("FLASK_", "GUNICORN_")) and k not in {s.name for s in SETTINGS}}
 
 
 def base_env(db_url: str, hl_url: str, port: int) -> dict[str, str]:
     """The environment every process gets: ours, with no stray relay settings inherited."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("FLASK_", "GUNICORN_")) and k not in {s.name for s in SETTINGS}}
+    env = clean_env()
     env.update({
         "DATABASE_URL": db_url,
         "RELAY_ENV": "test",
