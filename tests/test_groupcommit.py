@@ -11,8 +11,8 @@ import sqlalchemy as sa
 
 from service.store.db import documents, events
 from service.store.queue import Outcome, Store
-from service.store.writers import view_writer
 from service.store.write_connection import WriteConnection
+from service.store.writers import view_writer
 
 from .conftest import T0, make_view
 
