@@ -760,7 +760,7 @@ def preload_backlog(store: Store, keys: dict[str, str], *, locations: int, docum
     unless exactly that many documents are then due."""
     import datetime as dt
 
-    from service.store.db import create_engine
+    from service.store.engine import create_engine
     from service.store.queue import Store as Queue
     from service.store.queue import View
     from service.store.tokens import TokenVault

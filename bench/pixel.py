@@ -563,7 +563,7 @@ def report(args, rows: list[dict], notes: list[str], facts: list, started: dt.da
 
 def sqlite_durability(url: str) -> str:
     """What the service's own engine sets on a SQLite connection."""
-    from service.store.db import create_engine
+    from service.store.engine import create_engine
 
     engine = create_engine(url)
     try:
@@ -573,7 +573,7 @@ def sqlite_durability(url: str) -> str:
     finally:
         engine.dispose()
     names = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
-    return (f"SQLite (service.store.db.create_engine): journal_mode={mode}, "
+    return (f"SQLite (service.store.engine.create_engine): journal_mode={mode}, "
             f"synchronous={names.get(sync, sync)}, writes in BEGIN IMMEDIATE; the web "
             "processes' group commits (service.store.write_connection) commit with "
             "synchronous=NORMAL and fdatasync the WAL after releasing the write lock, "

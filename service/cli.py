@@ -33,7 +33,7 @@ def _id(ctx: click.Context, param: click.Parameter, value: str | None) -> str | 
 @click.option("--revision", default="head", show_default=True)
 def db_upgrade(revision: str) -> None:
     """Create or migrate the schema."""
-    from .store.db import current_revision, upgrade
+    from .store.engine import current_revision, upgrade
 
     upgrade(services().engine, revision)
     click.echo(f"database at revision {current_revision(services().engine)}")

@@ -27,7 +27,7 @@ from .ingest.app_webhooks import WebhookReceiver
 from .ingest.pixels import PixelSigner
 from .ingest.source_verifiers import Sources
 from .ingest.verdicts import Classifier
-from .store.db import create_engine
+from .store.engine import create_engine
 from .store.queue import Store
 from .store.ratelimit import StoreLimiter
 from .store.tokens import TokenVault

@@ -16,7 +16,8 @@ from cryptography.fernet import Fernet
 
 from service import create_app
 from service.config import normalize_database_url
-from service.store.db import create_engine, head_revision, metadata, upgrade
+from service.store.db import metadata
+from service.store.engine import create_engine, head_revision, upgrade
 from service.store.queue import View
 
 from .fake_highlevel import FakeHighLevel

@@ -31,7 +31,8 @@ import sqlalchemy as sa
 from cryptography.fernet import Fernet
 
 from service.config import SETTINGS
-from service.store.db import create_engine, delivery_log, documents, events, read_only
+from service.store.db import delivery_log, documents, events
+from service.store.engine import create_engine, read_only
 
 from .fake_highlevel import FakeHighLevel, ReceivedRequest
 

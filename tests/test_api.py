@@ -216,7 +216,7 @@ def test_readiness_means_the_schema_is_at_least_this_codes(client, services):
     know (a newer release's) and stay ready; a store behind this code is not ready."""
     from alembic.script import ScriptDirectory
 
-    from service.store.db import alembic_config, head_revision
+    from service.store.engine import alembic_config, head_revision
 
     def stamp(revision):
         with services.engine.begin() as conn:

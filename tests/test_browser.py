@@ -35,7 +35,8 @@ from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 from service import create_app
-from service.store.db import events, upgrade
+from service.store.db import events
+from service.store.engine import upgrade
 
 from .conftest import ADMIN_KEY, INGEST_KEY, test_config
 from .fake_highlevel import FakeHighLevel

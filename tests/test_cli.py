@@ -5,7 +5,7 @@ from __future__ import annotations
 from cryptography.fernet import Fernet
 
 from service import create_app
-from service.store.db import current_revision, head_revision
+from service.store.engine import current_revision, head_revision
 
 from .conftest import ingest_headers, make_event, test_config
 

@@ -28,9 +28,10 @@ import sqlalchemy as sa
 
 from service.forward.forwarder import Forwarder
 from service.highlevel.client import HighLevelClient, build_session
-from service.store.db import delivery_log, documents, rate_limits, read_only
+from service.store.db import delivery_log, documents, rate_limits
 from service.store.deliverylog import LogFilter
 from service.store.documents import PENDING
+from service.store.engine import read_only
 
 from .conftest import T0, admin_headers, make_view
 from .fake_highlevel import FakeHighLevel, ReceivedRequest

@@ -7,7 +7,8 @@ import threading
 import pytest
 import sqlalchemy as sa
 
-from service.store.db import create_engine, documents, events, upgrade
+from service.store.db import documents, events
+from service.store.engine import create_engine, upgrade
 
 from .conftest import ingest_headers, make_event
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from service.store.db import create_engine, current_revision, head_revision, metadata, upgrade
+from service.store.db import metadata
+from service.store.engine import create_engine, current_revision, head_revision, upgrade
 
 
 def test_migrations_match_the_metadata_and_downgrade(db_url):
@@ -26,6 +27,6 @@ def test_migrations_match_the_metadata_and_downgrade(db_url):
 def upgrade_to_base(engine):
     from alembic import command
 
-    from service.store.db import alembic_config
+    from service.store.engine import alembic_config
 
     command.downgrade(alembic_config(engine), "base")

@@ -9,7 +9,7 @@ import os
 import pytest
 import sqlalchemy as sa
 
-from service.store.db import create_engine, read_only
+from service.store.engine import create_engine, read_only
 
 
 def lock_is_free(path: str) -> bool:

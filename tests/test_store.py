@@ -8,7 +8,8 @@ import threading
 import pytest
 import sqlalchemy as sa
 
-from service.store.db import current_revision, delivery_log, documents, events, head_revision
+from service.store.db import delivery_log, documents, events
+from service.store.engine import current_revision, head_revision
 from service.store.queue import Outcome, Store
 
 from .conftest import T0, make_view

@@ -10,7 +10,8 @@ import pytest
 import sqlalchemy as sa
 
 from service.store import write_connection
-from service.store.db import create_engine, events
+from service.store.db import events
+from service.store.engine import create_engine
 from service.store.queue import Store
 
 from .conftest import T0, make_view

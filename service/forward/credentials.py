@@ -11,7 +11,8 @@ import sqlalchemy as sa
 from ..clock import expiry
 from ..highlevel.oauth import OAuthClient, OAuthError
 from ..metrics import observe_refresh
-from ..store.db import installs, read_only
+from ..store.db import installs
+from ..store.engine import read_only
 from ..store.tokens import Credentials, TokenVault
 
 logger = logging.getLogger(__name__)

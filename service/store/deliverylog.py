@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from .db import delivery_log, read_only
+from .db import delivery_log
+from .engine import read_only
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from . import documents as states
-from .db import dialect_insert, documents, installs, locations, webhook_receipts
+from .db import documents, installs, locations, webhook_receipts
+from .engine import dialect_insert
 
 # The webhook.* log lines keep the logger they have always been written under.
 logger = logging.getLogger("service.webhooks")

@@ -15,14 +15,10 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from . import documents as states
-from .db import (
-    delivery_log,
-    documents,
-    events,
-    read_only,
-)
+from .db import delivery_log, documents, events
 from .deliverylog import LogFilter
 from .documents import BLOCKED, Claim, Outcome
+from .engine import read_only
 from .groupcommit import GroupCommitter
 from .ratelimit import NoLimit
 from .recording import Accepted, IdempotencyConflict, Prepared, View

@@ -22,7 +22,8 @@ from collections.abc import Iterable
 import sqlalchemy as sa
 
 from ..highlevel.client import RateLimit
-from .db import dialect_insert, rate_limits
+from .db import rate_limits
+from .engine import dialect_insert
 
 MAX_PAUSE = dt.timedelta(minutes=10)  # a Retry-After is honoured up to this
 

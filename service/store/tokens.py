@@ -16,7 +16,8 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from sqlalchemy.engine import Engine
 
 from ..clock import expiry
-from .db import locations, read_only
+from .db import locations
+from .engine import read_only
 
 ACTIVE, INVALID, INACTIVE = "active", "invalid", "inactive"
 # pit: Private Integration Token (static); oauth: a location's OAuth pair;

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, request
 
 from ..metrics import QueueCollector, exposition
-from ..store.db import current_revision, head_revision, known_revisions
+from ..store.engine import current_revision, head_revision, known_revisions
 from .deps import services
 from .errors import error_response
 

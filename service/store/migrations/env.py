@@ -1,8 +1,9 @@
-"""Alembic environment: runs on the engine the app built (``db.upgrade``)."""
+"""Alembic environment: runs on the engine the app built (``engine.upgrade``)."""
 
 from alembic import context
 
-from service.store.db import create_engine, metadata
+from service.store.db import metadata
+from service.store.engine import create_engine
 
 config = context.config
 engine = config.attributes.get("engine")
