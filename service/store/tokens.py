@@ -16,6 +16,7 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from sqlalchemy.engine import Engine
 
 from ..clock import expiry
+from . import outbox
 from .db import locations
 from .engine import read_only
 
@@ -147,6 +148,8 @@ class TokenVault:
                     values.update(status=INACTIVE, retry_at=now + INACTIVE_RETRY)
                 conn.execute(locations.update().where(c.location_id == location_id)
                              .values(**values))
+                if values.get("status") == INVALID:  # operators are told (outbox)
+                    outbox.token_invalid(conn, location_id, reason=exc.message, now=now)
                 # Still usable until it expires when the failure was passing.
                 if (row.status != ACTIVE or "status" in values
                         or current.expiring(now, dt.timedelta(0))):
@@ -188,6 +191,8 @@ class TokenVault:
                 return "retry"  # replaced meanwhile: the new token gets its own chance
             if status == 403 or count >= 2:
                 conn.execute(locations.update().where(same_token).values(status=INVALID))
+                outbox.token_invalid(conn, creds.location_id, reason=message or f"HTTP {status}",
+                                     now=now)
                 return "invalid"
             return "retry"
 
@@ -196,6 +201,7 @@ class TokenVault:
         with self.engine.begin() as conn:
             conn.execute(locations.update().where(locations.c.location_id == location_id)
                          .values(status=INVALID, last_error=message[:500], updated_at=now))
+            outbox.token_invalid(conn, location_id, reason=message, now=now)
 
     def record_success(self, creds: Credentials, *, now: dt.datetime) -> None:
         """Reset the 401 count after a success (writes only when there was one)."""
