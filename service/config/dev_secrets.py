@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
@@ -24,6 +25,12 @@ def generate_secrets() -> dict[str, list[str]]:
         "PIXEL_SIGNING_KEYS": [secrets.token_urlsafe(32)],
         "TOKEN_ENCRYPTION_KEYS": [Fernet.generate_key().decode()],
     }
+
+
+def generate_webhook_secret() -> str:
+    """A Standard Webhooks secret for OPERATOR_WEBHOOK_SECRET: 32 random bytes. Not made
+    for development: the operator's receiver must be given it to verify anything."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
 def ensure_dev_secrets(instance: Path) -> dict[str, list[str]]:

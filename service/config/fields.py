@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from urllib.parse import urlsplit
 
@@ -75,6 +77,43 @@ class BaseUrl(ma.fields.String):
         if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
             raise self.make_error("insecure")
         return value.rstrip("/")
+
+
+class WebhookUrls(CommaList):
+    """A comma list of http(s) URLs, each with a host; a repeated one counts once."""
+
+    default_error_messages = {"url": "each entry must be an http:// or https:// URL with a host"}
+
+    def _deserialize(self, value, attr, data, **kwargs) -> list[str]:
+        urls = super()._deserialize(value, attr, data, **kwargs)
+        for url in urls:
+            try:
+                parts = urlsplit(url)
+                parts.port  # noqa: B018 - raises ValueError for a port out of range
+            except ValueError:
+                raise self.make_error("url") from None
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise self.make_error("url")
+        return list(dict.fromkeys(urls))
+
+
+class WebhookSecret(ma.fields.String):
+    """A Standard Webhooks signing secret: ``whsec_`` then base64 of 24 to 64 random bytes
+    (the size the specification asks for)."""
+
+    default_error_messages = {"secret": "must be whsec_ followed by base64 of 24 to 64 bytes "
+                                        "(`flask --app service keys generate` makes one)"}
+
+    def _deserialize(self, value, attr, data, **kwargs) -> str:
+        value = super()._deserialize(value, attr, data, **kwargs).strip()
+        encoded = value.removeprefix("whsec_")
+        try:
+            key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+        except (binascii.Error, ValueError):
+            raise self.make_error("secret") from None
+        if not value.startswith("whsec_") or not 24 <= len(key) <= 64:
+            raise self.make_error("secret")
+        return value
 
 
 def normalize_database_url(url: str) -> str:

@@ -7,7 +7,20 @@ from dataclasses import dataclass
 
 import marshmallow as ma
 
-from .fields import BaseUrl, Choice, CommaList, DatabaseUrl, Float, Int, Listen, Rate, Str, Upper
+from .fields import (
+    BaseUrl,
+    Choice,
+    CommaList,
+    DatabaseUrl,
+    Float,
+    Int,
+    Listen,
+    Rate,
+    Str,
+    Upper,
+    WebhookSecret,
+    WebhookUrls,
+)
 
 
 class ConfigError(ValueError):
@@ -84,6 +97,14 @@ SETTINGS = [
             "events of delivered or dead documents are pruned after this many days"),
     Setting("RETAIN_CLIENT_IP", Choice("truncate", "full", "none"), "truncate",
             "client address stored: truncate (IPv4 /24, IPv6 /48), full or none"),
+    # Operator notifications (service/forward/notify.py): Standard Webhooks-signed POSTs.
+    Setting("OPERATOR_WEBHOOK_URLS", WebhookUrls(), None,
+            "http(s) URLs told when a token turns invalid, views go dead or wait without a "
+            "token; unset: off"),
+    Setting("OPERATOR_WEBHOOK_SECRET", WebhookSecret(), None,
+            "whsec_ secret signing them; required with OPERATOR_WEBHOOK_URLS", secret=True),
+    Setting("NO_TOKEN_ALERT_MINUTES", Int(validate=ma.validate.Range(min=1)), "60",
+            "tell operators when views have waited this long without a usable token"),
     Setting("MAX_CONTENT_LENGTH", Int(), str(1024 * 1024), "largest request body, bytes"),
     # The web server's (config/gunicorn.conf.py reads these through load_server_config).
     Setting("HOST", Str(), "127.0.0.1", "address gunicorn binds (0.0.0.0: every interface)",
