@@ -12,6 +12,7 @@ import random
 import threading
 from collections.abc import Callable
 from concurrent.futures import Executor
+from typing import TYPE_CHECKING
 
 from ..clock import utcnow
 from ..highlevel.client import HighLevel, HighLevelError, Response
@@ -21,6 +22,9 @@ from ..store.queue import Claim, Outcome, Store
 from ..store.retention import prune_events
 from ..store.tokens import Credentials, TokenDecryptError, TokenVault
 from .credentials import TokenProvider
+
+if TYPE_CHECKING:
+    from .notify import NotificationWatch
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +90,8 @@ class Forwarder:
                  rand: Callable[[], float] = random.random,
                  stop: threading.Event | None = None, log_days: int = 30,
                  event_days: int = 30,
-                 tokens: TokenProvider | None = None):
+                 tokens: TokenProvider | None = None,
+                 watch: NotificationWatch | None = None):
         self.store = store
         self.vault = vault
         self.tokens = tokens or TokenProvider(vault)
@@ -102,6 +107,7 @@ class Forwarder:
         self._last_unblock: dt.datetime | None = None
         self._last_prune: dt.datetime | None = None
         self._invalidated: set[tuple[str, int]] = set()  # (location, token generation)
+        self.watch = watch  # operator notifications' periodic checks (notify.py)
 
     def forward_once(self, *, now: dt.datetime | None = None) -> int:
         """Claim what is due, send it (up to ``concurrency`` at once), record outcomes."""
@@ -120,6 +126,8 @@ class Forwarder:
             pruned = prune_events(self.store.engine, older_than=now - self.event_days)
             if pruned:
                 logger.info("events.pruned", extra={"rows": pruned})
+        if self.watch is not None:
+            self.watch.tick(now=now)  # views parked without a token too long: tell operators
         claims = self.store.claim_due(now=now, limit=self.concurrency)
         if not claims:
             return 0
