@@ -9,6 +9,7 @@ import datetime as dt
 import json
 import logging
 import threading
+import time
 
 import pytest
 import sqlalchemy as sa
@@ -25,7 +26,7 @@ from service.store.engine import create_engine
 from service.store.notifications import recent
 from service.wiring import build_forwarder, build_sender
 
-from .conftest import Clock, admin_headers, make_view, test_config
+from .conftest import UNREACHABLE_DB_URL, Clock, admin_headers, make_view, test_config
 from .fake_highlevel import FakeHighLevel
 from .fakes import InlineExecutor
 from .processes import free_port
@@ -147,12 +148,19 @@ def test_views_going_dead_are_told_per_location(services, vault, receiver, highl
 def test_a_dead_batch_names_a_bounded_list_of_documents(services):
     claims = [(Claim(row_id=i, kind="invoice", location_id="loc_1", document_id=f"inv_{i}",
                      seq_from=0, seq_to=1, attempts=0, pending_since=services.clock(),
-                     lease_token="x"), Outcome("dead", "expired")) for i in range(60)]
+                     lease_token="x"), Outcome("dead", "expired", message="m" * 300))
+              for i in range(60)]
     with services.engine.begin() as conn:
         assert outbox.views_dead(conn, claims, [True] * 59 + [False], now=services.clock()) == 1
     [row] = recent(services.engine)
     data = json.loads(row["payload"])["data"]
     assert (data["count"], data["truncated"], len(data["documents"])) == (59, True, 50)
+    assert data["documents"][0]["message"] == "m" * 199 + "…"
+
+
+def test_marking_a_location_without_a_token_invalid_tells_nothing(services, vault):
+    vault.mark_invalid("loc_none", message="no such row", now=services.clock())
+    assert recent(services.engine) == []
 
 
 def test_views_parked_without_a_token_too_long_are_told_once_per_episode(
@@ -302,6 +310,35 @@ def test_the_sender_thread_posts_until_stopped(services, receiver):
     assert [p["type"] for p in receiver.delivered()] == ["views.dead"]
 
 
+def test_a_stopped_sender_leaves_its_leases_to_come_due_again(services, receiver):
+    emit(services, location_id="loc_1")
+    emit(services, location_id="loc_2")
+    stopping = sender(services)
+    stopping.stop.set()
+    assert stopping.send_due() == 0  # claimed, then stopped before posting
+    assert sender(services).send_due() == 0  # still leased
+    services.clock.advance(stopping.lease.total_seconds())
+    assert sender(services).send_due() == 2
+    assert len(receiver.delivered()) == 2
+
+
+def test_the_sender_thread_outlives_a_store_outage(caplog):
+    caplog.set_level(logging.ERROR, logger="service.forward.notify")
+    engine = create_engine(UNREACHABLE_DB_URL)
+    webhooks = WebhookSender(engine, ["http://127.0.0.1:9/hook"], SECRET)
+    thread = threading.Thread(target=run, args=(webhooks,), kwargs={"idle": 0.01})
+    thread.start()
+    for _ in range(500):
+        if len([r for r in caplog.records if r.getMessage() == "notify.error"]) >= 2:
+            break
+        time.sleep(0.01)
+    webhooks.stop.set()
+    thread.join(10)
+    engine.dispose()
+    assert not thread.is_alive()
+    assert len([r for r in caplog.records if r.getMessage() == "notify.error"]) >= 2
+
+
 def test_forwarder_once_posts_what_is_due(app, services, receiver):
     emit(services)
     result = app.test_cli_runner().invoke(args=["forwarder", "--once"])
@@ -339,6 +376,7 @@ def test_erasing_a_location_erases_its_notifications(client, services, receiver)
     resp = client.delete("/v1/locations/GONE", headers=admin_headers())
     assert resp.json["deleted"]["notifications"] == 1
     assert [row["locationId"] for row in recent(services.engine)] == ["KEPT"]
+    assert recent(services.engine, location_id="GONE") == []
 
 
 # -- settings ----------------------------------------------------------------------------
