@@ -19,6 +19,7 @@ from service import create_app
 from service.clock import utcnow
 from service.config import ConfigError, load_config
 from service.forward.notify import NotificationWatch, WebhookSender, run
+from service.highlevel.oauth import INVALID_GRANT, OAuthError
 from service.store import outbox
 from service.store.db import no_token_alerts
 from service.store.documents import Claim, Outcome
@@ -156,6 +157,21 @@ def test_a_dead_batch_names_a_bounded_list_of_documents(services):
     data = json.loads(row["payload"])["data"]
     assert (data["count"], data["truncated"], len(data["documents"])) == (59, True, 50)
     assert data["documents"][0]["message"] == "m" * 199 + "…"
+
+
+def test_a_refused_refresh_token_is_told(services, vault):
+    vault.set_token("loc_1", access_token=TOKEN, refresh_token="refresh-secret-1",
+                    expires_at=services.clock() + dt.timedelta(seconds=30), now=services.clock())
+
+    def refused(refresh_token, *, user_type):
+        raise OAuthError(INVALID_GRANT, "Invalid grant: refresh token is invalid", status=400)
+
+    assert vault.refresh("loc_1", now=services.clock(), refresher=refused) is None
+    [row] = recent(services.engine)
+    assert json.loads(row["payload"])["data"] == {
+        "locationId": "loc_1", "tokenKind": "oauth",
+        "reason": "Invalid grant: refresh token is invalid"}
+    assert "refresh-secret-1" not in row["payload"]
 
 
 def test_marking_a_location_without_a_token_invalid_tells_nothing(services, vault):
