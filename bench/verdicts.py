@@ -14,8 +14,8 @@ through ``POST /v1/events`` of a real app (Flask's test client, a fresh SQLite f
 ``GET /v1/events/<id>``, to show the service gives the same verdict, reason and status.
 
     pip install -r bench/requirements-verdicts.txt     # the lists' packages
-    .venv/bin/python bench/verdicts.py                 # about a minute; bench/results-verdicts.md
-    .venv/bin/python bench/verdicts.py --root ../main --output bench/out/main.md   # another checkout
+    .venv/bin/python bench/verdicts.py                 # 1-2 minutes; bench/results-verdicts.md
+    .venv/bin/python bench/verdicts.py --root ../main --output bench/out/main.md  # another tree
 """
 
 from __future__ import annotations
@@ -33,10 +33,14 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import ROOT, command_line, machine_info, markdown_table  # noqa: E402
 from verdict_lists import FILTERED, HELD_OUT_PERCENT, UAList, all_lists  # noqa: E402
 
+ROOT = HERE.parent
+# bench/common.py (machine facts, tables) is imported after the service, so that --root
+# decides which checkout's service is measured.
+
 PARTS = ("dev", "held-out")
+ANALYSIS = "## What the figures say"  # hand-written, below the numbers; kept on a rerun
 PACKAGES = ("fake-useragent", "crawler-user-agents", "device-detector", "crawlerdetect",
             "PyYAML")
 # Crawler lists also carry mail clients and providers' image proxies (GoogleImageProxy,
@@ -118,6 +122,8 @@ def pct(a: int, b: int) -> str:
 
 
 def report(args, lists, tallies, confusion, http, timing) -> str:
+    from common import command_line, machine_info, markdown_table
+
     started = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         "# Verdicts against public user-agent lists",
@@ -139,20 +145,26 @@ def report(args, lists, tallies, confusion, http, timing) -> str:
     for ua_list in lists:
         for part in PARTS:
             t = tallies[ua_list.name, part]
-            if ua_list.expect == FILTERED:
-                rows.append([ua_list.name, part, t.n, t.filtered, t.n - t.filtered,
-                             f"recall {pct(t.filtered, t.n)}"])
-            else:
-                rows.append([ua_list.name, part, t.n, t.filtered, t.n - t.filtered,
-                             f"wrongly filtered {t.filtered}, wrong verdict {len(t.wrong)}"])
+            tp, fn, fp, tn = confusion[part]
+            if ua_list.expect == FILTERED:  # its class: filtered, against every people list
+                rows.append([f"{ua_list.name} (filtered)", part, t.n, t.filtered,
+                             t.n - t.filtered, pct(t.filtered, t.n),
+                             pct(t.filtered, t.filtered + fp), len(t.wrong)])
+            else:  # its class: forwarded, against every machine list
+                kept = t.n - t.filtered
+                rows.append([f"{ua_list.name} (forwarded)", part, t.n, t.filtered, kept,
+                             pct(kept, t.n), pct(kept, kept + fn), len(t.wrong)])
     lines += [markdown_table(["list (should be)", "part", "user agents", "filtered",
-                              "forwarded", "result"],
-                             [[f"{r[0]} ({'filtered' if 'recall' in r[5] else 'forwarded'})",
-                               *r[1:]] for r in rows]), ""]
+                              "forwarded", "recall", "precision", "wrong"], rows), ""]
     lines += ["Machines: crawler-user-agents, Matomo bots, HTTP libraries and feed readers. "
               "People: fake-useragent and Matomo browsers, Matomo's and our mail clients. "
-              "*Wrong verdict* for a mail list also counts a proxy that was forwarded as "
-              "`human` instead of `proxy_open`.", "", "## Precision and recall", "",
+              "A list holds one class, so per list: *recall* is the share that got its class "
+              "(filtered for machines, forwarded for people); *precision* is that class's "
+              "precision when the list is pooled with every list of the other class in the "
+              "same part (for a machine list: filtered from it / (that + people filtered); "
+              "for a people list: forwarded from it / (that + machines forwarded)). *Wrong* "
+              "also counts a mail proxy forwarded as `human` instead of `proxy_open`.", "",
+              "## Precision and recall, pooled", "",
               "Positive = filtered (a machine). Precision: of the user agents filtered, the "
               "share that are machines; recall: of the machines, the share filtered. Pooled "
               "over the lists, so the figures depend on the lists' sizes; the per-list rows "
@@ -167,8 +179,9 @@ def report(args, lists, tallies, confusion, http, timing) -> str:
                               "recall (filtered)", "precision (forwarded)",
                               "recall (forwarded)"], rows), ""]
     lines += ["## Which step decided", "",
-              "Machines filtered, by the reason's kind (`ua`: a named rule; `crawlerdetect`; "
-              "`no-client-token`: no browser or mail-client token).", ""]
+              "Machine lists, by the verdict reason's kind (`ua`: a named rule; "
+              "`crawlerdetect`; `no-client-token`: no browser or mail-client token; "
+              "`no-match`: forwarded as a person, a miss).", ""]
     rows = []
     for ua_list in lists:
         if ua_list.expect == FILTERED:
@@ -250,10 +263,9 @@ def main() -> None:
         confusion[part] = (tp, fn, fp, tn)
     http = spot_check_http(lists, classifier, args.http_sample)
     text = report(args, lists, tallies, confusion, http, timing)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text)
-    print(text)
-    print(f"written to {args.output}")
+    from common import write_report
+
+    write_report(text, args.output, marker=ANALYSIS)
     if http[1]:
         raise SystemExit("the API's verdicts differ from the function's")
 
