@@ -47,8 +47,7 @@ PACKAGES = ("fake-useragent", "crawler-user-agents", "device-detector", "crawler
             "PyYAML")
 # Crawler lists also carry mail clients and providers' image proxies (GoogleImageProxy,
 # Outlook), which the issue requires forwarded: those entries are counted apart.
-MAIL_REASONS = ("ua:GoogleImageProxy", "ua:YahooMailProxy", "ua:Outlook", "ua:mail-apps",
-                "ua:outlook-mobile")
+MAIL_CLIENT_REASONS = ("ua:mail-apps", "ua:outlook-mobile")  # and every proxy_open
 
 
 @dataclass
@@ -68,7 +67,8 @@ def judge(classifier, ua_list: UAList, part: str, forwarded: set[str]) -> Tally:
     for ua, required in sorted(ua_list.part(part).items()):
         v = classifier.classify(user_agent=ua, ip=None)
         is_filtered = v.verdict not in forwarded
-        if ua_list.expect == FILTERED and v.reason in MAIL_REASONS:
+        if ua_list.expect == FILTERED and (v.verdict == "proxy_open"
+                                           or v.reason in MAIL_CLIENT_REASONS):
             tally.mail.append((ua, v.reason))
             continue
         tally.n += 1

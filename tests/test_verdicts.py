@@ -392,6 +392,9 @@ def test_crawlers_and_tools_are_filtered(classifier, user_agent, verdict, reason
     (APPLE_MAIL, "human", "no-match"),
     (GMAIL, "proxy_open", "ua:GoogleImageProxy"),
     (YAHOO, "proxy_open", "ua:YahooMailProxy"),
+    ("Mozilla/5.0 (Windows NT 10.0) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/55.0.2883.87 "
+     "Safari/537.36 (via secureurl.fwdcdn.com - mail.ukr.net proxy)", "proxy_open",
+     "ua:ukrnet-mail-proxy"),  # a host name in it, yet a real open
 ])
 def test_mail_clients_and_proxies_are_kept(classifier, user_agent, verdict, reason):
     assert check(classifier, user_agent=user_agent, ip=None) == Verdict(verdict, reason)
