@@ -100,7 +100,7 @@ def test_install_round_trip_stores_the_location_token(client, services, hl, cloc
     [request] = [r for r in hl.requests if r.path == "/oauth/token"]
     assert b"grant_type=authorization_code" in request.body
     # The stored token works end to end.
-    assert services.vault.credentials(LOC).access_token in hl.tokens
+    assert services.vault.read(LOC).access_token() in hl.tokens
 
 
 def test_agency_install_stores_the_company_token_and_its_locations(client, services, hl):
@@ -308,7 +308,7 @@ def test_token_is_refreshed_ahead_of_expiry(services, hl, forwarder, clock):
     assert hl.oauth.refresh_calls == 1
     [patch] = hl.patches()
     assert patch.token != pair["access_token"]
-    assert services.vault.credentials(LOC).access_token == patch.token
+    assert services.vault.read(LOC).access_token() == patch.token
     assert not hl.oauth.refresh_token_valid(pair["refresh_token"])  # rotated
 
 
@@ -378,7 +378,7 @@ def test_agency_token_mints_a_location_token(services, hl, forwarder, clock):
     assert hl.oauth.location_token_calls == 1
     assert services.vault.describe("loc_m")["tokenKind"] == "minted"
     [patch] = hl.patches()
-    assert patch.token == services.vault.credentials("loc_m").access_token
+    assert patch.token == services.vault.read("loc_m").access_token()
     assert services.store.event_status(event.id)["status"] == "delivered"
 
 

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 
 from . import documents as states
 from .db import documents, installs, locations, webhook_receipts
-from .engine import dialect_insert
+from .engine import dialect_insert, read_only
 
 # The webhook.* log lines keep the logger they have always been written under.
 logger = logging.getLogger("service.webhooks")
@@ -72,6 +72,15 @@ def apply(engine: Engine, event: AppEvent, *, now: dt.datetime) -> dict:
             "target_type": event.target_type, "target_id": event.target_id,
             "tokens_removed": removed, "views_parked": parked})
         return {"status": UNINSTALLED}
+
+
+def installed_company(engine: Engine, location_id: str) -> str | None:
+    """Return the company under which a location has the app installed (None: none)."""
+    i = installs.c
+    with read_only(engine) as conn:
+        return conn.execute(sa.select(i.company_id).where(
+            i.target_type == LOCATION, i.target_id == location_id,
+            i.status == INSTALLED)).scalar()
 
 
 def _install(conn: sa.Connection, event: AppEvent, now: dt.datetime) -> None:
