@@ -12,6 +12,7 @@ import random
 import threading
 from collections.abc import Callable
 from concurrent.futures import Executor
+from typing import TYPE_CHECKING
 
 from ..clock import utcnow
 from ..highlevel.client import HighLevel, HighLevelError, Response
@@ -21,6 +22,9 @@ from ..store.queue import Claim, Outcome, Store
 from ..store.retention import prune_events
 from ..store.tokens import TokenVault
 from .credentials import Credentials, Refusal, TokenProvider
+
+if TYPE_CHECKING:
+    from .notify import NotificationWatch
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +95,8 @@ class Forwarder:
                  rand: Callable[[], float] = random.random,
                  stop: threading.Event | None = None, log_days: int = 30,
                  event_days: int = 30,
-                 tokens: TokenProvider | None = None):
+                 tokens: TokenProvider | None = None,
+                 watch: NotificationWatch | None = None):
         self.store = store
         self.tokens = tokens or TokenProvider(vault)  # every decision about a token
         self.client = client
@@ -105,6 +110,7 @@ class Forwarder:
         self.event_days = dt.timedelta(days=event_days)
         self._last_unblock: dt.datetime | None = None
         self._last_prune: dt.datetime | None = None
+        self.watch = watch  # operator notifications' periodic checks (notify.py)
 
     def forward_once(self, *, now: dt.datetime | None = None) -> int:
         """Claim what is due, send it (up to ``concurrency`` at once), record outcomes."""
@@ -123,6 +129,8 @@ class Forwarder:
             pruned = prune_events(self.store.engine, older_than=now - self.event_days)
             if pruned:
                 logger.info("events.pruned", extra={"rows": pruned})
+        if self.watch is not None:
+            self.watch.tick(now=now)  # views parked without a token too long: tell operators
         claims = self.store.claim_due(now=now, limit=self.concurrency)
         if not claims:
             return 0

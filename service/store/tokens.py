@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from sqlalchemy.engine import Engine
 
+from . import outbox
 from .db import locations
 from .engine import read_only
 
@@ -235,13 +236,17 @@ class HeldToken:
     def mark(self, *, message: str, now: dt.datetime, status: str | None = None,
              retry_at: dt.datetime | None = None, generation: int | None = None) -> None:
         """Record an error (and a new status, a retry time) on the row; with
-        ``generation``, only while that token is still the stored one."""
+        ``generation``, only while that token is still the stored one. A token made
+        invalid is told to operators in the same transaction (the outbox)."""
         values = {"last_error": message[:500], "updated_at": now}
         if status is not None:
             values["status"] = status
         if retry_at is not None:
             values["retry_at"] = retry_at
-        self.conn.execute(locations.update().where(self._where(generation)).values(**values))
+        changed = self.conn.execute(
+            locations.update().where(self._where(generation)).values(**values)).rowcount
+        if changed and status == INVALID:
+            outbox.token_invalid(self.conn, self.location_id, reason=message, now=now)
 
     def count_unauthorized(self, *, generation: int, message: str,
                            now: dt.datetime) -> int | None:
