@@ -18,6 +18,7 @@ from prometheus_client import REGISTRY
 from service import create_app
 from service.clock import utcnow
 from service.config import ConfigError, load_config
+from service.forward.credentials import TokenProvider
 from service.forward.notify import NotificationWatch, WebhookSender, run
 from service.highlevel.oauth import INVALID_GRANT, OAuthError
 from service.store import outbox
@@ -25,6 +26,7 @@ from service.store.db import no_token_alerts
 from service.store.documents import Claim, Outcome
 from service.store.engine import create_engine
 from service.store.notifications import recent
+from service.store.tokens import INVALID
 from service.wiring import build_forwarder, build_sender
 
 from .conftest import UNREACHABLE_DB_URL, Clock, admin_headers, make_view, test_config
@@ -108,7 +110,8 @@ def test_a_token_turning_invalid_is_told_once_signed(services, vault, receiver, 
     forward(services)  # two 401s in a row: invalid; its views parked
     services.clock.advance(MINUTE)
     forward(services, times=2)
-    vault.mark_invalid("loc_1", message="found again", now=services.clock())  # same token
+    with vault.hold("loc_1") as row:  # the same token found invalid again
+        row.mark(status=INVALID, message="found again", now=services.clock())
     assert sender(services).send_due() == 1
     [told] = receiver.delivered()
     assert told["type"] == "token.invalid"
@@ -163,10 +166,14 @@ def test_a_refused_refresh_token_is_told(services, vault):
     vault.set_token("loc_1", access_token=TOKEN, refresh_token="refresh-secret-1",
                     expires_at=services.clock() + dt.timedelta(seconds=30), now=services.clock())
 
-    def refused(refresh_token, *, user_type):
-        raise OAuthError(INVALID_GRANT, "Invalid grant: refresh token is invalid", status=400)
+    class Refusing:  # HighLevel's token endpoint, refusing the refresh token
+        def refresh(self, refresh_token, *, user_type):
+            raise OAuthError(INVALID_GRANT, "Invalid grant: refresh token is invalid",
+                             status=400)
 
-    assert vault.refresh("loc_1", now=services.clock(), refresher=refused) is None
+    stale = TokenProvider(vault).get("loc_1", now=services.clock())
+    assert TokenProvider(vault, Refusing()).renew(stale, now=services.clock()) is None
+    assert vault.describe("loc_1")["status"] == "invalid"
     [row] = recent(services.engine)
     assert json.loads(row["payload"])["data"] == {
         "locationId": "loc_1", "tokenKind": "oauth",
@@ -175,7 +182,8 @@ def test_a_refused_refresh_token_is_told(services, vault):
 
 
 def test_marking_a_location_without_a_token_invalid_tells_nothing(services, vault):
-    vault.mark_invalid("loc_none", message="no such row", now=services.clock())
+    with vault.hold("loc_none") as row:
+        row.mark(status=INVALID, message="no such row", now=services.clock())
     assert recent(services.engine) == []
 
 
