@@ -111,8 +111,12 @@ class Store:
         with self.engine.begin() as conn:
             return states.unpark(conn, now=now, location_id=location_id)
 
-    def replay(self, filters: LogFilter, *, now: dt.datetime) -> int:
-        """Re-queue dead documents matching ``filters``; how many (``documents.replay``)."""
+    def replay(self, filters: LogFilter, *, now: dt.datetime, dry_run: bool = False) -> int:
+        """Re-queue dead documents matching ``filters``; how many (``documents.replay``).
+        With ``dry_run``, count what it would re-queue and change nothing."""
+        if dry_run:
+            with read_only(self.engine) as conn:
+                return states.replay(conn, filters, now=now, dry_run=True)
         with self.engine.begin() as conn:
             return states.replay(conn, filters, now=now)
 

@@ -2,7 +2,7 @@
 resource (``events``, ``locations``, ``pixels``, ``deliveries``) and what they share
 (``common``). Every public schema is importable from here too."""
 
-from .common import MAX_BIGINT, ErrorSchema, Printable, Text, UTCDateTime
+from .common import MAX_BIGINT, ErrorSchema, Printable, QuerySchema, Text, UTCDateTime
 from .deliveries import (
     DeliveryPageSchema,
     DeliveryQuerySchema,
@@ -26,6 +26,6 @@ __all__ = [
     "EXACTLY_ONE_DOCUMENT", "MAX_BATCH", "MAX_BIGINT", "AcceptedSchema", "DeliveryPageSchema",
     "DeliveryQuerySchema", "DeliverySchema", "ErrorSchema", "EventSchema", "EventStatusSchema",
     "IngestResponseSchema", "IngestSchema", "LocationListSchema", "LocationSchema",
-    "PixelUrlRequestSchema", "PixelUrlSchema", "Printable", "PurgeSchema",
+    "PixelUrlRequestSchema", "PixelUrlSchema", "Printable", "PurgeSchema", "QuerySchema",
     "ReplayResultSchema", "ReplaySchema", "Text", "TokenSchema", "UTCDateTime",
 ]

@@ -1,4 +1,5 @@
-"""What every resource's schemas share: field types, text rules, the error shape."""
+"""What every resource's schemas share: field types, text rules, the error shape, and
+``QuerySchema``, the base of every query string's schema."""
 
 from __future__ import annotations
 
@@ -43,6 +44,16 @@ class UTCDateTime(ma.fields.AwareDateTime):
             return loaded.astimezone(dt.UTC)
         except OverflowError:
             raise self.make_error("invalid", input=value, obj_type=self.OBJ_TYPE) from None
+
+
+class QuerySchema(ma.Schema):
+    """A query string's parameters. Unknown ones are refused (422, naming them): the
+    API's blueprints read query strings with each schema's own ``unknown``, which is
+    ``RAISE`` here (``bodies.ArgumentsParser``), so a misspelt filter never silently
+    widens a list."""
+
+    class Meta:
+        unknown = ma.RAISE
 
 
 class ErrorSchema(ma.Schema):

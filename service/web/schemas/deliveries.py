@@ -5,18 +5,17 @@ from __future__ import annotations
 import marshmallow as ma
 
 from ...ids import Id
-from .common import MAX_BIGINT, Text, UTCDateTime
+from ...store.deliverylog import OUTCOMES
+from .common import MAX_BIGINT, QuerySchema, UTCDateTime
 
 
-class DeliveryQuerySchema(ma.Schema):
+class DeliveryQuerySchema(QuerySchema):
     """Filters for the delivery log (query string)."""
-
-    class Meta:
-        unknown = ma.RAISE
 
     locationId = ma.fields.String(validate=Id)
     documentId = ma.fields.String(validate=Id)
-    outcome = ma.fields.String(validate=[ma.validate.Length(max=20), *Text])
+    outcome = ma.fields.String(validate=ma.validate.OneOf(OUTCOMES),
+                               metadata={"description": ", ".join(OUTCOMES)})
     since = UTCDateTime()
     until = UTCDateTime()
     # Bounded by the id column (BIGINT, SQLite's INTEGER): a larger number would reach the
@@ -33,9 +32,7 @@ class DeliverySchema(ma.Schema):
     locationId = ma.fields.String()
     documentId = ma.fields.String()
     attempt = ma.fields.Integer()
-    outcome = ma.fields.String(metadata={"description": (
-        "delivered, retry, rate_limited, network_error, unauthorized, permanent, expired, "
-        "no_token, token_invalid, token_unreadable")})
+    outcome = ma.fields.String(metadata={"description": ", ".join(OUTCOMES)})
     httpStatus = ma.fields.Integer(allow_none=True)
     message = ma.fields.String(allow_none=True, metadata={"description": "HighLevel's message"})
     traceId = ma.fields.String(allow_none=True)
@@ -62,12 +59,15 @@ class ReplaySchema(ma.Schema):
     since = UTCDateTime()
     until = UTCDateTime()
     all = ma.fields.Boolean(load_default=False)
+    dryRun = ma.fields.Boolean(load_default=False, metadata={
+        "description": "count the documents it would re-queue; change nothing"})
 
     @ma.validates_schema
     def some_filter(self, data, **kwargs):
-        if not data.get("all") and not (set(data) - {"all"}):
+        if not data.get("all") and not (set(data) - {"all", "dryRun"}):
             raise ma.ValidationError("Give a filter, or all: true to replay every dead view.")
 
 
 class ReplayResultSchema(ma.Schema):
-    replayed = ma.fields.Integer(metadata={"description": "documents re-queued"})
+    replayed = ma.fields.Integer(metadata={
+        "description": "documents re-queued (with dryRun: that it would re-queue)"})
