@@ -29,6 +29,7 @@ AUTH = {401, 403}
 BACKOFF_BASE, BACKOFF_CAP = 2.0, 600.0
 UNBLOCK_EVERY = dt.timedelta(seconds=5)
 PRUNE_EVERY = dt.timedelta(hours=1)
+COUNT_EVERY = dt.timedelta(minutes=1)  # views by verdict per location (store.count_views)
 DEFAULT_RATE_INTERVAL_MS = 10_000  # HighLevel's burst window when a 429 says nothing
 
 
@@ -101,6 +102,7 @@ class Forwarder:
         self.event_days = dt.timedelta(days=event_days)
         self._last_unblock: dt.datetime | None = None
         self._last_prune: dt.datetime | None = None
+        self._last_count: dt.datetime | None = None
         self._invalidated: set[tuple[str, int]] = set()  # (location, token generation)
 
     def forward_once(self, *, now: dt.datetime | None = None) -> int:
@@ -120,6 +122,9 @@ class Forwarder:
             pruned = prune_events(self.store.engine, older_than=now - self.event_days)
             if pruned:
                 logger.info("events.pruned", extra={"rows": pruned})
+        if self._last_count is None or now - self._last_count >= COUNT_EVERY:
+            self._last_count = now
+            self.store.count_views(now=now)
         claims = self.store.claim_due(now=now, limit=self.concurrency)
         if not claims:
             return 0
