@@ -19,13 +19,21 @@ from .events import (
     IngestResponseSchema,
     IngestSchema,
 )
-from .locations import LocationListSchema, LocationSchema, PurgeSchema, TokenSchema
+from .locations import (
+    LocationDetailSchema,
+    LocationListSchema,
+    LocationQuerySchema,
+    LocationSchema,
+    PurgeSchema,
+    TokenSchema,
+)
 from .pixels import PixelUrlRequestSchema, PixelUrlSchema
 
 __all__ = [
     "EXACTLY_ONE_DOCUMENT", "MAX_BATCH", "MAX_BIGINT", "AcceptedSchema", "DeliveryPageSchema",
     "DeliveryQuerySchema", "DeliverySchema", "ErrorSchema", "EventSchema", "EventStatusSchema",
-    "IngestResponseSchema", "IngestSchema", "LocationListSchema", "LocationSchema",
+    "IngestResponseSchema", "IngestSchema", "LocationDetailSchema", "LocationListSchema",
+    "LocationQuerySchema", "LocationSchema",
     "PixelUrlRequestSchema", "PixelUrlSchema", "Printable", "PurgeSchema", "QuerySchema",
     "ReplayResultSchema", "ReplaySchema", "Text", "TokenSchema", "UTCDateTime",
 ]
