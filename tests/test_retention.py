@@ -52,8 +52,8 @@ def test_300_replays_of_one_pixel_store_one_row_counting_300(client, services):
     # Still one view of the document to send, and every view counted.
     with services.engine.connect() as conn:
         assert conn.execute(sa.select(documents.c.views_seq)).scalar() == 1
-    summary = services.store.location_stats(LOC)
-    assert summary["verdicts"] == {"human": 300}
+    page = services.store.location(LOC, now=services.clock())
+    assert page["verdicts"] == {"human": 300}
 
 
 def test_repeats_are_still_counted_in_metrics(client, services):

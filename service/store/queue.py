@@ -203,18 +203,3 @@ class Store:
         with read_only(self.engine) as conn:
             rows = conn.execute(sa.select(d.status, sa.func.count()).group_by(d.status))
             return {status: count for status, count in rows}
-
-    def location_stats(self, location_id: str) -> dict[str, dict[str, int]]:
-        """Count a location's documents by status and its views by verdict."""
-        d, e = documents.c, events.c
-        with read_only(self.engine) as conn:
-            docs = conn.execute(
-                sa.select(d.status, sa.func.count())
-                .where(d.location_id == location_id).group_by(d.status)
-            )
-            verdicts = conn.execute(
-                sa.select(e.verdict, sa.func.sum(e.views))
-                .where(e.location_id == location_id).group_by(e.verdict)
-            )
-            return {"documents": dict(docs.all()),
-                    "verdicts": {verdict: int(n) for verdict, n in verdicts}}
