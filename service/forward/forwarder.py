@@ -33,6 +33,7 @@ AUTH = {401, 403}
 BACKOFF_BASE, BACKOFF_CAP = 2.0, 600.0
 UNBLOCK_EVERY = dt.timedelta(seconds=5)
 PRUNE_EVERY = dt.timedelta(hours=1)
+COUNT_EVERY = dt.timedelta(minutes=1)  # views by verdict per location (store.count_views)
 DEFAULT_RATE_INTERVAL_MS = 10_000  # HighLevel's burst window when a 429 says nothing
 
 
@@ -111,6 +112,7 @@ class Forwarder:
         self._last_unblock: dt.datetime | None = None
         self._last_prune: dt.datetime | None = None
         self.watch = watch  # operator notifications' periodic checks (notify.py)
+        self._last_count: dt.datetime | None = None
 
     def forward_once(self, *, now: dt.datetime | None = None) -> int:
         """Claim what is due, send it (up to ``concurrency`` at once), record outcomes."""
@@ -129,6 +131,9 @@ class Forwarder:
             pruned = prune_events(self.store.engine, older_than=now - self.event_days)
             if pruned:
                 logger.info("events.pruned", extra={"rows": pruned})
+        if self._last_count is None or now - self._last_count >= COUNT_EVERY:
+            self._last_count = now
+            self.store.count_views(now=now)
         if self.watch is not None:
             self.watch.tick(now=now)  # views parked without a token too long: tell operators
         claims = self.store.claim_due(now=now, limit=self.concurrency)

@@ -14,17 +14,12 @@ from sqlalchemy.engine import Engine
 
 from . import documents as states
 from . import notifications as operator_notifications
+from . import seen
 from .db import delivery_log, documents, events, installs, locations, rate_limits
 from .documents import DEAD, IDLE
+from .viewrows import event_id_floor
 
 BATCH = 5000
-
-
-def _uuid7_floor(at: dt.datetime) -> str:
-    """The smallest UUIDv7 text of the millisecond ``at``: every event id made before it
-    sorts below (ids are time-ordered, ``recording.ViewWriter.prepare``)."""
-    ms = f"{int(at.timestamp() * 1000):012x}"
-    return f"{ms[:8]}-{ms[8:]}-7000-8000-000000000000"
 
 
 def prune_events(engine: Engine, *, older_than: dt.datetime, batch: int = BATCH) -> int:
@@ -39,7 +34,7 @@ def prune_events(engine: Engine, *, older_than: dt.datetime, batch: int = BATCH)
     finished = sa.select(d.id).where(d.status.in_((IDLE, DEAD)))
     return _walk_events(engine, e.received_at < older_than,
                         sa.or_(e.document_row.is_(None), e.document_row.in_(finished)),
-                        below=_uuid7_floor(older_than), batch=batch)
+                        below=event_id_floor(older_than), batch=batch)
 
 
 def _walk_events(engine: Engine, *where, below: str | None = None, batch: int) -> int:
@@ -63,8 +58,9 @@ def _walk_events(engine: Engine, *where, below: str | None = None, batch: int) -
 
 def purge_location(engine: Engine, location_id: str, *, batch: int = BATCH) -> dict[str, int]:
     """Delete everything stored for a location (a data-erasure request): its events,
-    documents, delivery log, operator notifications, token, installs and rate-limit state.
-    Returns the rows deleted per table (all zero when nothing was stored)."""
+    documents, delivery log, operator notifications, token, installs, rate-limit state,
+    view counts and known row. Returns the rows deleted per table (all zero when nothing
+    was stored)."""
     counts = {
         # Events before documents (they reference them). Events have no index by location
         # (it would cost every pixel view): walk the primary key, one batch at a time.
@@ -84,6 +80,7 @@ def purge_location(engine: Engine, location_id: str, *, batch: int = BATCH) -> d
         )).rowcount
         counts["rateLimits"] = conn.execute(
             rate_limits.delete().where(rate_limits.c.resource == location_id)).rowcount
+        counts.update(seen.purge(conn, location_id))
     return counts
 
 

@@ -166,5 +166,12 @@ def event_id_at(now: dt.datetime) -> str:
             f"{rand & 0xFFFFFFFFFFFF:012x}")
 
 
+def event_id_floor(at: dt.datetime) -> str:
+    """The smallest event id of the millisecond ``at``: every id made before it sorts
+    below, every id made from it on sorts above or equal (``event_id_at``)."""
+    ms = f"{int(at.timestamp() * 1000):012x}"
+    return f"{ms[:8]}-{ms[8:]}-7000-8000-000000000000"
+
+
 def chunks(items: list, size: int):
     return (items[i:i + size] for i in range(0, len(items), size))

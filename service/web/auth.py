@@ -26,14 +26,16 @@ def bearer_token() -> str | None:
     return (token.strip() or None) if scheme.lower() == "bearer" else None
 
 
-def require_key(setting: str):
-    """Decorate a view so it needs a bearer key listed in config ``setting``."""
+def require_key(*settings: str):
+    """Decorate a view so it needs a bearer key listed in one of the config ``settings``."""
 
     def decorator(view):
         @functools.wraps(view)
         def wrapped(*args, **kwargs):
             token = bearer_token()
-            if token is None or not key_matches(token, services().config[setting]):
+            config = services().config
+            keys = [key for setting in settings for key in config[setting]]
+            if token is None or not key_matches(token, keys):
                 raise UnauthorizedError()
             return view(*args, **kwargs)
 
@@ -44,3 +46,5 @@ def require_key(setting: str):
 
 require_ingest_key = require_key("INGEST_API_KEYS")
 require_admin_key = require_key("ADMIN_API_KEYS")
+# An event's status: for the services that ingest, and for an operator following a view up.
+require_ingest_or_admin_key = require_key("INGEST_API_KEYS", "ADMIN_API_KEYS")
