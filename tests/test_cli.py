@@ -27,7 +27,7 @@ def test_keys_generate_prints_fresh_usable_values(runner):
     result = runner.invoke(args=["keys", "generate"])
     lines = dict(line.split("=", 1) for line in result.output.splitlines())
     assert set(lines) == {"INGEST_API_KEYS", "ADMIN_API_KEYS", "PIXEL_SIGNING_KEYS",
-                          "TOKEN_ENCRYPTION_KEYS"}
+                          "TOKEN_ENCRYPTION_KEYS", "SESSION_SECRET_KEYS"}
     Fernet(lines["TOKEN_ENCRYPTION_KEYS"])  # a valid Fernet key
     again = dict(line.split("=", 1) for line in runner.invoke(args=["keys", "generate"])
                  .output.splitlines())
