@@ -81,8 +81,8 @@ def line_chart(buckets: Sequence[dict], *, title: str, label: Callable[[dt.datet
     lines = [Line(s, " ".join(f"{x(i):.1f},{y(int(b.get(s.key) or 0)):.1f}"
                               for i, b in enumerate(buckets)),
                   sum(int(b.get(s.key) or 0) for b in buckets)) for s in series]
-    ticks = [(y(peak * k // 4), f"{peak * k // 4:,}") for k in range(5)] if peak >= 4 else \
-        [(y(v), str(v)) for v in range(peak + 1)]
+    # peak is 1, 2 or 5 x 10^k, so a fifth of it is a whole step from 5 up.
+    ticks = [(y(v), f"{v:,}") for v in range(0, peak + 1, max(1, peak // 5))]
     x_labels = [(x(i), label(b["start"])) for i, b in enumerate(buckets)
                 if (n - 1 - i) % label_every == 0]
     rows = [(label(b["start"]), [int(b.get(s.key) or 0) for s in series]) for b in buckets]
