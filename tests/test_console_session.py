@@ -200,3 +200,21 @@ def test_a_session_survives_a_session_key_rotation(migrated_db_url):
     finally:
         for app in (old, rotated, gone):
             app.extensions["service"].engine.dispose()
+
+
+def test_an_unknown_console_url_is_an_html_404_and_the_apis_stay_json(client):
+    sign_in(client)
+    page = client.get("/console/no-such-page")
+    assert page.status_code == 404 and page.mimetype == "text/html"
+    assert "Not Found" in page.text
+    api = client.get("/v1/no-such-route")
+    assert api.status_code == 404 and api.json["statusCode"] == 404
+
+
+def test_a_store_outage_is_a_503_page_that_says_to_retry(down_app):
+    client = down_app.test_client()
+    assert sign_in(client).status_code == 302  # signing in needs no store
+    resp = client.get("/console/deliveries")
+    assert resp.status_code == 503 and resp.mimetype == "text/html"
+    assert resp.headers["Retry-After"] == "5"
+    assert "cannot reach its store" in resp.text

@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
-from flask import Blueprint, Flask, render_template
+from flask import Blueprint, Flask, render_template, request
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -54,6 +54,17 @@ def init_app(app: Flask) -> None:
     csrf.init_app(app)
     app.register_blueprint(bp)
     app.register_blueprint(landing.bp)
+    app.register_error_handler(404, _not_found)
+
+
+def _not_found(error: HTTPException):
+    """A URL no route matched: a page under /console (the blueprint's own handlers never see
+    it: no console view was chosen), the API's JSON elsewhere."""
+    if request.path.startswith(bp.url_prefix + "/"):
+        return _http_error(error)
+    from ..errors import handle_http_exception
+
+    return handle_http_exception(error)
 
 
 @bp.after_request
