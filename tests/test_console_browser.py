@@ -98,6 +98,10 @@ def test_an_operator_finds_fixes_and_replays_from_the_console(start_relay, fake,
     [cookie] = [c for c in context.cookies() if c["name"] == "relay_console"]
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["secure"]
     expect(page.get_by_role("heading", name="Needs attention")).to_be_visible()
+    page.keyboard.press("Tab")  # the first stop on every page skips the navigation
+    expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(page).to_have_url(re.compile(r"/console/overview#main$"))
     shot(page, tmp_path, "overview")
 
     # The location without a token, found by its state.
