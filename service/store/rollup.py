@@ -52,7 +52,7 @@ FAILED_OUTCOMES = ("permanent", "expired")
 @dataclass
 class Tally:
     """Counts per hour (received, filtered, delivered, failed: ``COUNTS``), and
-    successful sends per (hour, ``bucket(waited_ms)``)."""
+    successful sends per (hour, ``waited_ms`` to two significant digits)."""
 
     hours: dict[dt.datetime, list[int]] = field(default_factory=dict)
     waits: Counter = field(default_factory=Counter)
@@ -71,29 +71,35 @@ def day_start(at: dt.datetime) -> dt.datetime:
     return hour_start(at).replace(hour=0)
 
 
-def bucket(ms: int) -> int:
-    """``ms`` rounded to two significant digits (exact below 100 ms; within 5% above)."""
-    if ms < 100:
-        return ms
-    scale = 10 ** (len(str(ms)) - 2)
-    return (ms + scale // 2) // scale * scale
+def _bucket(column: sa.Column, *, when: str):
+    """``column`` (milliseconds) rounded to two significant digits where ``when`` holds
+    (else NULL): exact below 100 ms, within 5% above. Integer arithmetic both stores share
+    (``/`` of integers truncates), written out as one literal so GROUP BY can repeat it."""
+    c = f"{column.table.name}.{column.name}"
+    whens = " ".join(f"WHEN {c} < {10 ** digits} THEN ({c} + {10 ** (digits - 2) // 2}) "
+                     f"/ {10 ** (digits - 2)} * {10 ** (digits - 2)}" for digits in range(3, 16))
+    return sa.literal_column(
+        f"CASE WHEN NOT ({when}) THEN NULL WHEN {c} < 100 THEN {c} {whens} ELSE {c} END",
+        type_=sa.BigInteger())
 
 
-def _hour_of(column, dialect: str):
-    """The UTC hour of a time column, as the dialect gives it (``_as_hour`` reads it).
-    Literals, not bind parameters: GROUP BY must repeat the SELECT's expression exactly."""
+def truncated(column, unit: str, dialect: str):
+    """The start of a time column's UTC ``unit`` (hour or day), as the dialect gives it
+    (``as_time`` reads it). Literals, not bind parameters: GROUP BY repeats it exactly."""
     if dialect == "postgresql":
-        return sa.func.date_trunc(sa.literal_column("'hour'"),
+        return sa.func.date_trunc(sa.literal_column(f"'{unit}'"),
                                   sa.func.timezone(sa.literal_column("'UTC'"), column),
                                   type_=sa.DateTime())
     # SQLite stores UTC text, 'YYYY-MM-DD HH:MM:SS.ffffff' (``db.UTCDateTime``).
-    return sa.func.substr(column, sa.literal_column("1"), sa.literal_column("13"),
+    length = {"hour": 13, "day": 10}[unit]
+    return sa.func.substr(column, sa.literal_column("1"), sa.literal_column(str(length)),
                           type_=sa.String())
 
 
-def _as_hour(value) -> dt.datetime:
+def as_time(value) -> dt.datetime:
+    """A ``truncated`` value as an aware UTC datetime."""
     if isinstance(value, str):
-        value = dt.datetime.strptime(value, "%Y-%m-%d %H")
+        value = dt.datetime.fromisoformat(value)  # 'YYYY-MM-DD HH' or 'YYYY-MM-DD'
     return value.replace(tzinfo=UTC)
 
 
@@ -102,30 +108,30 @@ def tally(conn, *, since: dt.datetime, until: dt.datetime | None = None) -> Tall
     dialect = conn.dialect.name
     e, log = events.c, delivery_log.c
     found = Tally()
-    hour = _hour_of(e.received_at, dialect)
+    hour = truncated(e.received_at, "hour", dialect)
     views = (sa.select(hour, sa.func.sum(e.views), sa.func.sum(sa.case((e.forward, 0),
                                                                        else_=e.views)))
              .where(e.id >= event_id_floor(since)).group_by(hour))
     if until is not None:
         views = views.where(e.id < event_id_floor(until))
     for at, received, filtered in conn.execute(views):
-        found.add(_as_hour(at), 0, received)
-        found.add(_as_hour(at), 1, filtered)
-    hour = _hour_of(log.at, dialect)
-    window = [log.at >= since] + ([log.at < until] if until is not None else [])
-    delivered = log.outcome == "delivered"
-    sends = (sa.select(hour, sa.func.sum(sa.case((delivered, log.views_covered), else_=0)),
-                       sa.func.sum(sa.case((log.outcome.in_(FAILED_OUTCOMES),
-                                            log.views_covered), else_=0)))
-             .where(*window).group_by(hour))
-    for at, ok, failed in conn.execute(sends):
-        found.add(_as_hour(at), 2, ok)
-        found.add(_as_hour(at), 3, failed)
-    waits = (sa.select(hour, log.waited_ms, sa.func.count())
-             .where(*window, delivered, log.waited_ms.is_not(None))
-             .group_by(hour, log.waited_ms))
-    for at, waited, n in conn.execute(waits):
-        found.waits[(_as_hour(at), bucket(waited))] += n
+        found.add(as_time(at), 0, received)
+        found.add(as_time(at), 1, filtered)
+    # One pass over the log: per hour and outcome, and per wait for the delivered.
+    hour = truncated(log.at, "hour", dialect)
+    waited = _bucket(log.waited_ms, when="delivery_log.outcome = 'delivered'")
+    sends = (sa.select(hour, log.outcome, waited, sa.func.sum(log.views_covered),
+                       sa.func.count())
+             .where(log.at >= since).group_by(hour, log.outcome, waited))
+    if until is not None:
+        sends = sends.where(log.at < until)
+    for at, outcome, ms, views, n in conn.execute(sends):
+        if outcome == "delivered":
+            found.add(as_time(at), 2, views)
+            if ms is not None:
+                found.waits[(as_time(at), int(ms))] += n
+        elif outcome in FAILED_OUTCOMES:
+            found.add(as_time(at), 3, views)
     return found
 
 

@@ -30,8 +30,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from .db import documents, stats_hourly, stats_latency
-from .documents import BLOCKED, DEAD, IDLE, PENDING
-from .rollup import COUNTS, DAYS, Tally, day_start, folded_to, hour_start, tally
+from .documents import BLOCKED, DEAD, PENDING
+from .rollup import COUNTS, DAYS, Tally, as_time, day_start, folded_to, hour_start, tally, truncated
 
 HOURS = 24
 
@@ -43,19 +43,13 @@ def overview(engine: Engine, *, now: dt.datetime) -> dict:
     hours = [this_hour - dt.timedelta(hours=n) for n in range(HOURS - 1, -1, -1)]
     days = [today - dt.timedelta(days=n) for n in range(DAYS - 1, -1, -1)]
     with _snapshot(engine) as conn:
-        counts, waits = _counts(conn, since=days[0], latency_since=hours[0])
+        hourly, daily, waits = _counts(conn, hours=hours, days=days)
         queue = _queue(conn, now=now)
-    daily: dict[dt.datetime, list[int]] = {}
-    for hour, values in counts.items():
-        day = daily.setdefault(day_start(hour), [0, 0, 0, 0])
-        for i, n in enumerate(values):
-            day[i] += n
     return {
-        "hourly": [_entry(hour, counts.get(hour)) for hour in hours],
+        "hourly": [_entry(hour, hourly.get(hour)) for hour in hours],
         "daily": [_entry(day, daily.get(day)) for day in days],
         "queue": queue,
-        "latency": _latency(Counter({w: n for (hour, w), n in waits.items()
-                                     if hours[0] <= hour <= this_hour})),
+        "latency": _latency(waits),
     }
 
 
@@ -67,25 +61,32 @@ def _snapshot(engine: Engine) -> sa.Connection:
     return conn
 
 
-def _counts(conn, *, since: dt.datetime, latency_since: dt.datetime):
-    """The rollup's rows from ``since``, plus what came after its watermark (live)."""
+def _counts(conn, *, hours: list[dt.datetime], days: list[dt.datetime]):
+    """The rollup's counts per hour of ``hours`` and per day of ``days``, and its sends of
+    ``hours`` per ``waited_ms``; each plus what came after the watermark, counted live."""
     h, lat = stats_hourly.c, stats_latency.c
-    counts: dict[dt.datetime, list[int]] = {}
-    for row in conn.execute(sa.select(stats_hourly).where(h.hour >= since)):
-        counts[row.hour] = [int(row._mapping[name]) for name in COUNTS]
+    counts = [sa.func.sum(h[name]) for name in COUNTS]
+    day = truncated(h.hour, "day", conn.dialect.name)
+    daily = {as_time(at): [int(n) for n in values] for at, *values in conn.execute(
+        sa.select(day, *counts).where(h.hour >= days[0]).group_by(day))}
+    hourly = {row.hour: [int(row._mapping[name]) for name in COUNTS] for row in conn.execute(
+        sa.select(stats_hourly).where(h.hour >= hours[0], h.hour <= hours[-1]))}
     waits: Counter = Counter()
-    for hour, waited, n in conn.execute(
-            sa.select(lat.hour, lat.waited_ms, lat.deliveries)
-            .where(lat.hour >= latency_since)):
-        waits[(hour, int(waited))] += int(n)
+    for waited, n in conn.execute(sa.select(lat.waited_ms, sa.func.sum(lat.deliveries))
+                                  .where(lat.hour >= hours[0], lat.hour <= hours[-1])
+                                  .group_by(lat.waited_ms)):
+        waits[int(waited)] += int(n)
     folded = folded_to(conn)
-    live: Tally = tally(conn, since=since if folded is None else max(folded, since))
-    for hour, values in live.hours.items():
-        row = counts.setdefault(hour, [0, 0, 0, 0])
-        for i, n in enumerate(values):
-            row[i] += n
-    waits.update(live.waits)
-    return counts, waits
+    live: Tally = tally(conn, since=days[0] if folded is None else max(folded, days[0]))
+    for hour, values in live.hours.items():  # (hours not shown are added, and not read)
+        for into, key in ((hourly, hour), (daily, day_start(hour))):
+            row = into.setdefault(key, [0, 0, 0, 0])
+            for i, n in enumerate(values):
+                row[i] += n
+    for (hour, waited), n in live.waits.items():
+        if hours[0] <= hour <= hours[-1]:
+            waits[waited] += n
+    return hourly, daily, waits
 
 
 def _entry(start: dt.datetime, values: list[int] | None) -> dict:
@@ -93,14 +94,19 @@ def _entry(start: dt.datetime, values: list[int] | None) -> dict:
 
 
 def _queue(conn, *, now: dt.datetime) -> dict[str, int]:
-    """Documents by state; leased ones (pending, held by a forwarder) apart."""
+    """Documents by state; leased ones (pending, held by a forwarder) apart. Idle is the
+    rest: a count of every row (SQLite counts a B-tree's entries without reading them)
+    and the other states' (few) through the status index, instead of grouping them all."""
     d = documents.c
-    by_status = dict(conn.execute(sa.select(d.status, sa.func.count()).group_by(d.status)).all())
+    total = conn.execute(sa.select(sa.func.count()).select_from(documents)).scalar()
+    by_status = dict(conn.execute(sa.select(d.status, sa.func.count())
+                                  .where(d.status.in_((PENDING, BLOCKED, DEAD)))
+                                  .group_by(d.status)).all())
     leased = conn.execute(sa.select(sa.func.count()).where(
         d.status == PENDING, d.locked_until > now)).scalar()
     return {"pending": by_status.get(PENDING, 0) - leased, "leased": leased,
             "blocked": by_status.get(BLOCKED, 0), "dead": by_status.get(DEAD, 0),
-            "idle": by_status.get(IDLE, 0)}
+            "idle": total - sum(by_status.values())}
 
 
 def _latency(waits: Counter) -> dict:
