@@ -29,6 +29,7 @@ AUTH = {401, 403}
 BACKOFF_BASE, BACKOFF_CAP = 2.0, 600.0
 UNBLOCK_EVERY = dt.timedelta(seconds=5)
 PRUNE_EVERY = dt.timedelta(hours=1)
+FOLD_EVERY = dt.timedelta(minutes=1)
 DEFAULT_RATE_INTERVAL_MS = 10_000  # HighLevel's burst window when a 429 says nothing
 
 
@@ -101,6 +102,7 @@ class Forwarder:
         self.event_days = dt.timedelta(days=event_days)
         self._last_unblock: dt.datetime | None = None
         self._last_prune: dt.datetime | None = None
+        self._last_fold: dt.datetime | None = None
         self._invalidated: set[tuple[str, int]] = set()  # (location, token generation)
 
     def forward_once(self, *, now: dt.datetime | None = None) -> int:
@@ -112,6 +114,9 @@ class Forwarder:
                 logger.info("token.reactivated", extra={"location_id": location_id})
             self.store.unblock(now=now)
             self._last_unblock = now
+        if self._last_fold is None or now - self._last_fold >= FOLD_EVERY:
+            self._last_fold = now  # before pruning: the overview's counts keep what it deletes
+            self.store.fold_stats(now=now)
         if self._last_prune is None or now - self._last_prune >= PRUNE_EVERY:
             self._last_prune = now
             pruned = prune(self.store.engine, older_than=now - self.log_days)

@@ -15,6 +15,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from . import documents as states
+from . import rollup, stats
 from .db import delivery_log, documents, events
 from .deliverylog import LogFilter
 from .documents import BLOCKED, Claim, Outcome
@@ -116,7 +117,17 @@ class Store:
         with self.engine.begin() as conn:
             return states.replay(conn, filters, now=now)
 
+    def fold_stats(self, *, now: dt.datetime) -> int:
+        """Fold views and deliveries older than the coalescing window (plus a margin) into
+        the overview's hourly counts; return the ranges folded (``rollup.fold``)."""
+        return rollup.fold(self.engine, now=now, lag=self.window + rollup.LAG_MARGIN)
+
     # -- reads ----------------------------------------------------------------
+
+    def overview(self, *, now: dt.datetime) -> dict:
+        """Views per hour (24) and per day (30), the queue by state, view-to-delivery
+        p50/p99 (``stats.overview``)."""
+        return stats.overview(self.engine, now=now)
 
     def event_status(self, event_id: str) -> dict | None:
         """Return one event and where its view stands (queued, delivered, failed, filtered)."""

@@ -15,15 +15,9 @@ from sqlalchemy.engine import Engine
 from . import documents as states
 from .db import delivery_log, documents, events, installs, locations, rate_limits
 from .documents import DEAD, IDLE
+from .recording import event_id_floor
 
 BATCH = 5000
-
-
-def _uuid7_floor(at: dt.datetime) -> str:
-    """The smallest UUIDv7 text of the millisecond ``at``: every event id made before it
-    sorts below (ids are time-ordered, ``recording.ViewWriter.prepare``)."""
-    ms = f"{int(at.timestamp() * 1000):012x}"
-    return f"{ms[:8]}-{ms[8:]}-7000-8000-000000000000"
 
 
 def prune_events(engine: Engine, *, older_than: dt.datetime, batch: int = BATCH) -> int:
@@ -38,7 +32,7 @@ def prune_events(engine: Engine, *, older_than: dt.datetime, batch: int = BATCH)
     finished = sa.select(d.id).where(d.status.in_((IDLE, DEAD)))
     return _walk_events(engine, e.received_at < older_than,
                         sa.or_(e.document_row.is_(None), e.document_row.in_(finished)),
-                        below=_uuid7_floor(older_than), batch=batch)
+                        below=event_id_floor(older_than), batch=batch)
 
 
 def _walk_events(engine: Engine, *where, below: str | None = None, batch: int) -> int:
