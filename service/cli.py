@@ -222,8 +222,9 @@ def deliveries_command(limit: int, **filters) -> None:
 @click.command("replay")
 @_filter_options
 @click.option("--all", "replay_all", is_flag=True, help="Replay every dead view.")
+@click.option("--dry-run", is_flag=True, help="Count what would be replayed; change nothing.")
 @with_appcontext
-def replay_command(replay_all: bool, **filters) -> None:
+def replay_command(replay_all: bool, dry_run: bool, **filters) -> None:
     """Re-queue dead views (by location, document, outcome or time); say how many."""
     from .web.deliveries import log_filter
 
@@ -231,7 +232,8 @@ def replay_command(replay_all: bool, **filters) -> None:
     if filters.empty() and not replay_all:
         raise click.UsageError("give a filter, or --all to replay every dead view")
     svc = services()
-    click.echo(f"replayed {svc.store.replay(filters, now=svc.clock())} document(s)")
+    count = svc.store.replay(filters, now=svc.clock(), dry_run=dry_run)
+    click.echo(f"{'would replay' if dry_run else 'replayed'} {count} document(s)")
 
 
 @click.command("purge")

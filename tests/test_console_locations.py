@@ -7,14 +7,13 @@ import re
 
 import pytest
 
-from service.store.queue import Outcome
+from service.forward.forwarder import Forwarder
 
 from .conftest import T0, make_view
 from .console import post_form, sign_in, text
+from .fakes import FakeHighLevelClient, InlineExecutor
 
 PIT = "pit-console-" + "t" * 24
-DEAD_404 = Outcome("dead", "permanent", http_status=404, message="Invoice not found",
-                   trace_id="trace-404", latency_ms=12)
 
 
 @pytest.fixture
@@ -23,42 +22,71 @@ def console(client):
     return client
 
 
+@pytest.fixture
+def fake():
+    return FakeHighLevelClient()
+
+
+@pytest.fixture
+def forward(store, vault, fake, clock):
+    """``forward()``: one forwarder pass now (claims, sends to ``fake``, records)."""
+    forwarder = Forwarder(store, vault, fake, executor=InlineExecutor(), clock=clock,
+                          rand=lambda: 1.0)
+    return lambda: forwarder.forward_once(now=clock())
+
+
 def views(store, location_id: str, *documents: str, now: dt.datetime = T0) -> None:
     store.record_views([make_view(now, location_id=location_id, document_id=d)
                         for d in documents], now=now)
 
 
-def dead_letter(store, vault, location_id: str, document_id: str) -> None:
-    """A document of ``location_id`` that HighLevel refused for good (404)."""
-    vault.set_token(location_id, access_token=PIT, now=T0)
-    views(store, location_id, document_id)
-    [claim] = [c for c in store.claim_due(now=T0, limit=50) if c.document_id == document_id]
-    store.record_outcomes([(claim, DEAD_404)], now=T0)
+@pytest.fixture
+def waiting(store, forward):
+    """``waiting(location, *documents)``: views the forwarder parked for want of a token."""
+    def make(location_id: str, *documents: str) -> None:
+        views(store, location_id, *documents)
+        forward()
+    return make
+
+
+@pytest.fixture
+def dead_letter(store, vault, fake, forward):
+    """``dead_letter(location, document)``: a document HighLevel refused for good (404)."""
+    def make(location_id: str, document_id: str) -> None:
+        vault.set_token(location_id, access_token=PIT, now=T0)
+        views(store, location_id, document_id)
+        fake.script(404, document_id=document_id)
+        forward()
+    return make
+
+
+def queue(store, location_id: str) -> dict[str, int]:
+    """The location's documents by status, those it has."""
+    return {k: n for k, n in store.location(location_id, now=T0)["queue"].items() if n}
 
 
 def location_ids(page: str) -> list[str]:
     return re.findall(r'<th scope="row"><a href="/console/locations/([^"]+)">', page)
 
 
-def test_a_location_without_a_token_is_listed_with_its_waiting_views(console, store):
-    views(store, "loc_waiting", "inv_1", "inv_2", "inv_3")
-    store.block_location("loc_waiting", now=T0)
+def test_a_location_without_a_token_is_listed_with_its_waiting_views(console, waiting):
+    waiting("loc_waiting", "inv_1", "inv_2", "inv_3")
     resp = console.get("/console/locations?state=no_token")
     assert resp.status_code == 200
     assert location_ids(resp.text) == ["loc_waiting"]
     assert "no token: 3 views waiting" in text(resp.text)
 
 
-def test_the_list_filters_by_state_and_searches_by_id(console, store, vault):
-    views(store, "loc_waiting", "inv_1")
-    dead_letter(store, vault, "loc_dead", "inv_9")
+def test_the_list_filters_by_state_and_searches_by_id(console, waiting, dead_letter):
+    waiting("loc_waiting", "inv_1")
+    dead_letter("loc_dead", "inv_9")
     assert location_ids(console.get("/console/locations?state=dead").text) == ["loc_dead"]
     assert location_ids(console.get("/console/locations?q=loc_dead").text) == ["loc_dead"]
     assert set(location_ids(console.get("/console/locations").text)) == {
         "loc_waiting", "loc_dead"}
 
 
-@pytest.mark.parametrize("query", ["state=broken", "q=bad%20id", "limit=0", "limit=201",
+@pytest.mark.parametrize("query", ["state=broken", "q=bad%20id", "limit=0", "limit=501",
                                    "surprise=1"])
 def test_a_bad_list_query_is_a_422_page(console, query):
     resp = console.get(f"/console/locations?{query}")
@@ -67,13 +95,13 @@ def test_a_bad_list_query_is_a_422_page(console, query):
     assert location_ids(resp.text) == []
 
 
-def test_a_location_page_shows_its_token_but_never_the_token(console, store, vault):
-    dead_letter(store, vault, "loc_dead", "inv_9")
+def test_a_location_page_shows_its_token_but_never_the_token(console, dead_letter):
+    dead_letter("loc_dead", "inv_9")
     resp = console.get("/console/locations/loc_dead")
     assert resp.status_code == 200
     shown = text(resp.text)
-    assert "Private Integration Token" in shown and "Invoice not found" in shown
-    assert "trace-404" in shown
+    assert "Kind Private Integration Token" in shown and "Status active" in shown
+    assert "permanent 404 HTTP 404" in shown  # the attempt, with HighLevel's message
     assert PIT not in resp.text
     assert "The HighLevel app is not configured" in shown
 
@@ -85,14 +113,13 @@ def test_an_unknown_location_is_a_404_page(console, location_id):
     assert resp.mimetype == "text/html"
 
 
-def test_storing_a_token_releases_the_parked_views(console, store, vault):
-    views(store, "loc_waiting", "inv_1", "inv_2")
-    store.block_location("loc_waiting", now=T0)
+def test_storing_a_token_releases_the_parked_views(console, store, vault, waiting):
+    waiting("loc_waiting", "inv_1", "inv_2")
     resp = post_form(console, "/console/locations/loc_waiting",
                      "/console/locations/loc_waiting/token", accessToken=f"  {PIT}\n")
     assert resp.status_code == 302 and resp.location == "/console/locations/loc_waiting"
     assert vault.credentials("loc_waiting").access_token == PIT  # pasted whitespace dropped
-    assert store.location_stats("loc_waiting")["documents"] == {"pending": 2}
+    assert queue(store, "loc_waiting") == {"pending": 2}
     page = console.get(resp.location)
     assert "Token stored. 2 parked document(s) will be sent again." in text(page.text)
     assert PIT not in page.text
@@ -104,22 +131,20 @@ def test_storing_a_token_releases_the_parked_views(console, store, vault):
     ({"accessToken": PIT, "companyId": "bad id"}, "companyId"),
     ({}, "accessToken"),
 ])
-def test_a_bad_token_is_refused_next_to_its_field_and_nothing_is_stored(console, store,
-                                                                        vault, fields, field):
-    views(store, "loc_waiting", "inv_1")
-    store.block_location("loc_waiting", now=T0)
+def test_a_bad_token_is_refused_next_to_its_field_and_nothing_is_stored(
+        console, store, vault, waiting, fields, field):
+    waiting("loc_waiting", "inv_1")
     resp = post_form(console, "/console/locations/loc_waiting",
                      "/console/locations/loc_waiting/token", **fields)
     assert resp.status_code == 422
     assert f'id="{field}-error"' in resp.text
     assert vault.describe("loc_waiting") is None
     assert fields.get("accessToken", "never-shown") not in resp.text
-    assert store.location_stats("loc_waiting")["documents"] == {"blocked": 1}
+    assert queue(store, "loc_waiting") == {"blocked": 1}
 
 
-def test_sending_parked_views_again_needs_an_active_token(console, store, vault):
-    views(store, "loc_waiting", "inv_1")
-    store.block_location("loc_waiting", now=T0)
+def test_sending_parked_views_again_needs_an_active_token(console, store, vault, waiting):
+    waiting("loc_waiting", "inv_1")
     page = "/console/locations/loc_waiting"
     resp = post_form(console, page, f"{page}/unblock")
     assert resp.status_code == 302
@@ -127,30 +152,30 @@ def test_sending_parked_views_again_needs_an_active_token(console, store, vault)
     vault.set_token("loc_waiting", access_token=PIT, now=T0)  # stored elsewhere (the CLI)
     post_form(console, page, f"{page}/unblock")
     assert "1 parked document(s) will be sent again." in text(console.get(page).text)
-    assert store.location_stats("loc_waiting")["documents"] == {"pending": 1}
+    assert queue(store, "loc_waiting") == {"pending": 1}
 
 
-def test_a_replay_shows_how_many_first_and_changes_nothing_until_confirmed(console, store,
-                                                                           vault):
-    dead_letter(store, vault, "loc_dead", "inv_9")
-    dead_letter(store, vault, "loc_other", "inv_8")
+def test_a_replay_shows_how_many_first_and_changes_nothing_until_confirmed(
+        console, store, dead_letter):
+    dead_letter("loc_dead", "inv_9")
+    dead_letter("loc_other", "inv_8")
     preview = console.get("/console/locations/loc_dead/replay")
     assert preview.status_code == 200
     assert "A replay would re-queue 1 dead document(s)" in text(preview.text)
-    assert store.location_stats("loc_dead")["documents"] == {"dead": 1}
+    assert queue(store, "loc_dead") == {"dead": 1}
     resp = post_form(console, "/console/locations/loc_dead/replay",
                      "/console/locations/loc_dead/replay")
     assert resp.status_code == 302
     assert "1 dead document(s) re-queued." in text(console.get(resp.location).text)
-    assert store.location_stats("loc_dead")["documents"] == {"pending": 1}
-    assert store.location_stats("loc_other")["documents"] == {"dead": 1}  # not this one's
+    assert queue(store, "loc_dead") == {"pending": 1}
+    assert queue(store, "loc_other") == {"dead": 1}  # not this one's
     again = console.get("/console/locations/loc_dead/replay")
     assert "a replay would re-queue nothing" in text(again.text)
     assert "Replay 0" not in again.text
 
 
-def test_purge_needs_the_id_typed_again(console, store, vault):
-    dead_letter(store, vault, "loc_dead", "inv_9")
+def test_purge_needs_the_id_typed_again(console, store, vault, dead_letter):
+    dead_letter("loc_dead", "inv_9")
     page = "/console/locations/loc_dead"
     wrong = post_form(console, page, f"{page}/purge", confirm="loc_dea")
     assert wrong.status_code == 422
@@ -161,14 +186,14 @@ def test_purge_needs_the_id_typed_again(console, store, vault):
     assert "Purged loc_dead: 1 events, 1 documents, 1 deliveries, 1 tokens" in text(
         console.get(resp.location).text)
     assert vault.describe("loc_dead") is None
-    assert store.location_stats("loc_dead") == {"documents": {}, "verdicts": {}}
+    assert store.location("loc_dead", now=T0) is None
     assert console.get(page).status_code == 404
 
 
-def test_the_overview_lists_what_needs_attention_first_and_draws_its_charts(console, store,
-                                                                            vault):
-    views(store, "loc_waiting", "inv_1", "inv_2")
-    dead_letter(store, vault, "loc_dead", "inv_9")
+def test_the_overview_lists_what_needs_attention_first_and_draws_its_charts(
+        console, waiting, dead_letter):
+    waiting("loc_waiting", "inv_1", "inv_2")
+    dead_letter("loc_dead", "inv_9")
     resp = console.get("/console/overview")
     assert resp.status_code == 200
     page = resp.text

@@ -76,11 +76,12 @@ def test_cursor_pages_through_everything_once(client, store):
 
 
 @pytest.mark.parametrize("query", ["limit=0", "limit=501", "cursor=abc", "since=yesterday",
-                                   "locationId=bad%20id", "surprise=1"])
-def test_bad_queries_are_422(client, query):
+                                   "locationId=bad%20id", "surprise=1", "outcome=bogus"])
+def test_bad_queries_are_422_naming_the_parameter(client, query):
     resp = client.get(f"/v1/deliveries?{query}", headers=admin_headers())
-    assert resp.status_code == 422 and resp.json["errors"]
-    assert resp.json["message"] == "The query string is not valid"
+    name = query.partition("=")[0]
+    assert resp.status_code == 422 and list(resp.json["errors"]) == [name]
+    assert resp.json["message"] == f"The query string is not valid: {name}"
 
 
 def test_deliveries_need_the_admin_key(client):

@@ -92,7 +92,11 @@ def test_delivers_coalesces_parks_and_stops_cleanly(start_relay, fake):
         return state.get("reason") == "blocked"
 
     wait_for(is_blocked, timeout=10, what="the view without a token to be parked")
-    assert relay.request("GET", f"/v1/locations/{PARKED}", key=ADMIN_KEY)[0] == 404
+    # ...and the operator sees it: a location with views and no token (issue #15).
+    status, page = relay.request("GET", f"/v1/locations/{PARKED}", key=ADMIN_KEY)
+    assert (status, page["state"], page["waitingViews"]) == (200, "no_token", 1), page
+    status, listed = relay.request("GET", "/v1/locations?state=no_token", key=ADMIN_KEY)
+    assert [row["locationId"] for row in listed["locations"]] == [PARKED], listed
     assert patches_for(fake, "inv_parked") == []
     relay.store_token(PARKED, PARKED_TOKEN)  # releases the parked view
     relay.wait_delivered(parked["id"], *later)

@@ -11,7 +11,16 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.forward.forwarder import Forwarder
 from service.store.clients import retain_ip
-from service.store.db import delivery_log, documents, events, installs, locations, rate_limits
+from service.store.db import (
+    delivery_log,
+    documents,
+    events,
+    installs,
+    known_locations,
+    locations,
+    rate_limits,
+    view_counts,
+)
 from service.store.retention import prune_events, purge_location
 
 from .conftest import T0, admin_headers, ingest_headers, make_event, make_view, test_config
@@ -43,8 +52,8 @@ def test_300_replays_of_one_pixel_store_one_row_counting_300(client, services):
     # Still one view of the document to send, and every view counted.
     with services.engine.connect() as conn:
         assert conn.execute(sa.select(documents.c.views_seq)).scalar() == 1
-    summary = services.store.location_stats(LOC)
-    assert summary["verdicts"] == {"human": 300}
+    page = services.store.location(LOC, now=services.clock())
+    assert page["verdicts"] == {"human": 300}
 
 
 def test_repeats_are_still_counted_in_metrics(client, services):
@@ -228,7 +237,9 @@ def fill(services, store, vault, location_id):
 def remaining(services, location_id) -> dict:
     checks = {"events": events.c.location_id, "documents": documents.c.location_id,
               "deliveries": delivery_log.c.location_id, "tokens": locations.c.location_id,
-              "installs": installs.c.target_id, "rateLimits": rate_limits.c.resource}
+              "installs": installs.c.target_id, "rateLimits": rate_limits.c.resource,
+              "viewCounts": view_counts.c.location_id,
+              "knownLocations": known_locations.c.location_id}
     with services.engine.connect() as conn:
         return {name: conn.execute(sa.select(sa.func.count()).where(
             column == location_id)).scalar() for name, column in checks.items()}
@@ -237,14 +248,15 @@ def remaining(services, location_id) -> dict:
 def test_delete_location_erases_it_and_nothing_else(client, services, store, vault):
     fill(services, store, vault, "GONE")
     fill(services, store, vault, "KEPT")
+    store.count_views(now=T0 + dt.timedelta(hours=1))  # views by verdict; locations known
     resp = client.delete("/v1/locations/GONE", headers=admin_headers())
     assert resp.status_code == 200
-    assert resp.json == {"locationId": "GONE", "deleted": {
-        "events": 2, "documents": 1, "deliveries": 1, "tokens": 1, "installs": 1,
-        "rateLimits": 1}}  # (the filtered view has no document to send)
+    kept = {"events": 2, "documents": 1, "deliveries": 1, "tokens": 1, "installs": 1,
+            "rateLimits": 1, "viewCounts": 2, "knownLocations": 1}
+    # (the filtered view has no document to send; its verdict is counted)
+    assert resp.json == {"locationId": "GONE", "deleted": kept}
     assert set(remaining(services, "GONE").values()) == {0}
-    assert remaining(services, "KEPT") == {"events": 2, "documents": 1, "deliveries": 1,
-                                           "tokens": 1, "installs": 1, "rateLimits": 1}
+    assert remaining(services, "KEPT") == kept
     again = client.delete("/v1/locations/GONE", headers=admin_headers())
     assert set(again.json["deleted"].values()) == {0}
     assert client.delete("/v1/locations/KEPT").status_code == 401

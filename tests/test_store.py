@@ -194,7 +194,7 @@ def test_filtered_views_are_recorded_but_never_queued(store):
     assert a.status == "filtered"
     assert store.event_status(a.id)["status"] == "filtered"
     assert store.queue_depth() == {}
-    assert store.location_stats("loc_1")["verdicts"] == {"bot": 1}
+    assert store.location("loc_1", now=T0)["verdicts"] == {"bot": 1}
 
 
 def test_concurrent_views_of_one_document_are_all_counted(app, store):

@@ -80,7 +80,8 @@ def test_list_and_get_locations(client):
     assert SECRET not in listed.get_data(as_text=True)
     client.post("/v1/events", json=make_event(locationId="loc_a"), headers=ingest_headers())
     one = client.get("/v1/locations/loc_a", headers=admin_headers()).json
-    assert one["queue"] == {"pending": 1} and one["verdicts"] == {"human": 1}
+    assert one["queue"] == {"pending": 1, "blocked": 0, "dead": 0, "idle": 0}
+    assert one["verdicts"] == {"human": 1}
     assert client.get("/v1/locations/nope", headers=admin_headers()).status_code == 404
 
 

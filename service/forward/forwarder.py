@@ -30,6 +30,7 @@ BACKOFF_BASE, BACKOFF_CAP = 2.0, 600.0
 UNBLOCK_EVERY = dt.timedelta(seconds=5)
 PRUNE_EVERY = dt.timedelta(hours=1)
 FOLD_EVERY = dt.timedelta(minutes=1)
+COUNT_EVERY = dt.timedelta(minutes=1)  # views by verdict per location (store.count_views)
 DEFAULT_RATE_INTERVAL_MS = 10_000  # HighLevel's burst window when a 429 says nothing
 
 
@@ -103,6 +104,7 @@ class Forwarder:
         self._last_unblock: dt.datetime | None = None
         self._last_prune: dt.datetime | None = None
         self._last_fold: dt.datetime | None = None
+        self._last_count: dt.datetime | None = None
         self._invalidated: set[tuple[str, int]] = set()  # (location, token generation)
 
     def forward_once(self, *, now: dt.datetime | None = None) -> int:
@@ -117,6 +119,9 @@ class Forwarder:
         if self._last_fold is None or now - self._last_fold >= FOLD_EVERY:
             self._last_fold = now  # before pruning: the overview's counts keep what it deletes
             self.store.fold_stats(now=now)
+        if self._last_count is None or now - self._last_count >= COUNT_EVERY:
+            self._last_count = now  # before pruning too: views are counted before they go
+            self.store.count_views(now=now)
         if self._last_prune is None or now - self._last_prune >= PRUNE_EVERY:
             self._last_prune = now
             pruned = prune(self.store.engine, older_than=now - self.log_days)

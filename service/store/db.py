@@ -246,3 +246,33 @@ stats_watermark = sa.Table(
     sa.Column("name", sa.String(20), primary_key=True),
     sa.Column("folded_to", UTCDateTime, nullable=False),
 )
+
+# Every location with views, as the forwarder has seen them (a location with a token is in
+# ``locations``): added when it tries a location's documents, or counts its views. The
+# locations directory pages through it and ``locations`` (``seen``, ``directory``).
+known_locations = sa.Table(
+    "known_locations",
+    metadata,
+    sa.Column("location_id", sa.String(64), primary_key=True),
+    sa.Column("first_seen_at", UTCDateTime, nullable=False),
+)
+
+# Views per location and verdict, counted off the ingest path: the forwarder adds events
+# once they are a few minutes old (``seen.count_new``) and a read adds the newer ones, so
+# a location's page never reads every event (events have no index by location).
+view_counts = sa.Table(
+    "view_counts",
+    metadata,
+    sa.Column("location_id", sa.String(64), primary_key=True),
+    sa.Column("verdict", sa.String(20), primary_key=True),
+    sa.Column("views", sa.BigInteger, nullable=False),
+)
+
+# How far each roll-up over the time-ordered events has got: the last event id it counted.
+rollups = sa.Table(
+    "rollups",
+    metadata,
+    sa.Column("name", sa.String(32), primary_key=True),
+    sa.Column("through_id", sa.String(36), nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)

@@ -11,6 +11,10 @@ from sqlalchemy.engine import Engine
 from .db import delivery_log
 from .engine import read_only
 
+# What an attempt's ``outcome`` can be (the forwarder's labels: ``forward.forwarder``).
+OUTCOMES = ("delivered", "retry", "rate_limited", "network_error", "unauthorized",
+            "permanent", "expired", "no_token", "token_invalid", "token_unreadable")
+
 
 @dataclass(frozen=True)
 class LogFilter:
@@ -49,11 +53,11 @@ def list_deliveries(engine: Engine, filters: LogFilter, *, limit: int = 100,
         query = query.where(log.id < before)
     with read_only(engine) as conn:
         rows = conn.execute(query).all()
-    page = [_attempt(row) for row in rows[:limit]]
+    page = [as_attempt(row) for row in rows[:limit]]
     return page, (rows[limit - 1].id if len(rows) > limit else None)
 
 
-def _attempt(row) -> dict:
+def as_attempt(row) -> dict:
     return {
         "id": row.id, "at": row.at, "kind": row.kind, "locationId": row.location_id,
         "documentId": row.document_id, "attempt": row.attempt, "outcome": row.outcome,

@@ -257,16 +257,25 @@ def unpark(conn, *, now: dt.datetime, location_id: str | None = None) -> int:
     return conn.execute(stmt.values(status=PENDING, due_at=due, updated_at=now)).rowcount
 
 
-def replay(conn, filters: LogFilter, *, now: dt.datetime) -> int:
+def replay(conn, filters: LogFilter, *, now: dt.datetime, dry_run: bool = False) -> int:
     """replay: re-queue dead documents matching ``filters``; return how many (0 when run
     again). ``outcome`` matches the reason it died (``permanent``, ``expired``); the time
     range matches when it died. The replayed send covers every view the dead one covered.
+    With ``dry_run``, count the documents it would re-queue and change nothing.
     """
-    stmt = matching(documents.update().where(d.status == DEAD), filters, table=documents,
-                    outcome=d.dead_reason, at=d.last_attempt_at)
-    return conn.execute(stmt.values(
+    if dry_run:
+        return conn.execute(_replayable(sa.select(sa.func.count()).select_from(documents),
+                                        filters)).scalar()
+    return conn.execute(_replayable(documents.update(), filters).values(
         status=PENDING, due_at=now, pending_since=now, attempts=0, dead_reason=None,
         failed_seq=d.sent_seq, updated_at=now)).rowcount
+
+
+def _replayable(stmt, filters: LogFilter):
+    """``stmt`` limited to the dead documents ``filters`` matches (replay's and its dry
+    run's one definition)."""
+    return matching(stmt.where(d.status == DEAD), filters, table=documents,
+                    outcome=d.dead_reason, at=d.last_attempt_at)
 
 
 def purge(conn, location_id: str, *, batch: int) -> int:

@@ -14,8 +14,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
+from . import directory, rollup, seen, stats
 from . import documents as states
-from . import rollup, stats
 from .db import delivery_log, documents, events
 from .deliverylog import LogFilter
 from .documents import BLOCKED, Claim, Outcome
@@ -92,10 +92,13 @@ class Store:
 
     def record_outcomes(self, results: Sequence[tuple[Claim, Outcome]], *,
                         now: dt.datetime) -> list[bool]:
-        """Apply a batch of outcomes in one transaction (``documents.apply_outcomes``)."""
+        """Apply a batch of outcomes in one transaction (``documents.apply_outcomes``),
+        and remember the locations tried (``seen.remember``: the locations directory)."""
         with self.engine.begin() as conn:
-            return states.apply_outcomes(conn, results, now=now, window=self.window,
+            kept = states.apply_outcomes(conn, results, now=now, window=self.window,
                                          limiter=self.limiter)
+            seen.remember(conn, (claim.location_id for claim, _ in results), now=now)
+            return kept
 
     def release(self, claims: Iterable[Claim], *, now: dt.datetime) -> None:
         """Give back leases that were not attempted (shutdown), due at once."""
@@ -112,8 +115,12 @@ class Store:
         with self.engine.begin() as conn:
             return states.unpark(conn, now=now, location_id=location_id)
 
-    def replay(self, filters: LogFilter, *, now: dt.datetime) -> int:
-        """Re-queue dead documents matching ``filters``; how many (``documents.replay``)."""
+    def replay(self, filters: LogFilter, *, now: dt.datetime, dry_run: bool = False) -> int:
+        """Re-queue dead documents matching ``filters``; how many (``documents.replay``).
+        With ``dry_run``, count what it would re-queue and change nothing."""
+        if dry_run:
+            with read_only(self.engine) as conn:
+                return states.replay(conn, filters, now=now, dry_run=True)
         with self.engine.begin() as conn:
             return states.replay(conn, filters, now=now)
 
@@ -121,6 +128,12 @@ class Store:
         """Fold views and deliveries older than the coalescing window (plus a margin) into
         the overview's hourly counts; return the ranges folded (``rollup.fold``)."""
         return rollup.fold(self.engine, now=now, lag=self.window + rollup.LAG_MARGIN)
+
+    def count_views(self, *, now: dt.datetime) -> int:
+        """Count the views of events old enough into each location's views by verdict
+        (``seen.count_new``); return how many events were counted."""
+        return seen.count_new(
+            self.engine, now=now, lag=seen.lag_for(int(self.window.total_seconds())))
 
     # -- reads ----------------------------------------------------------------
 
@@ -168,24 +181,35 @@ class Store:
                 result["reason"] = "blocked" if row.doc_status == BLOCKED else None
             return result
 
+    def list_locations(self, *, state: str | None = None, search: str | None = None,
+                       cursor: str | None = None, limit: int = 50,
+                       now: dt.datetime) -> tuple[list[dict], str | None]:
+        """Return a page of the locations directory (every location with a token or
+        views, in id order) and the cursor of the next page (None at the end).
+
+        ``state``: one of ``directory.LOCATION_STATES`` (None: any); ``search``: a
+        case-insensitive part of the location id; ``cursor``: the previous page's.
+        """
+        with read_only(self.engine) as conn:
+            ids = directory.page_ids(conn, state=state, search=search, after=cursor or "",
+                                     limit=limit + 1, now=now)
+            rows = directory.rows_for(conn, ids[:limit], now=now)
+        return rows, (ids[limit - 1] if len(ids) > limit else None)
+
+    def location(self, location_id: str, *, now: dt.datetime) -> dict | None:
+        """Return a location's directory row with its details (views by verdict, the
+        rate-limit budget, the latest attempts); None when nothing is stored for it."""
+        with read_only(self.engine) as conn:
+            rows = directory.rows_for(conn, [location_id], now=now)
+            extra = directory.details(conn, location_id)
+        if not rows and not extra["verdicts"]:
+            return None
+        row = rows[0] if rows else directory.empty_row(location_id)
+        return {**row, **extra}
+
     def queue_depth(self) -> dict[str, int]:
         """Count document rows by status."""
         d = documents.c
         with read_only(self.engine) as conn:
             rows = conn.execute(sa.select(d.status, sa.func.count()).group_by(d.status))
             return {status: count for status, count in rows}
-
-    def location_stats(self, location_id: str) -> dict[str, dict[str, int]]:
-        """Count a location's documents by status and its views by verdict."""
-        d, e = documents.c, events.c
-        with read_only(self.engine) as conn:
-            docs = conn.execute(
-                sa.select(d.status, sa.func.count())
-                .where(d.location_id == location_id).group_by(d.status)
-            )
-            verdicts = conn.execute(
-                sa.select(e.verdict, sa.func.sum(e.views))
-                .where(e.location_id == location_id).group_by(e.verdict)
-            )
-            return {"documents": dict(docs.all()),
-                    "verdicts": {verdict: int(n) for verdict, n in verdicts}}

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from . import documents as states
+from . import seen
 from .db import delivery_log, documents, events, installs, locations, rate_limits
 from .documents import DEAD, IDLE
 from .recording import event_id_floor
@@ -56,8 +57,9 @@ def _walk_events(engine: Engine, *where, below: str | None = None, batch: int) -
 
 def purge_location(engine: Engine, location_id: str, *, batch: int = BATCH) -> dict[str, int]:
     """Delete everything stored for a location (a data-erasure request): its events,
-    documents, delivery log, token, installs and rate-limit state. Returns the rows
-    deleted per table (all zero when nothing was stored)."""
+    documents, delivery log, token, installs, rate-limit state, view counts and known
+    row. Returns
+    the rows deleted per table (all zero when nothing was stored)."""
     counts = {
         # Events before documents (they reference them). Events have no index by location
         # (it would cost every pixel view): walk the primary key, one batch at a time.
@@ -76,6 +78,7 @@ def purge_location(engine: Engine, location_id: str, *, batch: int = BATCH) -> d
         )).rowcount
         counts["rateLimits"] = conn.execute(
             rate_limits.delete().where(rate_limits.c.resource == location_id)).rowcount
+        counts.update(seen.purge(conn, location_id))
     return counts
 
 

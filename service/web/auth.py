@@ -20,10 +20,11 @@ def key_matches(presented: str, keys: list[str]) -> bool:
     return found
 
 
-def key_allowed(presented: str, setting: str) -> bool:
-    """Whether ``presented`` is one of the keys in config ``setting`` (constant time): the
-    one check behind the bearer routes and the console's sign-in form."""
-    return key_matches(presented, services().config[setting])
+def key_allowed(presented: str, *settings: str) -> bool:
+    """Whether ``presented`` is one of the keys in the config ``settings`` (constant time):
+    the one check behind the bearer routes and the console's sign-in form."""
+    config = services().config
+    return key_matches(presented, [key for setting in settings for key in config[setting]])
 
 
 def bearer_token() -> str | None:
@@ -32,14 +33,14 @@ def bearer_token() -> str | None:
     return (token.strip() or None) if scheme.lower() == "bearer" else None
 
 
-def require_key(setting: str):
-    """Decorate a view so it needs a bearer key listed in config ``setting``."""
+def require_key(*settings: str):
+    """Decorate a view so it needs a bearer key listed in one of the config ``settings``."""
 
     def decorator(view):
         @functools.wraps(view)
         def wrapped(*args, **kwargs):
             token = bearer_token()
-            if token is None or not key_allowed(token, setting):
+            if token is None or not key_allowed(token, *settings):
                 raise UnauthorizedError()
             return view(*args, **kwargs)
 
@@ -50,3 +51,5 @@ def require_key(setting: str):
 
 require_ingest_key = require_key("INGEST_API_KEYS")
 require_admin_key = require_key("ADMIN_API_KEYS")
+# An event's status: for the services that ingest, and for an operator following a view up.
+require_ingest_or_admin_key = require_key("INGEST_API_KEYS", "ADMIN_API_KEYS")

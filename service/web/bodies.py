@@ -49,7 +49,16 @@ class Request(flask.Request):
 
 
 class ArgumentsParser(FlaskParser):
-    """webargs' parser, reading a JSON body with ``request.get_json`` (so with ``safejson``)."""
+    """webargs' parser, reading a JSON body with ``request.get_json`` (so with ``safejson``).
+
+    A query string is loaded with its schema's own ``unknown`` (webargs would exclude
+    unknown parameters): ``schemas.QuerySchema`` raises, so ``?status=invalid`` on a route
+    that has no ``status`` is a 422 naming it, on every route at once, not a filter
+    silently ignored.
+    """
+
+    DEFAULT_UNKNOWN_BY_LOCATION = {**FlaskParser.DEFAULT_UNKNOWN_BY_LOCATION,
+                                   "query": None, "querystring": None}
 
     def load_json(self, req: flask.Request, schema) -> Any:
         # As webargs does: no JSON content type, or no body at all, is "no JSON given".

@@ -6,8 +6,6 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
-import marshmallow as ma
-
 from ..store.deliverylog import LogFilter, list_deliveries
 from .auth import require_admin_key
 from .bodies import Blueprint
@@ -34,7 +32,7 @@ def log_filter(args: Mapping[str, Any]) -> LogFilter:
 @bp.route("", methods=["GET"])
 @bp.doc(security=SECURITY)
 @require_admin_key
-@bp.arguments(DeliveryQuerySchema, location="query", unknown=ma.RAISE)
+@bp.arguments(DeliveryQuerySchema, location="query")
 @bp.response(200, DeliveryPageSchema)
 def get_deliveries(args):
     """Every send attempt, newest first: status, HighLevel's message, latency, views."""
@@ -49,6 +47,8 @@ def get_deliveries(args):
 @bp.arguments(ReplaySchema)
 @bp.response(200, ReplayResultSchema)
 def post_replay(body):
-    """Re-queue dead views matching the filter; running it again replays nothing more."""
+    """Re-queue dead views matching the filter; running it again replays nothing more.
+    With ``dryRun``, answer how many it would re-queue and change nothing."""
     svc = services()
-    return {"replayed": svc.store.replay(log_filter(body), now=svc.clock())}
+    return {"replayed": svc.store.replay(log_filter(body), now=svc.clock(),
+                                         dry_run=body["dryRun"])}

@@ -73,6 +73,8 @@ def handle_http_exception(error: HTTPException):
     message = data.get("message") or error.description or error.name
     if error.code == 422 and not data.get("message"):
         message = f"The {where} is not valid"
+        if where == "query string" and isinstance(errors, dict):
+            message += ": " + ", ".join(sorted(map(str, errors)))  # name the parameters
     elif error.code == 400 and isinstance(errors, dict) and "json" in errors:
         message, errors = "The body is not valid JSON", None
     headers = dict(data.get("headers") or {})

@@ -9,7 +9,7 @@ from flask import g, request
 from ..ingest.views import build_view
 from ..metrics import observe_ingest
 from ..store.queue import View
-from .auth import require_ingest_key
+from .auth import require_ingest_key, require_ingest_or_admin_key
 from .bodies import Blueprint
 from .deps import services
 from .errors import NotFoundError, ServiceError
@@ -78,11 +78,12 @@ def find_event(event_id: str) -> dict | None:
 
 
 @bp.route("/<event_id>", methods=["GET"])
-@bp.doc(security=SECURITY)
-@require_ingest_key
+@bp.doc(security=[{"ingestKey": []}, {"adminKey": []}])
+@require_ingest_or_admin_key
 @bp.response(200, EventStatusSchema)
 def get_event(event_id):
-    """Where an event stands: queued, delivered (with the time), failed or filtered."""
+    """Where an event stands: queued, delivered (with the time), failed or filtered.
+    An ingest key or an admin key (an operator following a view up) may read it."""
     status = find_event(event_id)
     if status is None:
         raise NotFoundError("No event with that id")

@@ -1,6 +1,9 @@
-"""Admin routes: a location's HighLevel token (store, remove, inspect). Never a secret out."""
+"""Admin routes: a location's HighLevel token (store, remove), the locations directory and a
+location's page, erasure. Never a secret out."""
 
 from __future__ import annotations
+
+from flask import url_for
 
 from ..clock import expiry
 from ..ids import ID_PATTERN, ID_RULE, is_valid_id
@@ -8,10 +11,16 @@ from .auth import require_admin_key
 from .bodies import Blueprint
 from .deps import services
 from .errors import NotFoundError, ServiceError
-from .schemas import LocationListSchema, LocationSchema, PurgeSchema, TokenSchema
+from .schemas import (
+    LocationDetailSchema,
+    LocationListSchema,
+    LocationQuerySchema,
+    PurgeSchema,
+    TokenSchema,
+)
 
 bp = Blueprint("locations", __name__, url_prefix="/v1/locations",
-               description="Per-location HighLevel tokens")
+               description="Locations: their HighLevel tokens, the directory, erasure")
 SECURITY = [{"adminKey": []}]
 # The path's id, documented with the rule each view checks first (_location_id).
 LOCATION_ID = {"in": "path", "name": "location_id", "required": True,
@@ -38,25 +47,29 @@ def save_token(location_id: str, token: dict) -> int:
     return svc.store.unblock(now=now, location_id=location_id)
 
 
-def location_summary(location_id: str) -> dict | None:
-    """A location's token summary with its queue and verdict counts."""
-    summary = services().vault.describe(location_id)
-    if summary is None:
+def location_page(location_id: str) -> dict | None:
+    """A location's row and details (``Store.location``), with the app's install link."""
+    svc = services()
+    found = svc.store.location(location_id, now=svc.clock())
+    if found is None:
         return None
-    stats = services().store.location_stats(location_id)
-    return {**summary, "queue": stats["documents"], "verdicts": stats["verdicts"]}
+    cfg = svc.config
+    oauth = cfg["HIGHLEVEL_CLIENT_ID"] and cfg["HIGHLEVEL_CLIENT_SECRET"]
+    base = (cfg.get("PUBLIC_BASE_URL") or "").rstrip("/")
+    install = base + url_for("oauth.install") if oauth else None
+    return {**found, "installUrl": install}
 
 
 @bp.route("/<location_id>/token", methods=["PUT"], parameters=[LOCATION_ID])
 @bp.doc(security=SECURITY)
 @require_admin_key
 @bp.arguments(TokenSchema)
-@bp.response(200, LocationSchema)
+@bp.response(200, LocationDetailSchema)
 def put_token(body, location_id):
     """Store or replace a location's token; its parked views are sent again."""
     location_id = _location_id(location_id)
     save_token(location_id, body)
-    return location_summary(location_id)
+    return location_page(location_id)
 
 
 @bp.route("/<location_id>/token", methods=["DELETE"], parameters=[LOCATION_ID])
@@ -75,22 +88,30 @@ def delete_token(location_id):
 @bp.route("", methods=["GET"])
 @bp.doc(security=SECURITY)
 @require_admin_key
+@bp.arguments(LocationQuerySchema, location="query")
 @bp.response(200, LocationListSchema)
-def list_locations():
-    """Every location with a token: kind, status, expiry, last error."""
-    return {"locations": services().vault.list()}
+def list_locations(args):
+    """Every location with a token or views (``no_token``: views wait without a token), in
+    id order: state, token summary, queue, views waiting, dead and delivered, last
+    delivery. Filter by state, search by a part of the id; page with ``next``."""
+    svc = services()
+    rows, cursor = svc.store.list_locations(
+        state=args.get("state"), search=args.get("q"), cursor=args.get("cursor"),
+        limit=args["limit"], now=svc.clock())
+    return {"locations": rows, "next": cursor}
 
 
 @bp.route("/<location_id>", methods=["GET"], parameters=[LOCATION_ID])
 @bp.doc(security=SECURITY)
 @require_admin_key
-@bp.response(200, LocationSchema)
+@bp.response(200, LocationDetailSchema)
 def get_location(location_id):
-    """One location's token summary, queue by status and views by verdict."""
-    summary = location_summary(_location_id(location_id))
-    if summary is None:
-        raise NotFoundError("No token stored for that location")
-    return summary
+    """One location, with a token or only views: its row, views by verdict, rate-limit
+    budget, latest attempts and the app's install link."""
+    page = location_page(_location_id(location_id))
+    if page is None:
+        raise NotFoundError("Nothing is stored for that location")
+    return page
 
 
 @bp.route("/<location_id>", methods=["DELETE"], parameters=[LOCATION_ID])

@@ -11,7 +11,7 @@ from .charts import day_label, hour_label, line_chart
 from .locations import STATES
 
 # States that need a person, in the order the page lists them.
-ATTENTION = ("no_token", "invalid", "inactive", "paused", "dead")
+ATTENTION = [state for state in STATES if state != "ok"]
 PER_STATE = 10
 
 

@@ -10,7 +10,7 @@ Nothing is backfilled here: the first fold after the upgrade counts the last 30 
 from the rows still kept.
 
 Revision ID: 0009
-Revises: 0007
+Revises: 0008
 Create Date: 2026-12-09 10:00:00
 """
 
@@ -20,7 +20,7 @@ from alembic import op
 import service.store.db
 
 revision = '0009'
-down_revision = '0007'
+down_revision = '0008'
 branch_labels = None
 depends_on = None
 

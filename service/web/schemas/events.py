@@ -1,0 +1,109 @@
+"""Events: ``POST /v1/events`` (one, or a batch) and ``GET /v1/events/<id>``."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+
+import marshmallow as ma
+
+from ...ids import Id
+from .common import Text, UTCDateTime
+
+MAX_BATCH = 500
+FUTURE_TOLERANCE = dt.timedelta(minutes=5)
+
+# The rule EventSchema.exactly_one_document enforces, as the document states it.
+EXACTLY_ONE_DOCUMENT = {"oneOf": [{"required": ["invoiceId"]}, {"required": ["estimateId"]}]}
+
+
+def _not_in_future(value: dt.datetime) -> None:
+    if value > dt.datetime.now(dt.UTC) + FUTURE_TOLERANCE:
+        raise ma.ValidationError("Must not be more than 5 minutes in the future.")
+
+
+def _ip(value: str) -> None:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ma.ValidationError("Not a valid IP address.") from None
+
+
+class EventSchema(ma.Schema):
+    """One "invoice viewed" (or "estimate viewed") event."""
+
+    OPENAPI_EXTRA = EXACTLY_ONE_DOCUMENT
+
+    class Meta:
+        unknown = ma.RAISE
+
+    locationId = ma.fields.String(required=True, validate=Id)
+    invoiceId = ma.fields.String(validate=Id)
+    estimateId = ma.fields.String(validate=Id)
+    viewedAt = UTCDateTime(validate=_not_in_future,
+                           metadata={"description": "ISO 8601; default: now"})
+    eventId = ma.fields.String(validate=Id, metadata={"description": "idempotency key"})
+    source = ma.fields.String(validate=[ma.validate.Length(max=64), *Text])
+    userAgent = ma.fields.String(validate=[ma.validate.Length(max=512), *Text])
+    ip = ma.fields.String(validate=[*Text, _ip], metadata={
+        "description": "IPv4 or IPv6 address", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]})
+
+    @ma.validates_schema
+    def exactly_one_document(self, data, **kwargs):
+        if ("invoiceId" in data) == ("estimateId" in data):
+            raise ma.ValidationError("Give exactly one of invoiceId or estimateId.",
+                                     "invoiceId" if "invoiceId" not in data else "_schema")
+
+
+class IngestSchema(ma.Schema):
+    """A batch ``{"events": [...]}`` of 1-500 events, or one bare event."""
+
+    class Meta:
+        unknown = ma.RAISE
+
+    events = ma.fields.List(ma.fields.Nested(EventSchema), required=True,
+                            validate=ma.validate.Length(min=1, max=MAX_BATCH))
+
+    @ma.pre_load
+    def wrap_single(self, data, **kwargs):
+        if isinstance(data, dict) and "events" not in data:
+            return {"events": [data]}
+        return data
+
+    def handle_error(self, error, data, *, many, **kwargs):
+        # A bare event's errors are reported per field, not under events.0.
+        if isinstance(data, dict) and "events" not in data:
+            nested = error.messages.get("events", {}) if isinstance(error.messages, dict) else {}
+            if isinstance(nested, dict) and 0 in nested:
+                raise ma.ValidationError(nested[0]) from error
+        raise error
+
+
+class AcceptedSchema(ma.Schema):
+    id = ma.fields.String(metadata={"description": "the event's id, for GET /v1/events/<id>"})
+    status = ma.fields.String(metadata={"description": "queued, duplicate or filtered"})
+
+
+class IngestResponseSchema(AcceptedSchema):
+    """A single event's ``id`` and ``status``, or ``events`` for a batch (same order)."""
+
+    events = ma.fields.List(ma.fields.Nested(AcceptedSchema))
+
+
+class EventStatusSchema(ma.Schema):
+    id = ma.fields.String()
+    eventId = ma.fields.String(allow_none=True)
+    kind = ma.fields.String()
+    locationId = ma.fields.String()
+    documentId = ma.fields.String()
+    status = ma.fields.String(
+        metadata={"description": "queued, delivered, failed, duplicate or filtered"})
+    reason = ma.fields.String(allow_none=True)
+    message = ma.fields.String(allow_none=True)
+    verdict = ma.fields.String(
+        metadata={"description": "human, proxy_open, machine_prefetch, scanner or bot"})
+    verdictReason = ma.fields.String(allow_none=True)
+    source = ma.fields.String(allow_none=True)
+    viewedAt = ma.fields.AwareDateTime()
+    receivedAt = ma.fields.AwareDateTime()
+    deliveredAt = ma.fields.AwareDateTime(allow_none=True)

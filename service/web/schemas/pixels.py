@@ -1,0 +1,35 @@
+"""Pixel URLs: ``POST /v1/pixel-urls``."""
+
+from __future__ import annotations
+
+import marshmallow as ma
+
+from ...ids import Id
+from .events import EXACTLY_ONE_DOCUMENT, EventSchema
+
+
+class PixelUrlRequestSchema(ma.Schema):
+    """What to mint a pixel for: one invoice or one estimate of a location."""
+
+    OPENAPI_EXTRA = EXACTLY_ONE_DOCUMENT
+
+    class Meta:
+        unknown = ma.RAISE
+
+    locationId = ma.fields.String(required=True, validate=Id)
+    invoiceId = ma.fields.String(validate=Id)
+    estimateId = ma.fields.String(validate=Id)
+    expiresIn = ma.fields.Integer(validate=ma.validate.Range(min=60, max=10 * 365 * 86400),
+                                  metadata={"description": "seconds; default: never expires"})
+
+    @ma.validates_schema
+    def exactly_one_document(self, data, **kwargs):
+        EventSchema.exactly_one_document(self, data)
+
+
+class PixelUrlSchema(ma.Schema):
+    url = ma.fields.String()
+    html = ma.fields.String(metadata={"description": "a ready <img> tag for the email"})
+    token = ma.fields.String()
+    beaconUrl = ma.fields.String(metadata={"description": "for navigator.sendBeacon"})
+    expiresAt = ma.fields.AwareDateTime(allow_none=True)
