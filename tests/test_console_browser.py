@@ -116,7 +116,7 @@ def test_an_operator_finds_fixes_and_replays_from_the_console(start_relay, fake,
 
     # Store its token; its parked views go out while the operator watches.
     labelled(page)
-    page.get_by_label("Private Integration Token").fill(PARKED_TOKEN)
+    page.get_by_label("Private Integration Token", exact=True).fill(PARKED_TOKEN)
     page.get_by_role("button", name="Store token").click()
     expect(page.get_by_role("status")).to_contain_text("Token stored.")
     assert PARKED_TOKEN not in page.content()
@@ -127,14 +127,16 @@ def test_an_operator_finds_fixes_and_replays_from_the_console(start_relay, fake,
 
     wait_for(delivered_here, timeout=20, interval=0.5, what="the parked views to go out")
     expect(page.locator("#waiting-views")).to_have_text("0")
-    expect(page.get_by_role("row").filter(has_text=PARKED_DOCS[0])).to_contain_text(
-        "delivered")
+    # The newest attempt first: delivered, after the "no token" one that parked it.
+    attempts = page.get_by_role("row").filter(has_text=PARKED_DOCS[0])
+    expect(attempts.first).to_contain_text("delivered")
+    expect(attempts.last).to_contain_text("no token")
     assert {r.token for d in PARKED_DOCS for r in patches_for(fake, d)} == {PARKED_TOKEN}
     shot(page, tmp_path, "location")
 
     # The dead letter: the dry run says how many, then the replay sends it again.
     page.goto(f"/console/locations/{LOCATION}")
-    expect(page.get_by_role("row").filter(has_text=DEAD_DOC)).to_contain_text(
+    expect(page.get_by_role("row").filter(has_text=DEAD_DOC).first).to_contain_text(
         "Invoice not found")
     page.get_by_role("link", name="Replay dead letters…").click()
     expect(page.locator("#replay-count")).to_contain_text("would re-queue 1 dead document")
