@@ -12,6 +12,7 @@ import pytest
 from service.forward.forwarder import Forwarder
 from service.highlevel.client import Response
 from service.highlevel.oauth import LOCATION_INACTIVE, OAuthError
+from service.store import seen
 from service.store.directory import LOCATION_STATES
 
 from .conftest import admin_headers, ingest_headers, make_event, make_view, test_config
@@ -226,6 +227,17 @@ def test_views_counted_by_the_forwarder_read_the_same(client, store, vault, cloc
     bots = {r["locationId"]: r for r in walk(client)}["loc_bots"]
     assert (bots["state"], bots["waitingViews"]) == ("no_token", 0)
     assert get(client, "/v1/locations/loc_bots")["verdicts"] == {"scanner": 2}
+
+
+def test_a_backlog_is_counted_a_few_batches_a_pass_and_reads_stay_exact(client, store,
+                                                                          services, clock):
+    for n in range(5):
+        views(store, clock, "loc_1", document_id=f"inv_{n}")
+    later = clock() + dt.timedelta(hours=1)
+    counted = [seen.count_new(services.engine, now=later, lag=dt.timedelta(minutes=5),
+                              batch=2, batches=1) for _ in range(4)]
+    assert counted == [2, 2, 1, 0]
+    assert get(client, "/v1/locations/loc_1")["verdicts"] == {"human": 5}
 
 
 @pytest.mark.parametrize(("path", "query", "names"), [

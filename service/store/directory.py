@@ -66,9 +66,11 @@ def _state_filter(state: str, now: dt.datetime):
     return {
         INVALID: L.status == INVALID,
         INACTIVE: L.status == INACTIVE,
+        # The cheaper probe first: a pause is a primary-key look-up, dead documents an
+        # index range.
         DEAD: sa.and_(usable, dead),
-        PAUSED: sa.and_(usable, ~dead, paused),
-        OK: sa.and_(usable, ~dead, ~paused),
+        PAUSED: sa.and_(usable, paused, ~dead),
+        OK: sa.and_(usable, ~paused, ~dead),
     }[state]
 
 
