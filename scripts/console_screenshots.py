@@ -3,8 +3,8 @@
 Fills a scratch SQLite store with a small install (``bench/console_data.py``'s ``fill``:
 300 locations, about 30,000 events, every state represented), serves the app on 127.0.0.1
 in a thread, signs in with Playwright driving Debian's Chromium (``/usr/bin/chromium``; no
-browser download) and captures the overview, the locations waiting for a token, one such
-location, and a replay's dry run.
+browser download) and captures the overview (what needs attention, then its charts), the
+locations waiting for a token, one such location, and a replay's dry run.
 
     .venv/bin/python scripts/console_screenshots.py [--out docs]
 """
@@ -68,6 +68,7 @@ def main() -> None:
                 page.get_by_role("button", name="Sign in").click()
                 expect(page.get_by_role("heading", name="Overview")).to_be_visible()
                 shots = [("overview", "/console/overview"),
+                         ("charts", "/console/overview#traffic-h"),
                          ("locations", "/console/locations?state=no_token"),
                          ("location", f"/console/locations/{no_token}"),
                          ("replay", f"/console/locations/{dead}/replay")]
