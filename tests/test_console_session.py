@@ -218,3 +218,35 @@ def test_a_store_outage_is_a_503_page_that_says_to_retry(down_app):
     assert resp.status_code == 503 and resp.mimetype == "text/html"
     assert resp.headers["Retry-After"] == "5"
     assert "cannot reach its store" in resp.text
+
+
+def test_an_unexpected_error_is_a_500_page_and_one_log_line(app, client, monkeypatch, caplog):
+    sign_in(client)
+
+    def broken(event_id):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(app.extensions["service"].store, "event_status", broken)
+    resp = client.get("/console/events?id=evt")
+    assert resp.status_code == 500 and resp.mimetype == "text/html"
+    assert "could not show this page" in resp.text and "boom" not in resp.text
+    assert [r.getMessage() for r in caplog.records].count("request.unhandled") == 1
+
+
+def test_the_throttle_forgets_old_failures_and_the_oldest_addresses():
+    import datetime as dt
+
+    from service.web.console.session import SigninThrottle
+
+    t0 = dt.datetime(2026, 1, 5, tzinfo=dt.UTC)
+    throttle = SigninThrottle(limit=2, window=dt.timedelta(minutes=5), max_addresses=2)
+    for address in ("10.0.0.1", "10.0.0.1", "10.0.0.2"):
+        throttle.failed(address, now=t0)
+    assert throttle.retry_after("10.0.0.1", now=t0) == 301
+    assert throttle.retry_after("10.0.0.1", now=t0 + dt.timedelta(seconds=299)) == 2
+    assert throttle.retry_after("10.0.0.1", now=t0 + dt.timedelta(minutes=5)) == 0
+    for address in ("10.0.0.3", "10.0.0.3", "10.0.0.1", "10.0.0.1"):
+        throttle.failed(address, now=t0)  # three addresses: the oldest one is forgotten
+    assert throttle.retry_after("10.0.0.3", now=t0) > 0
+    assert throttle.retry_after("10.0.0.1", now=t0) > 0
+    assert throttle.retry_after("10.0.0.2", now=t0) == 0

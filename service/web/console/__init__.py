@@ -121,8 +121,6 @@ def _utc(value: dt.datetime | None) -> str:
     """A stored time as people read it: ``2026-01-05 12:00:03 UTC``; a dash for none."""
     if value is None:
         return "—"
-    if isinstance(value, str):  # a read model may hand ISO text
-        value = dt.datetime.fromisoformat(value)
     return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
