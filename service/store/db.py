@@ -245,6 +245,9 @@ stats_watermark = sa.Table(
     metadata,
     sa.Column("name", sa.String(20), primary_key=True),
     sa.Column("folded_to", UTCDateTime, nullable=False),
+    # Documents idle when it last moved: the one count that grows with every document
+    # ever viewed, so it is counted by the forwarders' fold, not by each page view.
+    sa.Column("idle_documents", sa.BigInteger),
 )
 
 # Every location with views, as the forwarder has seen them (a location with a token is in

@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from .db import delivery_log, events, stats_hourly, stats_latency, stats_watermark
+from .db import delivery_log, documents, events, stats_hourly, stats_latency, stats_watermark
+from .documents import IDLE
 from .engine import dialect_insert, read_only
 from .recording import event_id_floor
 
@@ -157,8 +158,9 @@ def fold(engine: Engine, *, now: dt.datetime, lag: dt.timedelta) -> int:
             first = _first_row_at(conn, start)
             end = cutoff if first is None else min(cutoff, first + CHUNK)
             found = tally(conn, since=start, until=end)
+            idle = count_idle(conn) if end >= cutoff else None
         with engine.begin() as conn:
-            if not _advance(conn, was=was, to=end):
+            if not _advance(conn, was=was, to=end, idle=idle):
                 return done
             _add(conn, found)
             conn.execute(stats_hourly.delete().where(stats_hourly.c.hour < horizon))
@@ -178,18 +180,32 @@ def _first_row_at(conn, start: dt.datetime) -> dt.datetime | None:
     return max(min(found), start) if found else None
 
 
-def _advance(conn, *, was: dt.datetime | None, to: dt.datetime) -> bool:
-    """Move the watermark from ``was`` to ``to``; False if it is no longer at ``was``.
-    (PostgreSQL: a concurrent mover waits for this one's commit, then finds it moved.)"""
+def count_idle(conn) -> int:
+    """Count the idle documents (every document ever viewed, less the few waiting)."""
+    d = documents.c
+    return conn.execute(sa.select(sa.func.count()).where(d.status == IDLE)).scalar()
+
+
+def idle_documents(conn) -> int | None:
+    """The idle documents as the last fold counted them (None before the first fold)."""
     w = stats_watermark.c
+    return conn.execute(sa.select(w.idle_documents).where(w.name == NAME)).scalar()
+
+
+def _advance(conn, *, was: dt.datetime | None, to: dt.datetime, idle: int | None) -> bool:
+    """Move the watermark from ``was`` to ``to`` (with the idle count, when given); False
+    if it is no longer at ``was``. (PostgreSQL: a concurrent mover waits for this one's
+    commit, then finds it moved.)"""
+    w = stats_watermark.c
+    values = {"folded_to": to} | ({} if idle is None else {"idle_documents": idle})
     if was is None:
         # RETURNING, not rowcount: psycopg reports -1 for INSERT ... ON CONFLICT DO NOTHING.
         first = (dialect_insert(stats_watermark, conn.dialect.name)
-                 .values(name=NAME, folded_to=to).on_conflict_do_nothing(index_elements=["name"])
+                 .values(name=NAME, **values).on_conflict_do_nothing(index_elements=["name"])
                  .returning(w.name))
         return conn.execute(first).first() is not None
     return conn.execute(stats_watermark.update().where(w.name == NAME, w.folded_to == was)
-                        .values(folded_to=to)).rowcount == 1
+                        .values(**values)).rowcount == 1
 
 
 def _add(conn, found: Tally) -> None:

@@ -17,7 +17,8 @@ What the numbers mean:
              view (``documents.pending_since``) to HighLevel's answer, nearest-rank
              percentiles of ``waited_ms`` rounded to two significant digits
   queue      documents by state (``documents``): pending (waiting, not leased), leased
-             (pending, a forwarder holds it), blocked (parked: no usable token), dead, idle
+             (pending, a forwarder holds it), blocked (parked: no usable token), dead; and
+             idle (every view sent) as of the forwarders' last fold, about a minute ago
 """
 
 from __future__ import annotations
@@ -31,7 +32,19 @@ from sqlalchemy.engine import Engine
 
 from .db import documents, stats_hourly, stats_latency
 from .documents import BLOCKED, DEAD, PENDING
-from .rollup import COUNTS, DAYS, Tally, as_time, day_start, folded_to, hour_start, tally, truncated
+from .rollup import (
+    COUNTS,
+    DAYS,
+    Tally,
+    as_time,
+    count_idle,
+    day_start,
+    folded_to,
+    hour_start,
+    idle_documents,
+    tally,
+    truncated,
+)
 
 HOURS = 24
 
@@ -94,19 +107,21 @@ def _entry(start: dt.datetime, values: list[int] | None) -> dict:
 
 
 def _queue(conn, *, now: dt.datetime) -> dict[str, int]:
-    """Documents by state; leased ones (pending, held by a forwarder) apart. Idle is the
-    rest: a count of every row (SQLite counts a B-tree's entries without reading them)
-    and the other states' (few) through the status index, instead of grouping them all."""
+    """Documents by state, leased ones (pending, held by a forwarder) apart. Idle is as
+    the forwarders' last fold counted it (``rollup.fold``, about once a minute): it grows
+    with every document ever viewed, and counting it would make every page slower."""
     d = documents.c
-    total = conn.execute(sa.select(sa.func.count()).select_from(documents)).scalar()
     by_status = dict(conn.execute(sa.select(d.status, sa.func.count())
                                   .where(d.status.in_((PENDING, BLOCKED, DEAD)))
                                   .group_by(d.status)).all())
     leased = conn.execute(sa.select(sa.func.count()).where(
         d.status == PENDING, d.locked_until > now)).scalar()
+    idle = idle_documents(conn)
+    if idle is None:  # never folded (no forwarder has run yet): a small store, count it
+        idle = count_idle(conn)
     return {"pending": by_status.get(PENDING, 0) - leased, "leased": leased,
             "blocked": by_status.get(BLOCKED, 0), "dead": by_status.get(DEAD, 0),
-            "idle": total - sum(by_status.values())}
+            "idle": idle}
 
 
 def _latency(waits: Counter) -> dict:

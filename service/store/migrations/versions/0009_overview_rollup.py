@@ -48,6 +48,7 @@ def upgrade() -> None:
         'stats_watermark',
         sa.Column('name', sa.String(length=20), nullable=False),
         sa.Column('folded_to', service.store.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column('idle_documents', sa.BigInteger(), nullable=True),
         sa.PrimaryKeyConstraint('name', name=op.f('pk_stats_watermark')),
     )
 
