@@ -101,7 +101,8 @@ def page_ids(conn, *, state: str | None, search: str | None, after: str,
 
 
 def rows_for(conn, ids: list[str], *, now: dt.datetime) -> list[dict]:
-    """The directory rows of ``ids`` (each with a token or documents), in that order."""
+    """The directory rows of those of ``ids`` that have a token, documents or counted
+    views, in that order."""
     if not ids:
         return []
     tokens = {r.location_id: r for r in conn.execute(
@@ -109,11 +110,11 @@ def rows_for(conn, ids: list[str], *, now: dt.datetime) -> list[dict]:
     pauses = {r.resource: r for r in conn.execute(
         sa.select(R.resource, R.paused_until, R.pause_reason)
         .where(R.resource.in_(ids), R.paused_until > now))}
-    counted = sa.case((D.sent_seq > D.failed_seq, D.sent_seq), else_=D.failed_seq)
+    settled = sa.case((D.sent_seq > D.failed_seq, D.sent_seq), else_=D.failed_seq)
     queues: dict[str, dict] = {}
     for r in conn.execute(
             sa.select(D.location_id, D.status, sa.func.count().label("n"),
-                      sa.func.sum(D.views_seq - counted).label("unsent"),
+                      sa.func.sum(D.views_seq - settled).label("unsent"),
                       sa.func.sum(D.failed_seq - D.sent_seq).label("failed"),
                       sa.func.sum(D.sent_seq).label("sent"),
                       sa.func.max(D.last_sent_at).label("last_sent"))
