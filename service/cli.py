@@ -11,7 +11,6 @@ import click
 from flask import Flask
 from flask.cli import AppGroup, with_appcontext
 
-from .clock import expiry
 from .ids import ID_RULE, is_valid_id
 from .web.deps import services
 
@@ -130,6 +129,7 @@ def pixel_url_command(location_id: str, document_id: str, estimate: bool,
 @click.option("--company-id", default=None)
 def tokens_set(location_id, access_token, refresh_token, expires_in, company_id) -> None:
     """Store a location's token (a Private Integration Token, or OAuth tokens)."""
+    from .web.locations import save_token
     from .web.schemas import TokenSchema
 
     body = {"accessToken": access_token}
@@ -141,13 +141,7 @@ def tokens_set(location_id, access_token, refresh_token, expires_in, company_id)
         data = TokenSchema().load(body)
     except ma.ValidationError as exc:
         raise click.BadParameter(json.dumps(exc.messages)) from None
-    svc = services()
-    now = svc.clock()
-    expires_at = expiry(expires_in, now=now)
-    svc.vault.set_token(location_id, access_token=data["accessToken"],
-                        refresh_token=data.get("refreshToken"), expires_at=expires_at,
-                        company_id=company_id, now=now)
-    released = svc.store.unblock(now=now, location_id=location_id)
+    released = save_token(location_id, data)
     click.echo(f"stored token for {location_id}; {released} parked document(s) released")
 
 

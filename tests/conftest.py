@@ -37,6 +37,7 @@ INGEST_KEY = "ik_test_" + "i" * 24
 ADMIN_KEY = "ak_test_" + "a" * 24
 PIXEL_KEY = "pixel-test-key-" + "p" * 20
 FERNET_KEY = Fernet.generate_key().decode()
+SESSION_KEY = "session-test-key-" + "s" * 20
 T0 = dt.datetime(2026, 1, 5, 12, 0, 0, tzinfo=UTC)
 
 PG_URL = os.environ.get("TEST_DATABASE_URL")
@@ -123,6 +124,7 @@ def test_config(db_url: str, **overrides) -> dict:
         "ADMIN_API_KEYS": [ADMIN_KEY],
         "PIXEL_SIGNING_KEYS": [PIXEL_KEY],
         "TOKEN_ENCRYPTION_KEYS": [FERNET_KEY],
+        "SESSION_SECRET_KEYS": [SESSION_KEY],
         "HIGHLEVEL_BASE_URL": "http://127.0.0.1:9",
         "LOG_LEVEL": "INFO",
         **overrides,

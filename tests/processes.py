@@ -44,9 +44,10 @@ INGEST_KEY = "ik_e2e_" + secrets.token_urlsafe(24)
 ADMIN_KEY = "ak_e2e_" + secrets.token_urlsafe(24)
 PIXEL_KEY = secrets.token_urlsafe(32)
 FERNET_KEY = Fernet.generate_key().decode()
+SESSION_KEY = secrets.token_urlsafe(32)  # signs the console's session cookie
 HL_TOKEN = "pit-e2e-" + secrets.token_hex(16)  # LOCATION's HighLevel token
 PARKED_TOKEN = "pit-e2e-" + secrets.token_hex(16)  # PARKED's, stored late
-SECRETS = (INGEST_KEY, ADMIN_KEY, PIXEL_KEY, FERNET_KEY, HL_TOKEN, PARKED_TOKEN)
+SECRETS = (INGEST_KEY, ADMIN_KEY, PIXEL_KEY, FERNET_KEY, SESSION_KEY, HL_TOKEN, PARKED_TOKEN)
 WINDOW = 3  # COALESCE_WINDOW_SECONDS
 LOCATION = "loc_e2e"
 PARKED = "loc_parked"  # has no token until the test stores one
@@ -334,6 +335,7 @@ def base_env(db_url: str, hl_url: str, port: int) -> dict[str, str]:
         "ADMIN_API_KEYS": ADMIN_KEY,
         "PIXEL_SIGNING_KEYS": PIXEL_KEY,
         "TOKEN_ENCRYPTION_KEYS": FERNET_KEY,
+        "SESSION_SECRET_KEYS": SESSION_KEY,
         "HIGHLEVEL_BASE_URL": hl_url,
         "HOST": "127.0.0.1",  # gunicorn binds loopback only
         "PORT": str(port),

@@ -28,7 +28,8 @@ def test_keys_generate_prints_fresh_usable_values(runner, tmp_path):
     result = runner.invoke(args=["keys", "generate"])
     lines = dict(line.split("=", 1) for line in result.output.splitlines())
     assert set(lines) == {"INGEST_API_KEYS", "ADMIN_API_KEYS", "PIXEL_SIGNING_KEYS",
-                          "TOKEN_ENCRYPTION_KEYS", "OPERATOR_WEBHOOK_SECRET"}
+                          "TOKEN_ENCRYPTION_KEYS", "SESSION_SECRET_KEYS",
+                          "OPERATOR_WEBHOOK_SECRET"}
     Fernet(lines["TOKEN_ENCRYPTION_KEYS"])  # a valid Fernet key
     assert load_config({"OPERATOR_WEBHOOK_SECRET": lines["OPERATOR_WEBHOOK_SECRET"]},
                        instance_path=tmp_path)["OPERATOR_WEBHOOK_SECRET"].startswith("whsec_")

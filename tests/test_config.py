@@ -26,6 +26,7 @@ SECRETS = {
     "ADMIN_API_KEYS": ADMIN_ONE,
     "PIXEL_SIGNING_KEYS": "p1,p2",
     "TOKEN_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
+    "SESSION_SECRET_KEYS": "s1,s2",
 }
 # What production needs besides the secrets.
 PRODUCTION = {**SECRETS, "RELAY_ENV": "production", "PUBLIC_BASE_URL": "https://relay.example"}
@@ -182,6 +183,32 @@ def test_development_generates_secrets_once_privately(tmp_path, capsys):
                  "TOKEN_ENCRYPTION_KEYS"):
         assert first[name] == second[name]
     assert set(json.loads(path.read_text())) == set(SECRETS)
+
+
+def test_a_development_file_from_before_a_secret_existed_gets_it_added(tmp_path, capsys):
+    """An instance/ made before SESSION_SECRET_KEYS keeps its keys and gains the new one."""
+    path = tmp_path / "dev-secrets.json"
+    older = {name: values for name, values in generate_secrets().items()
+             if name != "SESSION_SECRET_KEYS"}
+    path.write_text(json.dumps(older))
+    path.chmod(0o600)
+    cfg = load_config({}, instance_path=tmp_path)
+    stored = json.loads(path.read_text())
+    assert {name: stored[name] for name in older} == older  # the developer's keys stay
+    assert cfg["SESSION_SECRET_KEYS"] == stored["SESSION_SECRET_KEYS"] != []
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert not list(tmp_path.glob("dev-secrets.json.*"))  # no lock or partial file left
+    assert load_config({}, instance_path=tmp_path)["SESSION_SECRET_KEYS"] == (
+        cfg["SESSION_SECRET_KEYS"])  # added once
+    assert capsys.readouterr().err == ""
+
+
+def test_a_stale_lock_on_the_development_file_is_named(tmp_path):
+    path = tmp_path / "dev-secrets.json"
+    path.write_text(json.dumps({"INGEST_API_KEYS": ["ik"]}))
+    (tmp_path / "dev-secrets.json.lock").touch()  # a process died while adding to it
+    with pytest.raises(ConfigError, match="dev-secrets.json.lock"):
+        load_config({}, instance_path=tmp_path)
 
 
 def test_explicit_secrets_win_over_generated_ones(tmp_path):

@@ -25,6 +25,7 @@ from .conftest import (
     INGEST_KEY,
     PG_URL,
     PIXEL_KEY,
+    SESSION_KEY,
     make_view,
     test_config,
 )
@@ -447,7 +448,8 @@ def test_four_forwarder_processes_refresh_exactly_once(migrated_db_url, hl, tmp_
     env = {**os.environ, "DATABASE_URL": migrated_db_url, "RELAY_ENV": "test",
            "INGEST_API_KEYS": INGEST_KEY, "ADMIN_API_KEYS": ADMIN_KEY,
            "PIXEL_SIGNING_KEYS": PIXEL_KEY, "TOKEN_ENCRYPTION_KEYS": FERNET_KEY,
-           "HIGHLEVEL_BASE_URL": hl.url, "HIGHLEVEL_CLIENT_ID": hl.oauth.client_id,
+           "SESSION_SECRET_KEYS": SESSION_KEY, "HIGHLEVEL_BASE_URL": hl.url,
+           "HIGHLEVEL_CLIENT_ID": hl.oauth.client_id,
            "HIGHLEVEL_CLIENT_SECRET": hl.oauth.client_secret, "FORWARD_CONCURRENCY": "2",
            "LOG_FORMAT": "json"}
     flask = str(Path(sys.executable).parent / "flask")

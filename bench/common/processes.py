@@ -44,6 +44,7 @@ def bench_secrets() -> dict[str, str]:
         "ADMIN_API_KEYS": "ak_bench_" + secrets.token_urlsafe(24),
         "PIXEL_SIGNING_KEYS": secrets.token_urlsafe(32),
         "TOKEN_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
+        "SESSION_SECRET_KEYS": secrets.token_urlsafe(32),
     }
 
 

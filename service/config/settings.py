@@ -71,6 +71,8 @@ SETTINGS = [
             secret=True),
     Setting("TOKEN_ENCRYPTION_KEYS", CommaList(), None, "Fernet keys; first encrypts",
             secret=True),
+    Setting("SESSION_SECRET_KEYS", CommaList(), None,
+            "console session cookie keys; first signs", secret=True),
     Setting("PUBLIC_BASE_URL", Str(), None,
             f"base of minted pixel URLs; required in production (else {DEV_PUBLIC_BASE_URL})"),
     Setting("COALESCE_WINDOW_SECONDS", Int(), "60", "at most one more send per window"),

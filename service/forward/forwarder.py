@@ -33,6 +33,7 @@ AUTH = {401, 403}
 BACKOFF_BASE, BACKOFF_CAP = 2.0, 600.0
 UNBLOCK_EVERY = dt.timedelta(seconds=5)
 PRUNE_EVERY = dt.timedelta(hours=1)
+FOLD_EVERY = dt.timedelta(minutes=1)
 COUNT_EVERY = dt.timedelta(minutes=1)  # views by verdict per location (store.count_views)
 DEFAULT_RATE_INTERVAL_MS = 10_000  # HighLevel's burst window when a 429 says nothing
 
@@ -112,6 +113,7 @@ class Forwarder:
         self._last_unblock: dt.datetime | None = None
         self._last_prune: dt.datetime | None = None
         self.watch = watch  # operator notifications' periodic checks (notify.py)
+        self._last_fold: dt.datetime | None = None
         self._last_count: dt.datetime | None = None
 
     def forward_once(self, *, now: dt.datetime | None = None) -> int:
@@ -123,6 +125,12 @@ class Forwarder:
                 logger.info("token.reactivated", extra={"location_id": location_id})
             self.store.unblock(now=now)
             self._last_unblock = now
+        if self._last_fold is None or now - self._last_fold >= FOLD_EVERY:
+            self._last_fold = now  # before pruning: the overview's counts keep what it deletes
+            self.store.fold_stats(now=now)
+        if self._last_count is None or now - self._last_count >= COUNT_EVERY:
+            self._last_count = now  # before pruning too: views are counted before they go
+            self.store.count_views(now=now)
         if self._last_prune is None or now - self._last_prune >= PRUNE_EVERY:
             self._last_prune = now
             pruned = prune(self.store.engine, older_than=now - self.log_days)
@@ -131,9 +139,6 @@ class Forwarder:
             pruned = prune_events(self.store.engine, older_than=now - self.event_days)
             if pruned:
                 logger.info("events.pruned", extra={"rows": pruned})
-        if self._last_count is None or now - self._last_count >= COUNT_EVERY:
-            self._last_count = now
-            self.store.count_views(now=now)
         if self.watch is not None:
             self.watch.tick(now=now)  # views parked without a token too long: tell operators
         claims = self.store.claim_due(now=now, limit=self.concurrency)

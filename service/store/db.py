@@ -154,6 +154,9 @@ delivery_log = sa.Table(
     sa.Column("views_covered", sa.Integer, nullable=False),
     sa.Column("seq_to", sa.Integer, nullable=False),
     sa.Column("request_id", sa.String(64)),
+    # From the document's first waiting view (``documents.pending_since``) to this answer:
+    # the overview's view-to-delivery latency (``rollup``). Null on rows older than 0009.
+    sa.Column("waited_ms", sa.BigInteger),
     sa.Index("ix_delivery_log_document_row_seq_to", "document_row", "seq_to"),
     sa.Index("ix_delivery_log_location_id_id", "location_id", "id"),
     sa.Index("ix_delivery_log_at", "at"),
@@ -282,6 +285,41 @@ no_token_alerts = sa.Table(
     sa.Column("location_id", sa.String(64), primary_key=True),
     sa.Column("waiting_since", UTCDateTime, nullable=False),
     sa.Column("notified_at", UTCDateTime, nullable=False),
+)
+
+# The overview's rollup (``rollup``): views and deliveries counted per UTC hour, folded in
+# by the forwarders from the events and the delivery log up to ``stats_watermark``; what
+# came after it is counted live when read, so the overview is exact and stays cheap.
+stats_hourly = sa.Table(
+    "stats_hourly",
+    metadata,
+    sa.Column("hour", UTCDateTime, primary_key=True),
+    sa.Column("received", sa.BigInteger, nullable=False),  # views (events.views)
+    sa.Column("filtered", sa.BigInteger, nullable=False),  # of them not forwarded
+    sa.Column("delivered", sa.BigInteger, nullable=False),  # views a 2xx send covered
+    sa.Column("failed", sa.BigInteger, nullable=False),  # views a send made dead
+)
+
+# Successful sends per hour by how long their views waited (``waited_ms`` rounded to two
+# significant digits): the view-to-delivery percentiles without reading the log.
+stats_latency = sa.Table(
+    "stats_latency",
+    metadata,
+    sa.Column("hour", UTCDateTime, primary_key=True),
+    sa.Column("waited_ms", sa.BigInteger, primary_key=True),
+    sa.Column("deliveries", sa.BigInteger, nullable=False),
+)
+
+# How far the rollup has folded (exclusive): one row per rollup, moved only forward, in
+# the transaction that adds the counts, so two forwarders never fold a range twice.
+stats_watermark = sa.Table(
+    "stats_watermark",
+    metadata,
+    sa.Column("name", sa.String(20), primary_key=True),
+    sa.Column("folded_to", UTCDateTime, nullable=False),
+    # Documents idle when it last moved: the one count that grows with every document
+    # ever viewed, so it is counted by the forwarders' fold, not by each page view.
+    sa.Column("idle_documents", sa.BigInteger),
 )
 
 # Every location with views, as the forwarder has seen them (a location with a token is in

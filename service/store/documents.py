@@ -159,9 +159,15 @@ def apply_outcomes(conn, results: Sequence[tuple[Claim, Outcome]], *, now: dt.da
         "http_status": outcome.http_status, "message": clip(outcome.message),
         "trace_id": outcome.trace_id, "latency_ms": outcome.latency_ms,
         "views_covered": claim.views, "seq_to": claim.seq_to, "request_id": claim.request_id,
+        "waited_ms": waited_ms(claim, now),
     } for claim, outcome in results])
     outbox.views_dead(conn, results, kept, now=now)  # operators are told (outbox)
     return kept
+
+
+def waited_ms(claim: Claim, now: dt.datetime) -> int:
+    """How long the claim's first waiting view has waited at ``now``, in milliseconds."""
+    return max((now - claim.pending_since) // dt.timedelta(milliseconds=1), 0)
 
 
 def clip(message: str | None, limit: int = 500) -> str | None:

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
-from . import directory, seen
+from . import directory, rollup, seen, stats
 from . import documents as states
 from .db import delivery_log, documents, events
 from .deliverylog import LogFilter
@@ -124,6 +124,11 @@ class Store:
         with self.engine.begin() as conn:
             return states.replay(conn, filters, now=now)
 
+    def fold_stats(self, *, now: dt.datetime) -> int:
+        """Fold views and deliveries older than the coalescing window (plus a margin) into
+        the overview's hourly counts; return the ranges folded (``rollup.fold``)."""
+        return rollup.fold(self.engine, now=now, lag=self.window + rollup.LAG_MARGIN)
+
     def count_views(self, *, now: dt.datetime) -> int:
         """Count the views of events old enough into each location's views by verdict
         (``seen.count_new``); return how many events were counted."""
@@ -131,6 +136,11 @@ class Store:
             self.engine, now=now, lag=seen.lag_for(int(self.window.total_seconds())))
 
     # -- reads ----------------------------------------------------------------
+
+    def overview(self, *, now: dt.datetime) -> dict:
+        """Views per hour (24) and per day (30), the queue by state, view-to-delivery
+        p50/p99 (``stats.overview``)."""
+        return stats.overview(self.engine, now=now)
 
     def event_status(self, event_id: str) -> dict | None:
         """Return one event and where its view stands (queued, delivered, failed, filtered)."""

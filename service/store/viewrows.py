@@ -167,9 +167,9 @@ def event_id_at(now: dt.datetime) -> str:
 
 
 def event_id_floor(at: dt.datetime) -> str:
-    """The smallest event id of the millisecond ``at``: every id made before it sorts
-    below, every id made from it on sorts above or equal (``event_id_at``)."""
-    ms = f"{int(at.timestamp() * 1000):012x}"
+    """The smallest event id of the millisecond ``at``: every id made before it sorts below,
+    every id made at or after it sorts at or above (``event_id_at``)."""
+    ms = f"{int(at.timestamp() * 1000) & 0xFFFFFFFFFFFF:012x}"
     return f"{ms[:8]}-{ms[8:]}-7000-8000-000000000000"
 
 

@@ -2,8 +2,9 @@
 
 ``init_app(app)`` registers everything web: the JSON body parser, request ids, the API's
 blueprints (flask-smorest, which also serves ``/openapi.json`` and ``/docs``), the OAuth
-install pages, health and metrics, the one JSON error shape, and the WSGI layers in front
-of Flask (the pixel's front door, then ProxyFix when ``TRUSTED_PROXIES`` is set).
+install pages, health and metrics, the operator console and ``/``, the one JSON error
+shape, and the WSGI layers in front of Flask (the pixel's front door, then ProxyFix when
+``TRUSTED_PROXIES`` is set).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ def init_app(app: Flask) -> None:
     """Register the web's parts on ``app`` (whose services are already built)."""
     from . import (
         bodies,
+        console,
         deliveries,
         errors,
         events,
@@ -45,6 +47,7 @@ def init_app(app: Flask) -> None:
         api.register_blueprint(blueprint)
     app.register_blueprint(oauth.bp)
     app.register_blueprint(health.bp)
+    console.init_app(app)
     errors.init_app(app)
 
 

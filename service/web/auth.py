@@ -1,4 +1,4 @@
-"""Bearer-key checks for the ingest and admin routes."""
+"""Key checks for the ingest and admin routes, and for the console's sign-in."""
 
 from __future__ import annotations
 
@@ -20,6 +20,13 @@ def key_matches(presented: str, keys: list[str]) -> bool:
     return found
 
 
+def key_allowed(presented: str, *settings: str) -> bool:
+    """Whether ``presented`` is one of the keys in the config ``settings`` (constant time):
+    the one check behind the bearer routes and the console's sign-in form."""
+    config = services().config
+    return key_matches(presented, [key for setting in settings for key in config[setting]])
+
+
 def bearer_token() -> str | None:
     """The token from ``Authorization: Bearer <token>``, if that is what was sent."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
@@ -33,9 +40,7 @@ def require_key(*settings: str):
         @functools.wraps(view)
         def wrapped(*args, **kwargs):
             token = bearer_token()
-            config = services().config
-            keys = [key for setting in settings for key in config[setting]]
-            if token is None or not key_matches(token, keys):
+            if token is None or not key_allowed(token, *settings):
                 raise UnauthorizedError()
             return view(*args, **kwargs)
 

@@ -69,6 +69,14 @@ def post_events(body):
     return results[0] if "events" not in request.get_json() else {"events": results}
 
 
+def find_event(event_id: str) -> dict | None:
+    """Where the event ``event_id`` stands, or None if there is no such event (the API's
+    ``GET /v1/events/<id>`` and the console's lookup)."""
+    # No stored id is longer, or holds a NUL (which PostgreSQL cannot even compare: a 500).
+    known = len(event_id) <= 64 and "\x00" not in event_id
+    return services().store.event_status(event_id) if known else None
+
+
 @bp.route("/<event_id>", methods=["GET"])
 @bp.doc(security=[{"ingestKey": []}, {"adminKey": []}])
 @require_ingest_or_admin_key
@@ -76,9 +84,7 @@ def post_events(body):
 def get_event(event_id):
     """Where an event stands: queued, delivered (with the time), failed or filtered.
     An ingest key or an admin key (an operator following a view up) may read it."""
-    # No stored id is longer, or holds a NUL (which PostgreSQL cannot even compare: a 500).
-    known = len(event_id) <= 64 and "\x00" not in event_id
-    status = services().store.event_status(event_id) if known else None
+    status = find_event(event_id)
     if status is None:
         raise NotFoundError("No event with that id")
     return status

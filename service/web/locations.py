@@ -34,6 +34,19 @@ def _location_id(value: str) -> str:
     return value
 
 
+def save_token(location_id: str, token: dict) -> int:
+    """Store or replace ``location_id``'s token from ``TokenSchema``'s loaded fields, and
+    send its parked views again; return how many documents were released. The API, the
+    console and ``flask tokens set`` all store a token through here."""
+    svc = services()
+    now = svc.clock()
+    expires_at = expiry(token.get("expiresIn"), now=now) or token.get("expiresAt")
+    svc.vault.set_token(location_id, access_token=token["accessToken"],
+                        refresh_token=token.get("refreshToken"), expires_at=expires_at,
+                        company_id=token.get("companyId"), now=now)
+    return svc.store.unblock(now=now, location_id=location_id)
+
+
 def location_page(location_id: str) -> dict | None:
     """A location's row and details (``Store.location``), with the app's install link."""
     svc = services()
@@ -55,13 +68,7 @@ def location_page(location_id: str) -> dict | None:
 def put_token(body, location_id):
     """Store or replace a location's token; its parked views are sent again."""
     location_id = _location_id(location_id)
-    svc = services()
-    now = svc.clock()
-    expires_at = expiry(body.get("expiresIn"), now=now) or body.get("expiresAt")
-    svc.vault.set_token(location_id, access_token=body["accessToken"],
-                        refresh_token=body.get("refreshToken"), expires_at=expires_at,
-                        company_id=body.get("companyId"), now=now)
-    svc.store.unblock(now=now, location_id=location_id)
+    save_token(location_id, body)
     return location_page(location_id)
 
 

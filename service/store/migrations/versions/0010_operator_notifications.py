@@ -8,7 +8,7 @@ for too long), and the forwarder's sender posts it to each OPERATOR_WEBHOOK_URLS
 they have none left. New tables only: nothing existing changes.
 
 Revision ID: 0010
-Revises: 0007
+Revises: 0009
 Create Date: 2026-12-07 16:00:00
 """
 
@@ -18,7 +18,7 @@ from alembic import op
 from service.store.db import UTCDateTime
 
 revision = '0010'
-down_revision = '0007'
+down_revision = '0009'
 branch_labels = None
 depends_on = None
 
