@@ -240,8 +240,8 @@ def test_delete_location_erases_it_and_nothing_else(client, services, store, vau
     resp = client.delete("/v1/locations/GONE", headers=admin_headers())
     assert resp.status_code == 200
     assert resp.json == {"locationId": "GONE", "deleted": {
-        "events": 2, "documents": 1, "deliveries": 1, "tokens": 1, "installs": 1,
-        "rateLimits": 1}}  # (the filtered view has no document to send)
+        "events": 2, "documents": 1, "deliveries": 1, "notifications": 0, "tokens": 1,
+        "installs": 1, "rateLimits": 1}}  # (the filtered view has no document to send)
     assert set(remaining(services, "GONE").values()) == {0}
     assert remaining(services, "KEPT") == {"events": 2, "documents": 1, "deliveries": 1,
                                            "tokens": 1, "installs": 1, "rateLimits": 1}

@@ -200,8 +200,8 @@ class PurgeSchema(ma.Schema):
 
     locationId = ma.fields.String()
     deleted = ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.Integer(), metadata={
-        "description": "rows deleted: events, documents, deliveries, tokens, installs, "
-                       "rateLimits"})
+        "description": "rows deleted: events, documents, deliveries, notifications, tokens, "
+                       "installs, rateLimits"})
 
 
 class ErrorSchema(ma.Schema):

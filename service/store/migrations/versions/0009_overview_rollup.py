@@ -10,7 +10,7 @@ Nothing is backfilled here: the first fold after the upgrade counts the last 30 
 from the rows still kept.
 
 Revision ID: 0009
-Revises: 0007
+Revises: 0010
 Create Date: 2026-12-09 10:00:00
 """
 
@@ -20,7 +20,8 @@ from alembic import op
 import service.store.db
 
 revision = '0009'
-down_revision = '0007'
+# After main's 0010 (operator notifications) so the branch has one head; renumber at merge.
+down_revision = '0010'
 branch_labels = None
 depends_on = None
 
