@@ -57,7 +57,7 @@ from common import (  # noqa: E402 - after the path set-up, so `python bench/ove
 from service.config import normalize_database_url  # noqa: E402
 from service.store.engine import create_engine, upgrade  # noqa: E402
 from service.store.queue import Store  # noqa: E402
-from service.store.recording import event_id_at  # noqa: E402
+from service.store.viewrows import event_id_at  # noqa: E402
 
 UTC = dt.UTC
 NOW = dt.datetime(2026, 1, 31, 12, 0, tzinfo=UTC)
