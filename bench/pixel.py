@@ -194,10 +194,20 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="wrk if installed (auto), or the stdlib multi-process fallback")
     p.add_argument("--client-procs", type=int, default=2,
                    help="processes of the python load generator")
+    p.add_argument("--baseline", type=Path, default=None,
+                   help="a checkout of an earlier commit (git worktree add DIR REV): its "
+                        "relay runs as target 'baseline' beside this one, in the same run, "
+                        "so a change is measured side by side (same store, same load)")
     store_options(p, "results-pixel.md")
     args = p.parse_args(argv)
     check_names(p, args.backends, ("sqlite", "postgresql"), "backend")
-    check_names(p, args.targets, ("bare", "relay"), "target")
+    if args.baseline is not None:
+        args.baseline = args.baseline.resolve()
+        if not (args.baseline / "service" / "__init__.py").is_file():
+            p.error(f"--baseline {args.baseline}: no service/ package there")
+        if "baseline" not in args.targets:
+            args.targets.append("baseline")
+    check_names(p, args.targets, ("bare", "relay", "baseline"), "target")
     if args.loadgen == "auto":
         args.loadgen = "wrk" if shutil.which("wrk") else "python"
     elif args.loadgen == "wrk" and not shutil.which("wrk"):
@@ -372,9 +382,13 @@ def run_case(args, target: str, backend: str | None, store, workers: int, thread
     name = f"{target}-{backend}" if backend else target
     result = {"target": target, "backend": backend or "-", "workers": workers,
               "threads": threads, "connections": args.connections}
+    gunicorn_args = ()
+    if target == "baseline":  # the earlier checkout's code and gunicorn config
+        gunicorn_args = ("--chdir", str(args.baseline),
+                         "--config", str(args.baseline / "config" / "gunicorn.conf.py"))
     with web_server(f"pixel-{name}-{workers}x{threads}", store, keys, workers=workers,
-                    threads=threads, app=BARE_APP if target == "bare" else SERVICE_APP
-                    ) as server:
+                    threads=threads, app=BARE_APP if target == "bare" else SERVICE_APP,
+                    gunicorn_args=gunicorn_args) as server:
         port, web = server.port, server.web
         result["cmd"] = web.args
         answer = smoke(port, paths[0])
@@ -422,6 +436,8 @@ def describe(r: dict) -> str:
 def label(r: dict) -> str:
     if r["target"] == "bare":
         return "bare Flask"
+    if r["target"] == "baseline":
+        return f"baseline relay, {r['backend']}"
     return f"relay, {r['backend']}"
 
 

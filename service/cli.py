@@ -54,9 +54,15 @@ def forwarder_command(once: bool, max_batches: int | None) -> None:
     except OSError as exc:
         raise click.ClickException(
             f"FORWARDER_METRICS_PORT {address[0]}:{address[1]}: {exc}") from None
-    from .wiring import build_forwarder
+    from .forward.notify import run as send_notifications
+    from .wiring import build_forwarder, build_sender
 
     forwarder = build_forwarder(services())
+    sender = build_sender(services())  # operator notifications; None without URLs
+    notifier = None
+    if sender and not once:  # --once posts what is due after forwarding, below
+        notifier = threading.Thread(target=send_notifications, args=(sender,),
+                                    name="notify", daemon=True)
 
     def on_signal(signum, _frame):
         # Only a flag: the loop finishes its batch and exits. Set from another thread:
@@ -76,8 +82,15 @@ def forwarder_command(once: bool, max_batches: int | None) -> None:
         "concurrency": forwarder.concurrency,
         "metrics": f"http://{address[0]}:{address[1]}/metrics" if address else None})
     try:
+        if notifier:
+            notifier.start()
         handled = run(forwarder, once=once, max_batches=max_batches)
+        if sender and once:
+            sender.send_due()
     finally:
+        if notifier:  # it finishes the POST in hand (a few seconds at most)
+            sender.stop.set()
+            notifier.join(timeout=15)
         forwarder.executor.shutdown(wait=True)
         if stop_metrics:
             stop_metrics()
@@ -166,9 +179,11 @@ def tokens_reencrypt() -> None:
 def keys_generate() -> None:
     """Print fresh values for every secret, as environment lines (production set-up)."""
     from .config import generate_secrets
+    from .config.dev_secrets import generate_webhook_secret
 
     for name, values in generate_secrets().items():
         click.echo(f"{name}={','.join(values)}")
+    click.echo(f"OPERATOR_WEBHOOK_SECRET={generate_webhook_secret()}")
 
 
 @keys_cli.command("show")

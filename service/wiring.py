@@ -4,7 +4,8 @@
 pixel signer, verdicts, email sources, app webhooks, OAuth client); ``create_app`` keeps it
 in ``app.extensions["service"]`` and views reach it through ``web.deps.services()``.
 ``build_forwarder(services)`` adds the HighLevel client and the forwarder for
-``flask forwarder``. No Flask here.
+``flask forwarder``, and ``build_sender(services)`` its operator notifications' sender.
+No Flask here.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from sqlalchemy.engine import Engine
 from .clock import utcnow
 from .forward.credentials import TokenProvider
 from .forward.forwarder import Forwarder
+from .forward.notify import NotificationWatch, WebhookSender
 from .highlevel.client import HighLevelClient, build_session
 from .highlevel.oauth import OAuthClient
 from .ingest.app_webhooks import WebhookReceiver
@@ -99,4 +101,17 @@ def build_forwarder(svc: Services, *, stop: threading.Event | None = None,
                      log_days=cfg["DELIVERY_LOG_DAYS"], event_days=cfg["EVENT_RETENTION_DAYS"],
                      clock=svc.clock, stop=stop,
                      tokens=TokenProvider(svc.vault, svc.oauth, margin=dt.timedelta(
-                         seconds=cfg["TOKEN_REFRESH_MARGIN_SECONDS"])))
+                         seconds=cfg["TOKEN_REFRESH_MARGIN_SECONDS"])),
+                     watch=NotificationWatch(svc.engine, no_token_after=dt.timedelta(
+                         minutes=cfg["NO_TOKEN_ALERT_MINUTES"]),
+                         keep=dt.timedelta(days=cfg["DELIVERY_LOG_DAYS"])))
+
+
+def build_sender(svc: Services, *, stop: threading.Event | None = None
+                 ) -> WebhookSender | None:
+    """The operator notifications' sender, or None when OPERATOR_WEBHOOK_URLS is unset."""
+    cfg = svc.config
+    if not cfg["OPERATOR_WEBHOOK_URLS"]:
+        return None
+    return WebhookSender(svc.engine, cfg["OPERATOR_WEBHOOK_URLS"],
+                         cfg["OPERATOR_WEBHOOK_SECRET"], clock=svc.clock, stop=stop)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from cryptography.fernet import Fernet
 
 from service import create_app
+from service.config import load_config
 from service.store.engine import current_revision, head_revision
 
 from .conftest import ingest_headers, make_event, test_config
@@ -23,12 +24,15 @@ def test_db_upgrade_creates_the_schema(db_url):
     engine.dispose()
 
 
-def test_keys_generate_prints_fresh_usable_values(runner):
+def test_keys_generate_prints_fresh_usable_values(runner, tmp_path):
     result = runner.invoke(args=["keys", "generate"])
     lines = dict(line.split("=", 1) for line in result.output.splitlines())
     assert set(lines) == {"INGEST_API_KEYS", "ADMIN_API_KEYS", "PIXEL_SIGNING_KEYS",
-                          "TOKEN_ENCRYPTION_KEYS", "SESSION_SECRET_KEYS"}
+                          "TOKEN_ENCRYPTION_KEYS", "SESSION_SECRET_KEYS",
+                          "OPERATOR_WEBHOOK_SECRET"}
     Fernet(lines["TOKEN_ENCRYPTION_KEYS"])  # a valid Fernet key
+    assert load_config({"OPERATOR_WEBHOOK_SECRET": lines["OPERATOR_WEBHOOK_SECRET"]},
+                       instance_path=tmp_path)["OPERATOR_WEBHOOK_SECRET"].startswith("whsec_")
     again = dict(line.split("=", 1) for line in runner.invoke(args=["keys", "generate"])
                  .output.splitlines())
     assert again["INGEST_API_KEYS"] != lines["INGEST_API_KEYS"]

@@ -183,8 +183,9 @@ def test_purge_needs_the_id_typed_again(console, store, vault, dead_letter):
     assert vault.describe("loc_dead") is not None
     resp = post_form(console, page, f"{page}/purge", confirm="loc_dead")
     assert resp.status_code == 302 and resp.location == "/console/locations"
-    assert "Purged loc_dead: 1 events, 1 documents, 1 deliveries, 1 tokens" in text(
-        console.get(resp.location).text)
+    done = text(console.get(resp.location).text)
+    for part in ("Purged loc_dead:", "1 events", "1 documents", "1 deliveries", "1 tokens"):
+        assert part in done
     assert vault.describe("loc_dead") is None
     assert store.location("loc_dead", now=T0) is None
     assert console.get(page).status_code == 404

@@ -521,6 +521,36 @@ def test_403_invalidates_the_token_at_once(store, forwarder, vault, fake, clock)
     assert [status(store, e) for e in events] == [("queued", "blocked")] * 2
 
 
+def test_a_token_no_key_decrypts_is_marked_invalid_and_parks_the_locations_views(
+        store, make_forwarder, vault, fake, clock):
+    """Retrying cannot help until an operator restores the key or stores a new token."""
+    from cryptography.fernet import Fernet
+
+    from service.store.tokens import TokenVault
+
+    removed_key = Fernet.generate_key().decode()  # no longer in TOKEN_ENCRYPTION_KEYS
+    TokenVault(store.engine, [removed_key]).set_token("loc_1", access_token=TOKEN, now=clock())
+    events = view(store, clock, document_id="inv_1") + view(store, clock, document_id="inv_2")
+    forwarder = make_forwarder(concurrency=1)  # inv_2 is still pending when inv_1 finds out
+
+    assert forwarder.forward_once(now=clock()) == 1
+    assert fake.calls == []
+    summary = vault.describe("loc_1")
+    assert summary["status"] == "invalid"
+    assert "TOKEN_ENCRYPTION_KEYS" in summary["lastError"]
+    assert store.queue_depth() == {"blocked": 2}  # the unclaimed view parked too
+    assert [r["outcome"] for r in log_rows(store)] == ["token_unreadable"]
+    assert [status(store, e) for e in events] == [("queued", "blocked")] * 2
+
+    vault.set_token("loc_1", access_token=NEW_TOKEN, now=clock())
+    clock.advance(5)  # the forwarder's unblock sweep
+    assert forwarder.forward_once(now=clock()) == forwarder.forward_once(now=clock()) == 1
+    assert sorted(fake.calls, key=lambda c: c.document_id) == [
+        Call("invoice", "inv_1", NEW_TOKEN),
+        Call("invoice", "inv_2", NEW_TOKEN)]
+    assert [status(store, e) for e in events] == [("delivered", None)] * 2
+
+
 # -- leases and shutdown -------------------------------------------------------------------
 
 

@@ -101,7 +101,7 @@ def test_install_round_trip_stores_the_location_token(client, services, hl, cloc
     [request] = [r for r in hl.requests if r.path == "/oauth/token"]
     assert b"grant_type=authorization_code" in request.body
     # The stored token works end to end.
-    assert services.vault.credentials(LOC).access_token in hl.tokens
+    assert services.vault.read(LOC).access_token() in hl.tokens
 
 
 def test_agency_install_stores_the_company_token_and_its_locations(client, services, hl):
@@ -116,6 +116,42 @@ def test_agency_install_stores_the_company_token_and_its_locations(client, servi
         rows = conn.execute(sa.select(installs.c.target_id, installs.c.company_id)
                             .where(installs.c.target_type == "location")).all()
     assert sorted(rows) == [("loc_a", COMPANY), ("loc_b", COMPANY)]
+
+
+@pytest.mark.parametrize("approved", [1, 6])
+def test_an_agency_install_is_one_transaction_however_many_locations(client, services, hl,
+                                                                     clock, approved):
+    """The state is spent in a commit of its own (before HighLevel sees the code); the
+    agency's token, every install row and the release of the parked views are one more."""
+    approved_ids = [f"loc_{n}" for n in range(approved)]
+    services.store.record_views([make_view(clock(), location_id=loc) for loc in approved_ids],
+                                now=clock())
+    for location_id in approved_ids:  # waiting for a token
+        services.store.block_location(location_id, now=clock())
+    assert services.store.queue_depth() == {"blocked": approved}
+    state = start_install(client)
+    code = hl.oauth.authorize(user_type="Company", company_id=COMPANY,
+                              approved_locations=approved_ids)
+    commits = []
+
+    def count(conn):
+        commits.append("commit")
+
+    sa.event.listen(services.engine, "commit", count)
+    try:
+        resp = client.get(f"/oauth/callback?code={code}&state={state}")
+    finally:
+        sa.event.remove(services.engine, "commit", count)
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    assert f"({approved} locations)" in resp.get_data(as_text=True)
+    assert len(commits) == 2
+    assert services.vault.describe(COMPANY)["tokenKind"] == "agency"
+    with services.engine.connect() as conn:
+        rows = conn.execute(sa.select(installs.c.target_type, installs.c.target_id,
+                                      installs.c.status)).all()
+    assert sorted(rows) == sorted([("company", COMPANY, "installed")] + [
+        ("location", loc, "installed") for loc in approved_ids])
+    assert services.store.queue_depth() == {"pending": approved}  # released, to be minted
 
 
 @pytest.mark.parametrize("query", [
@@ -284,6 +320,21 @@ def test_a_grant_the_store_cannot_hold_logs_no_token_or_ciphertext(client, servi
     assert services.vault.list() == []
 
 
+@pytest.mark.skipif(not PG_URL, reason="only PostgreSQL enforces a column's length: "
+                    "set TEST_DATABASE_URL")
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_an_agency_install_the_store_cannot_hold_whole_stores_none_of_it(client, services, hl):
+    """One transaction: a location id too long for its column, after the agency's token and
+    another location's install row were written, takes them back too."""
+    state = start_install(client)
+    code = hl.oauth.authorize(user_type="Company", company_id=COMPANY,
+                              approved_locations=["loc_a", "L" * 100])
+    assert client.get(f"/oauth/callback?code={code}&state={state}").status_code == 500
+    assert services.vault.list() == []
+    with services.engine.connect() as conn:
+        assert conn.execute(sa.select(installs)).all() == []
+
+
 def test_callback_survives_a_deeply_nested_answer_and_stores_nothing(client, services, hl):
     """HighLevel's answer is parsed safely: 5,000 levels of nesting were a RecursionError
     (a 500 with a traceback), as on the service's own routes (issue 13)."""
@@ -309,7 +360,7 @@ def test_token_is_refreshed_ahead_of_expiry(services, hl, forwarder, clock):
     assert hl.oauth.refresh_calls == 1
     [patch] = hl.patches()
     assert patch.token != pair["access_token"]
-    assert services.vault.credentials(LOC).access_token == patch.token
+    assert services.vault.read(LOC).access_token() == patch.token
     assert not hl.oauth.refresh_token_valid(pair["refresh_token"])  # rotated
 
 
@@ -379,7 +430,7 @@ def test_agency_token_mints_a_location_token(services, hl, forwarder, clock):
     assert hl.oauth.location_token_calls == 1
     assert services.vault.describe("loc_m")["tokenKind"] == "minted"
     [patch] = hl.patches()
-    assert patch.token == services.vault.credentials("loc_m").access_token
+    assert patch.token == services.vault.read("loc_m").access_token()
     assert services.store.event_status(event.id)["status"] == "delivered"
 
 

@@ -23,6 +23,7 @@ from service.store.stats import percentile
 
 from .conftest import T0, ingest_headers, make_event, make_view
 from .fakes import InlineExecutor
+from .test_pixel import CHROME
 
 HOUR = dt.timedelta(hours=1)
 DAY = dt.timedelta(days=1)
@@ -108,7 +109,7 @@ def test_views_received_filtered_delivered_and_failed_per_hour_and_day(
     clock.now = T0 + dt.timedelta(minutes=1)
     for _ in range(2):
         answer = client.post("/v1/events", headers=ingest_headers(), json=make_event(
-            invoiceId="inv_c", ip="198.51.100.23", userAgent="Mozilla/5.0 (X11; Linux)"))
+            invoiceId="inv_c", ip="198.51.100.23", userAgent=CHROME))
         assert answer.status_code == 202, answer.get_json()
     drain(fwd, clock)
     now = T0 + dt.timedelta(minutes=30)

@@ -254,7 +254,7 @@ def test_delete_location_erases_it_and_nothing_else(client, services, store, vau
     kept = {"events": 2, "documents": 1, "deliveries": 1, "tokens": 1, "installs": 1,
             "rateLimits": 1, "viewCounts": 2, "knownLocations": 1}
     # (the filtered view has no document to send; its verdict is counted)
-    assert resp.json == {"locationId": "GONE", "deleted": kept}
+    assert resp.json == {"locationId": "GONE", "deleted": {**kept, "notifications": 0}}
     assert set(remaining(services, "GONE").values()) == {0}
     assert remaining(services, "KEPT") == kept
     again = client.delete("/v1/locations/GONE", headers=admin_headers())

@@ -28,6 +28,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from service import create_app
+from service.forward.credentials import TokenProvider
 from service.store.queue import Outcome
 
 from .conftest import ADMIN_KEY, INGEST_KEY, T0, make_view, test_config
@@ -72,7 +73,10 @@ def _seed(services) -> dict:
     vault.set_token("loc_oauth", access_token="eyJaccess0123456789", refresh_token="refresh-0123",
                     expires_at=T0 + dt.timedelta(days=1), company_id="CMP1", now=T0)
     vault.set_token("loc_bad", access_token="pit-revoked-0123456", now=T0)
-    vault.mark_invalid("loc_bad", message="The token is not authorized for this scope.", now=T0)
+    tokens = TokenProvider(vault)  # a 403 invalidates a token at once
+    assert tokens.record_rejection(tokens.get("loc_bad", now=T0), status=403, now=T0,
+                                   message="The token is not authorized for this scope.") \
+        == "invalid"
     views = [make_view(T0, location_id="loc_pit", document_id=f"inv_{i}", event_key=f"evt_{i}",
                        source="api", user_agent="Mozilla/5.0", ip="203.0.113.7")
              for i in range(3)]

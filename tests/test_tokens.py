@@ -10,6 +10,7 @@ import pytest
 import sqlalchemy as sa
 from cryptography.fernet import Fernet
 
+from service.forward.credentials import TokenProvider
 from service.store.db import locations
 from service.store.tokens import TokenDecryptError, TokenVault
 
@@ -31,7 +32,7 @@ def test_put_token_stores_it_and_answers_without_the_secret(client, vault):
     assert (resp.json["tokenKind"], resp.json["status"]) == ("pit", "active")
     assert resp.json["companyId"] == "comp_1"
     assert SECRET not in resp.get_data(as_text=True)
-    assert vault.credentials("loc_1").access_token == SECRET
+    assert vault.read("loc_1").access_token() == SECRET
 
 
 def test_oauth_token_with_expiry(client, clock):
@@ -90,7 +91,7 @@ def test_delete_token_parks_views_and_put_releases_them(client, services):
     client.post("/v1/events", json=make_event(), headers=ingest_headers())
     assert client.delete("/v1/locations/loc_1/token", headers=admin_headers()).status_code == 204
     assert services.store.queue_depth() == {"blocked": 1}
-    assert services.vault.credentials("loc_1") is None
+    assert services.vault.read("loc_1") is None
     assert client.delete("/v1/locations/loc_1/token",
                          headers=admin_headers()).status_code == 404
     put_token(client)
@@ -111,12 +112,12 @@ def test_key_rotation_old_ciphertexts_decrypt_and_reencrypt_moves_them(services)
     TokenVault(services.engine, [old_key]).set_token("loc_1", access_token=SECRET, now=T0)
     new_key = Fernet.generate_key().decode()
     rotated = TokenVault(services.engine, [new_key, old_key])
-    assert rotated.credentials("loc_1").access_token == SECRET  # still readable
+    assert rotated.read("loc_1").access_token() == SECRET  # still readable
     assert rotated.reencrypt() == 1
     only_new = TokenVault(services.engine, [new_key])
-    assert only_new.credentials("loc_1").access_token == SECRET
+    assert only_new.read("loc_1").access_token() == SECRET
     with pytest.raises(TokenDecryptError) as err:
-        TokenVault(services.engine, [old_key]).credentials("loc_1")
+        TokenVault(services.engine, [old_key]).read("loc_1").access_token()
     assert SECRET not in str(err.value)
 
 
@@ -136,12 +137,17 @@ def test_reencrypt_never_overwrites_a_refresh_committed_meanwhile(services):
     other_process = TokenVault(services.engine, [new_key, old_key])
     spent = []
 
-    def refresher(refresh_token, user_type):
-        spent.append(refresh_token)
-        return TokenGrant(access_token="access-1", refresh_token="refresh-1", expires_in=86399)
+    class OAuth:  # HighLevel's token endpoint, as the refresh sees it
+        def refresh(self, refresh_token, user_type):
+            spent.append(refresh_token)
+            return TokenGrant(access_token="access-1", refresh_token="refresh-1",
+                              expires_in=86399)
 
     def refresh_meanwhile():
-        other_process.refresh("loc_1", now=T0, refresher=refresher, stale_generation=1)
+        tokens = TokenProvider(other_process, OAuth())
+        stale = tokens.get("loc_1", now=T0)
+        assert stale.generation == 1
+        assert tokens.renew(stale, now=T0).generation == 2
 
     real_rotate = rotating.fernet.rotate
     racers = []
@@ -170,28 +176,32 @@ def test_reencrypt_never_overwrites_a_refresh_committed_meanwhile(services):
 
 
 def test_credentials_repr_hides_the_token(vault):
-    vault.set_token("loc_1", access_token=SECRET, now=T0)
-    assert SECRET not in repr(vault.credentials("loc_1"))
+    vault.set_token("loc_1", access_token=SECRET, refresh_token=REFRESH, now=T0)
+    stored, creds = vault.read("loc_1"), TokenProvider(vault).get("loc_1", now=T0)
+    assert creds.access_token == SECRET
+    for shown in (repr(stored), repr(creds)):
+        assert SECRET not in shown and REFRESH not in shown
 
 
 def test_replacing_a_token_bumps_its_generation_and_resets_state(vault):
+    tokens = TokenProvider(vault)
     vault.set_token("loc_1", access_token=SECRET, now=T0)
-    first = vault.credentials("loc_1")
-    assert vault.record_rejection(first, status=401, message="x", now=T0) == "retry"
+    first = tokens.get("loc_1", now=T0)
+    assert tokens.record_rejection(first, status=401, message="x", now=T0) == "retry"
     vault.set_token("loc_1", access_token=SECRET + "2", now=T0)
-    second = vault.credentials("loc_1")
+    second = tokens.get("loc_1", now=T0)
     assert second.generation == first.generation + 1
     assert second.unauthorized_count == 0
     # A late 401 for the old token does not count against the new one.
-    assert vault.record_rejection(first, status=401, message="x", now=T0) == "retry"
-    assert vault.record_rejection(first, status=401, message="x", now=T0) == "retry"
+    assert tokens.record_rejection(first, status=401, message="x", now=T0) == "retry"
+    assert tokens.record_rejection(first, status=401, message="x", now=T0) == "retry"
     assert vault.describe("loc_1")["status"] == "active"
 
 
 def test_cli_tokens_set_list_delete(runner, vault):
     result = runner.invoke(args=["tokens", "set", "loc_9"], input=SECRET + "\n")
     assert result.exit_code == 0, result.output
-    assert vault.credentials("loc_9").access_token == SECRET
+    assert vault.read("loc_9").access_token() == SECRET
     listed = runner.invoke(args=["tokens", "list"])
     assert "loc_9\tpit\tactive" in listed.output and SECRET not in listed.output
     result = runner.invoke(args=["tokens", "set", "loc_9", "--access-token", "x"])

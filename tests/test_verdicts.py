@@ -1,8 +1,13 @@
-"""Verdicts: mail proxies are opens; prefetchers, scanners and bots are not; operators override."""
+"""Verdicts: mail clients and proxies are opens; prefetchers, scanners and bots are not; a user
+agent with no browser or mail-client token is a bot; operators override any shipped rule.
+
+How the rules do against public lists of browsers, crawlers and mail clients is measured by
+bench/verdicts.py, not here."""
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
 import time
 import tomllib
@@ -20,6 +25,8 @@ from service.ingest.verdicts import (
     Verdict,
     should_forward,
 )
+
+from .conftest import T0, admin_headers, ingest_headers, make_event
 
 GMAIL = "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)"
 YAHOO = "YahooMailProxy; https://help.yahoo.com/kb/yahoo-mail-proxy-SLN28749.html"
@@ -154,13 +161,17 @@ def test_mail_proxies_are_opens_although_crawler_lists_call_them_bots(classifier
     assert should_forward(verdict.verdict, "skip")
 
 
-def test_shipped_rules_check_mail_proxies_first_and_name_a_source_each(classifier):
+def test_shipped_rules_check_mail_clients_and_proxies_first_and_name_a_source_each(classifier):
     ranks = [VERDICTS.index(rule.verdict) for rule in classifier.rules]
-    assert ranks == sorted(ranks) and classifier.rules[0].verdict == "proxy_open"
+    assert ranks == sorted(ranks) and classifier.rules[0].verdict == "human"
+    assert {r.verdict for r in classifier.rules[:5]} == FORWARDED_BY_DEFAULT
     shipped = resources.files("service.ingest") / "data" / "machine_opens.toml"
-    rules = tomllib.loads(shipped.read_text(encoding="utf-8"))["rules"]
-    assert len(rules) == len(classifier.rules) and len(rules) < 200
-    assert all(rule["source"].startswith("https://") for rule in rules)
+    data = tomllib.loads(shipped.read_text(encoding="utf-8"))
+    assert len(data["rules"]) == len(classifier.rules) and len(data["rules"]) < 200
+    assert len(data["last_rules"]) == len(classifier.last_rules) > 0
+    assert len(data["clients"]) == len(classifier.clients) > 0
+    every = data["rules"] + data["last_rules"] + data["clients"]
+    assert all(entry["source"].startswith("https://") for entry in every)
 
 
 @pytest.mark.parametrize(("user_agent", "ip"), [
@@ -316,3 +327,185 @@ def test_one_classifier_is_safe_to_share_between_threads():
     finally:
         sys.setswitchinterval(interval)
     assert reasons == [reason for _, reason in cases]
+
+
+# -- issue #18: crawlers and tools with no browser token, mail clients kept ------------------
+
+@pytest.mark.parametrize(("user_agent", "verdict", "reason"), [
+    # The issue's examples, by name, as the public crawler lists spell them.
+    ("Datadog Agent/7.69.2", "bot", "ua:uptime-monitors"),
+    ("Datadog Synthetic", "bot", "ua:browser-automation"),
+    ("IFTTT/1.0 (https://ifttt.com/support)", "bot", "ua:cdn-and-webhooks"),
+    ("Cloudflare-SpeedTest", "bot", "ua:cdn-and-webhooks"),
+    ("Cloudflare-Radar-Scanner", "bot", "ua:cdn-and-webhooks"),
+    ("Amazon CloudFront", "bot", "ua:cdn-and-webhooks"),
+    ("Bitbucket-Webhooks/2.0", "bot", "ua:cdn-and-webhooks"),
+    ("Blackbox Exporter/0.20.0-rc.0", "bot", "ua:uptime-monitors"),
+    ("DigiCert DCV/1.1", "bot", "ua:certificate-dcv"),
+    ("Google Trust Services (DCV Check)", "bot", "ua:certificate-dcv"),
+    ("ClickUpLinkUnfurler/1.0 (+https://clickup.com)", "bot", "ua:cdn-and-webhooks"),
+    ("Chrome Privacy Preserving Prefetch Proxy", "machine_prefetch", "ua:chrome-prefetch-proxy"),
+    ("DNSScanner", "bot", "ua:cdn-and-webhooks"),
+    ("Catchpoint", "bot", "ua:uptime-monitors"),
+    ("Mozilla/5.0 (Windows NT 6.3; WOW64; Trident/7.0; rv:11.0; Catchpoint) like Gecko", "bot",
+     "ua:uptime-monitors"),
+    # No browser engine, no browser family, no mail client: a program's.
+    ("AcmeInvoiceViewer/3.1 (Windows NT 10.0)", "bot", "no-client-token"),
+    ("Werkzeug/3.1.3", "bot", "no-client-token"),
+    # Generic signs, after crawlerdetect: a URL, an address, a host name, an agent for a user.
+    (CHROME + " (compatible; AcmeThing/1.0; +https://acme.example/about)", "bot", "ua:url-in-ua"),
+    (CHROME + " (contact: ops@acme.example)", "bot", "ua:url-in-ua"),
+    (CHROME + " AcmeProbe (status.acme.io)", "bot", "ua:domain-in-ua"),
+    (CHROME + " Perplexity-User/1.0", "bot", "ua:on-behalf-of-a-user"),
+    (CHROME + "; Selenium", "bot", "ua:browser-automation"),
+])
+def test_crawlers_and_tools_are_filtered(classifier, user_agent, verdict, reason):
+    assert check(classifier, user_agent=user_agent, ip=None) == Verdict(verdict, reason)
+    assert not should_forward(verdict, "skip")
+
+
+@pytest.mark.parametrize(("user_agent", "verdict", "reason"), [
+    ("Mail/3731.600.7 CFNetwork/1408.0.4 Darwin/22.5.0", "human", "ua:mail-apps"),
+    ("Airmail 1.4 rv:238 (Macintosh; Mac OS X 10.9.2; hr_HR)", "human", "ua:mail-apps"),
+    ("Outlook-Express/7.0 (MSIE 7.0; Windows NT 6.1; WOW64; Trident/6.0)", "human", "ua:mail-apps"),
+    ("Outlook-iOS/2.0", "human", "ua:outlook-mobile"),
+    ("Outlook-Android/2.0", "human", "ua:outlook-mobile"),
+    ("Outlook-iOS/709.2042344.prod.iphone (3.21.0)", "human", "ua:outlook-mobile"),
+    (IPHONE.replace(" Version/17.4", "").replace(" Safari/604.1", "") + " Outlook-iOS/4.2531.0",
+     "human", "ua:outlook-mobile"),
+    ("Microsoft Office Outlook/16.100.824 (Mac OS/15.6.1; Desktop; en-US; NonAppStore)",
+     "proxy_open", "ua:Outlook"),
+    ("Outlook/16.16.18071205 CFNetwork/902.1 Darwin/17.7.0 (x86_64)", "proxy_open", "ua:Outlook"),
+    ("Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:115.0) Gecko/20100101 Thunderbird/115.10.1",
+     "human", "no-match"),
+    ("WindowsMail/17.5.9600.22013", "human", "no-match"),
+    ("Mozilla/5.0 (Windows NT 10.0; Win64; x64; WebView/3.0) AppleWebKit/537.36 (KHTML, like "
+     "Gecko) Chrome/70.0.3538.102 Safari/537.36 Edge/18.19045", "human", "no-match"),
+    ("Mozilla/5.0 (Linux; Android 13; SM-S911B Build/TP1A.220624.014; wv) AppleWebKit/537.36 "
+     "(KHTML, like Gecko) Version/4.0 Chrome/119.0.6045.163 Mobile Safari/537.36", "human",
+     "no-match"),  # Samsung Email, Gmail for Android: the Android web view
+    ("Yahoo%20Mail/49268 CFNetwork/1121.2.2 Darwin/19.3.0", "human", "no-match"),
+    ("eMClient/9.3.6041.0", "human", "no-match"),
+    ("The Bat! 4.0.0.22", "human", "no-match"),
+    ("Postbox 1.0b14 (Windows/2009072715)", "human", "no-match"),
+    ("NaverMailApp/2.2.2 (Android 10; SM-G986N)", "human", "no-match"),
+    (APPLE_MAIL, "human", "no-match"),
+    (GMAIL, "proxy_open", "ua:GoogleImageProxy"),
+    (YAHOO, "proxy_open", "ua:YahooMailProxy"),
+    ("Mozilla/5.0 (Windows NT 10.0) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/55.0.2883.87 "
+     "Safari/537.36 (via secureurl.fwdcdn.com - mail.ukr.net proxy)", "proxy_open",
+     "ua:ukrnet-mail-proxy"),  # a host name in it, yet a real open
+])
+def test_mail_clients_and_proxies_are_kept(classifier, user_agent, verdict, reason):
+    assert check(classifier, user_agent=user_agent, ip=None) == Verdict(verdict, reason)
+    assert should_forward(verdict, "skip")
+
+
+@pytest.mark.parametrize("user_agent", [
+    # Device models that crawlerdetect's words match: the model slot is not the software.
+    "Mozilla/5.0 (Linux; Android 7.0; C Bot Tab 70) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/78.0.3904.108 Safari/537.36",
+    "Mozilla/5.0 (Linux; Android 13; Spider 8) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/124.0.0.0 Safari/537.36",
+    "Dalvik/2.1.0 (Linux; U; Android 6.0; SMART_4G_Speedy_5inch Build/MRA58K)",
+    # Chromium's network stack is no cron job.
+    "com.tcl.browser/660067 (Linux; U; Android 12; tr_TR; Chromecast HD; "
+    "Build/STTK.230808.004; Cronet/114.0.5735.33)",
+    # Browsers without an engine token.
+    "Opera/9.80 (J2ME/MIDP; Opera Mini/9.80 (S60; SymbOS; Opera Mobi/23.348; U; en) Presto/2.5.25",
+    "UCWEB/2.0 (MIDP-2.0; U; Adr 4.2.2; en-US; Karbonn_A91) U2/1.0.0 UCBrowser/9.1.1.420 Mobile",
+    "Nokia2730c-1/2.0 (10.47) Profile/MIDP-2.1 Configuration/CLDC-1.1",
+])
+def test_browsers_that_look_odd_are_people(classifier, user_agent):
+    assert check(classifier, user_agent=user_agent, ip=None) == Verdict("human", "no-match")
+
+
+def test_a_bot_dressed_as_an_android_browser_is_still_caught(classifier):
+    googlebot = ("Mozilla/5.0 (Linux; Android 6.0.1; Nexus 5X Build/MMB29P) AppleWebKit/537.36 "
+                 "(KHTML, like Gecko) Chrome/126.0.6478.126 Mobile Safari/537.36 "
+                 "(compatible; AhrefsBot/7.0; +http://ahrefs.com/robot/)")
+    assert check(classifier, user_agent=googlebot, ip=None) == Verdict(
+        "bot", "crawlerdetect:Ahrefs")
+
+
+def test_no_user_agent_is_not_judged_by_the_client_tokens(classifier):
+    """Internal services post events without a userAgent: still a person's view."""
+    assert check(classifier, user_agent=None, ip="8.8.8.8") == Verdict("human", "no-match")
+
+
+OVERRIDES = """
+# Our own desktop viewer has no browser token.
+[[clients]]
+name = "acme-viewer"
+user_agents = ['^AcmeInvoiceViewer/']
+source = "https://wiki.example.com/viewer"
+
+# We run Datadog synthetics as a person would, on purpose.
+[[rules]]
+name = "our-synthetics"
+verdict = "human"
+user_agents = ['Datadog']
+
+# We count Outlook mobile's fetches as machine prefetches.
+[[rules]]
+name = "outlook-mobile-prefetch"
+verdict = "machine_prefetch"
+user_agents = ['Outlook-(?:iOS|Android)/']
+
+# Our partners' portal adds its help URL: a person's browser.
+[[rules]]
+name = "partner-portal"
+verdict = "human"
+user_agents = ['\\+https://partner\\.example/help']
+
+[[last_rules]]
+name = "our-scripts"
+verdict = "bot"
+user_agents = ['AcmeScript']
+"""
+
+
+@pytest.mark.parametrize(("user_agent", "verdict", "reason"), [
+    ("AcmeInvoiceViewer/3.1 (Windows NT 10.0)", "human", "no-match"),  # a client of ours
+    ("Datadog Agent/7.69.2", "human", "ua:our-synthetics"),  # beats a shipped bot rule
+    ("Outlook-iOS/2.0", "machine_prefetch", "ua:outlook-mobile-prefetch"),  # and a human one
+    (CHROME + " (+https://partner.example/help)", "human", "ua:partner-portal"),  # a last rule
+    (CHROME + " AcmeScript/1.0", "bot", "ua:our-scripts"),
+    # The shipped rules still apply after the operator's.
+    ("Bitbucket-Webhooks/2.0", "bot", "ua:cdn-and-webhooks"),
+    ("SomeOtherTool/1.0", "bot", "no-client-token"),
+])
+def test_an_operator_overrides_any_shipped_rule(tmp_path, user_agent, verdict, reason):
+    operator = Classifier.load(write(tmp_path, OVERRIDES))
+    assert check(operator, user_agent=user_agent, ip=None) == Verdict(verdict, reason)
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ('clients = "webkit"\n', "'clients' must be an array of tables ([[clients]])"),
+    ('[[clients]]\nname = "x"\n', "clients[0] (x): needs 'user_agents'"),
+    ('[[clients]]\nname = "x"\nuser_agents = ["x"]\nverdict = "human"\n',
+     "clients[0] (x): unknown key(s) ['verdict']"),
+    ('[[clients]]\nname = "x"\nuser_agents = ["("]\n', "is not a valid regular expression"),
+    ('[[last_rules]]\nname = "x"\nverdict = "bot"\n', "last_rules[0] (x): needs 'user_agents'"),
+])
+def test_malformed_clients_and_last_rules_are_refused(tmp_path, text, problem):
+    with pytest.raises(ValueError, match=re.escape(problem)):
+        Classifier.load(write(tmp_path, text))
+
+
+def test_the_verdict_and_its_reason_are_visible_per_event_and_in_the_counts(client, services):
+    """The issue's path: POST /v1/events with a userAgent, MACHINE_OPENS=skip (the default)."""
+    services.vault.set_token("loc_1", access_token="pit-token-000000", now=T0)
+    posted = {"Datadog Agent/7.69.2": ("bot", "ua:uptime-monitors", "filtered"),
+              "Bitbucket-Webhooks/2.0": ("bot", "ua:cdn-and-webhooks", "filtered"),
+              "Outlook-iOS/2.0": ("human", "ua:outlook-mobile", "queued"),
+              CHROME: ("human", "no-match", "queued")}
+    for i, (ua, (verdict, reason, status)) in enumerate(posted.items()):
+        resp = client.post("/v1/events", headers=ingest_headers(),
+                           json=make_event(invoiceId=f"inv_{i}", userAgent=ua))
+        assert resp.status_code == 202 and resp.json["status"] == status, resp.json
+        read = client.get(f"/v1/events/{resp.json['id']}", headers=ingest_headers()).json
+        assert (read["verdict"], read["verdictReason"], read["status"]) == (
+            verdict, reason, status)
+    counts = client.get("/v1/locations/loc_1", headers=admin_headers()).json["verdicts"]
+    assert counts == {"bot": 2, "human": 2}

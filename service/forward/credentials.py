@@ -1,21 +1,85 @@
-"""Fresh credentials for a send: refresh OAuth tokens ahead of expiry, mint location
-tokens from an agency token, and renew once after a 401. No Flask here."""
+"""The token policy: when a location's token is used, refreshed, minted from its agency's
+token, counted against, marked invalid or inactive and tried again; what a HighLevel
+401/403 means for it; and how an OAuth install's grant becomes stored tokens.
+
+The vault (service/store/tokens.py) only keeps rows; every decision about them is made
+here. The forwarder asks ``TokenProvider`` for the credentials to send with and lets it
+``send`` (a 401 renews the token and sends once more); the OAuth callback hands its grant
+to ``store_grant``. No Flask here.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-
-import sqlalchemy as sa
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from ..clock import expiry
-from ..highlevel.oauth import OAuthClient, OAuthError
+from ..highlevel.client import Response
+from ..highlevel.oauth import (
+    INVALID_GRANT,
+    LOCATION_INACTIVE,
+    OAuthClient,
+    OAuthError,
+    TokenGrant,
+)
 from ..metrics import observe_refresh
-from ..store.db import installs
-from ..store.engine import read_only
-from ..store.tokens import Credentials, TokenVault
+from ..store.installs import COMPANY, LOCATION, installed_company, record_oauth_install
+from ..store.tokens import (
+    ACTIVE,
+    AGENCY,
+    INACTIVE,
+    INVALID,
+    MINTED,
+    OAUTH,
+    NewToken,
+    StoredToken,
+    TokenDecryptError,
+    TokenVault,
+)
 
 logger = logging.getLogger(__name__)
+
+INACTIVE_RETRY = dt.timedelta(hours=1)  # a "Location is not active" refresh is tried again
+RETRY, INVALIDATED = "retry", "invalid"  # what a 401/403 did to the token
+# Why a location's views wait (blocked) instead of being sent: the outcomes' names.
+NO_TOKEN, TOKEN_INVALID, TOKEN_UNREADABLE = "no_token", "token_invalid", "token_unreadable"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """The token a send goes out with (never the refresh token; ``repr`` hides it)."""
+
+    location_id: str
+    token_kind: str
+    generation: int
+    unauthorized_count: int
+    access_token: str = field(repr=False)
+    expires_at: dt.datetime | None = None
+    company_id: str | None = None
+    refreshable: bool = False
+
+    @classmethod
+    def of(cls, stored: StoredToken) -> Credentials:
+        """Return the credentials of a stored token (decrypting its access token)."""
+        return cls(location_id=stored.location_id, token_kind=stored.token_kind,
+                   generation=stored.generation, unauthorized_count=stored.unauthorized_count,
+                   access_token=stored.access_token(), expires_at=stored.expires_at,
+                   company_id=stored.company_id, refreshable=stored.refreshable)
+
+    def expiring(self, now: dt.datetime, margin: dt.timedelta) -> bool:
+        return self.expires_at is not None and self.expires_at - now <= margin
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a location cannot send now: its views wait, blocked, for a usable token."""
+
+    reason: str  # NO_TOKEN | TOKEN_INVALID | TOKEN_UNREADABLE
+    message: str | None
+    park_location: bool = False  # every pending view of the location waits, not just this
+    response: Response | None = None  # HighLevel's answer that showed it (a 401/403)
 
 
 class TokenProvider:
@@ -25,21 +89,86 @@ class TokenProvider:
                  margin: dt.timedelta = dt.timedelta(minutes=5)):
         self.vault = vault
         self.oauth = oauth  # None: no OAuth app configured, tokens are used as stored
-        self.margin = margin
+        self.margin = margin  # OAuth tokens are refreshed this long before they expire
+        self._invalidated: set[tuple[str, int]] = set()  # (location, token generation)
 
-    def get(self, location_id: str, *, now: dt.datetime) -> Credentials | None:
-        """A usable token for the location: its own, refreshed if due, or minted."""
-        creds = self.vault.credentials(location_id)
-        if creds is None:
+    def get(self, location_id: str, *, now: dt.datetime) -> Credentials | Refusal:
+        """A usable token for the location (its own, refreshed if due, or minted), or why
+        there is none. A token no key decrypts is marked invalid: retrying cannot help
+        until an operator restores the key or stores a new token."""
+        try:
+            creds = self._get(location_id, now=now)
+        except TokenDecryptError as exc:
+            with self.vault.hold(location_id) as row:
+                row.mark(status=INVALID, message=str(exc), now=now)
+            return Refusal(TOKEN_UNREADABLE, str(exc), park_location=True)
+        return creds or Refusal(NO_TOKEN, "no active token for this location")
+
+    def _get(self, location_id: str, *, now: dt.datetime) -> Credentials | None:
+        stored = self.vault.read(location_id)
+        if stored is None or stored.status != ACTIVE:
             return self._mint(location_id, now=now)
+        creds = Credentials.of(stored)
         if self.oauth is None or not creds.expiring(now, self.margin):
             return creds
         if creds.refreshable:
             return self._refresh(location_id, now=now) or (
                 None if creds.expiring(now, dt.timedelta(0)) else creds)
-        if creds.token_kind == "minted":
+        if creds.token_kind == MINTED:
             return self._mint(location_id, now=now, company_id=creds.company_id) or creds
         return creds
+
+    def send(self, creds: Credentials, request: Callable[[str], Response], *,
+             clock: Callable[[], dt.datetime]) -> Response | Refusal:
+        """Call ``request(access_token)`` and judge HighLevel's answer for the token.
+
+        After a 401 an OAuth token is renewed and the request made once more. A 401 or
+        403 that stands counts against the token (``record_rejection``): the answer comes
+        back as it is while the token stays usable, a ``Refusal`` once it is invalid (or
+        when another send found it invalid meanwhile). A success clears the count.
+
+        :raises HighLevelError: from ``request``.
+        """
+        if (creds.location_id, creds.generation) in self._invalidated:
+            return Refusal(TOKEN_INVALID, "token found invalid")
+        resp = request(creds.access_token)
+        if resp.status == 401:
+            # An OAuth token may have expired early: refresh (single-flight across
+            # processes) and send once more with the new one.
+            renewed = self.renew(creds, now=clock())
+            if renewed is not None:
+                creds = renewed
+                resp = request(creds.access_token)
+        if resp.status in (401, 403):
+            if self.record_rejection(creds, status=resp.status, message=resp.message,
+                                     now=clock()) == INVALIDATED:
+                self._invalidated.add((creds.location_id, creds.generation))
+                return Refusal(TOKEN_INVALID, resp.message, park_location=True,
+                               response=resp)
+        elif 200 <= resp.status < 300 and creds.unauthorized_count:
+            with self.vault.hold(creds.location_id) as row:
+                row.clear_unauthorized(generation=creds.generation, now=clock())
+        return resp
+
+    def record_rejection(self, creds: Credentials, *, status: int, message: str | None,
+                         now: dt.datetime) -> str:
+        """Count a 401/403 for this token; return ``retry`` or ``invalid``.
+
+        A 403 means the token lacks access: invalid at once. A 401 can be a gateway
+        hiccup, so the token is invalid only after a second 401 in a row. A token
+        replaced meanwhile is not counted against its replacement.
+        """
+        with self.vault.hold(creds.location_id) as row:
+            message = message or f"HTTP {status}"
+            count = row.count_unauthorized(generation=creds.generation, message=message,
+                                           now=now)
+            if count is None:
+                return RETRY  # replaced meanwhile: the new token gets its own chance
+            if status == 403 or count >= 2:
+                row.mark(status=INVALID, message=message, generation=creds.generation,
+                         now=now)
+                return INVALIDATED
+            return RETRY
 
     def renew(self, creds: Credentials, *, now: dt.datetime) -> Credentials | None:
         """After a 401: a renewed token (new generation), or None if it cannot be renewed."""
@@ -47,7 +176,7 @@ class TokenProvider:
             return None
         if creds.refreshable:
             renewed = self._refresh(creds.location_id, now=now, stale=creds.generation)
-        elif creds.token_kind == "minted":
+        elif creds.token_kind == MINTED:
             renewed = self._mint(creds.location_id, now=now, company_id=creds.company_id)
         else:
             return None
@@ -63,23 +192,63 @@ class TokenProvider:
 
     def _refresh(self, location_id: str, *, now: dt.datetime,
                  stale: int | None = None) -> Credentials | None:
-        creds = self.vault.refresh(location_id, now=now, refresher=self.oauth.refresh,
-                                   stale_generation=stale, margin=self.margin)
+        creds = self._refresh_once(location_id, now=now, stale=stale)
         logger.info("token.refresh", extra={"location_id": location_id,
                                             "ok": creds is not None})
         observe_refresh(creds is not None)
         return creds
+
+    def _refresh_once(self, location_id: str, *, now: dt.datetime,
+                      stale: int | None) -> Credentials | None:
+        """Refresh an OAuth token once, across every process; return usable credentials.
+
+        Single-flight: the location's row is locked, re-read, and refreshed only if it is
+        still the stale one (``stale``, the generation that got a 401) or still due (ahead
+        of expiry). Refresh tokens are single-use, so the new access and refresh tokens are
+        stored in the same transaction: no process ever uses or refreshes the dead one.
+        """
+        with self.vault.hold(location_id) as row:
+            stored = row.read()
+            if stored is None or stored.status == INVALID or not stored.refreshable:
+                return None
+            if stored.status == INACTIVE and stored.retry_at is not None and stored.retry_at > now:
+                return None
+            current = Credentials.of(stored)
+            if stored.status == ACTIVE and (
+                    (stale is not None and stored.generation != stale)
+                    or (stale is None and not current.expiring(now, self.margin))):
+                return current  # another process refreshed it meanwhile
+            refresh_token = stored.refresh_token()
+            user_type = "Company" if stored.token_kind == AGENCY else "Location"
+            try:
+                grant = self.oauth.refresh(refresh_token, user_type=user_type)
+            except OAuthError as exc:
+                status = retry_at = None
+                if exc.kind == INVALID_GRANT:
+                    status = INVALID  # the refresh token is dead: the location reinstalls
+                elif exc.kind == LOCATION_INACTIVE:  # keep it: works once reactivated
+                    status, retry_at = INACTIVE, now + INACTIVE_RETRY
+                row.mark(message=exc.message, now=now, status=status, retry_at=retry_at)
+                # Still usable until it expires when the failure was passing.
+                if (stored.status != ACTIVE or status is not None
+                        or current.expiring(now, dt.timedelta(0))):
+                    return None
+                return current
+            return Credentials.of(row.renew(
+                access_token=grant.access_token,
+                refresh_token=grant.refresh_token or refresh_token,
+                expires_at=expiry(grant.expires_in, now=now), now=now))
 
     def _mint(self, location_id: str, *, now: dt.datetime,
               company_id: str | None = None) -> Credentials | None:
         """Mint a location token with the agency token of the location's company."""
         if self.oauth is None:
             return None
-        company_id = company_id or self._company_of(location_id)
+        company_id = company_id or installed_company(self.vault.engine, location_id)
         if company_id is None or company_id == location_id:
             return None
-        company = self.get(company_id, now=now)
-        if company is None or company.token_kind != "agency":
+        company = self._get(company_id, now=now)
+        if company is None or company.token_kind != AGENCY:
             return None
         try:
             grant = self.oauth.location_token(company.access_token, company_id=company_id,
@@ -91,14 +260,41 @@ class TokenProvider:
         # Minting twice is harmless (nothing single-use is spent), so no lock here.
         self.vault.set_token(location_id, access_token=grant.access_token, now=now,
                              expires_at=expiry(grant.expires_in, now=now), company_id=company_id,
-                             token_kind="minted")
+                             token_kind=MINTED)
         logger.info("token.minted", extra={"location_id": location_id,
                                            "company_id": company_id})
-        return self.vault.credentials(location_id)
+        stored = self.vault.read(location_id)
+        return None if stored is None or stored.status != ACTIVE else Credentials.of(stored)
 
-    def _company_of(self, location_id: str) -> str | None:
-        i = installs.c
-        with read_only(self.vault.engine) as conn:
-            return conn.execute(sa.select(i.company_id).where(
-                i.target_type == "location", i.target_id == location_id,
-                i.status == "installed")).scalar()
+
+class UnusableGrantError(ValueError):
+    """HighLevel's answer to an install has no refresh token, or names no location."""
+
+
+def store_grant(vault: TokenVault, grant: TokenGrant, *, now: dt.datetime) -> str:
+    """Store an install's grant in one transaction; return what was installed, for people.
+
+    A location install stores the location's OAuth pair. An agency install stores the
+    agency's pair under its company id and records its approved locations (their tokens
+    are minted when first needed). Views parked for want of a token are released where
+    they can now be sent.
+
+    :raises UnusableGrantError: nothing is stored.
+    """
+    if not (grant.refresh_token and (grant.location_id or grant.company_id)):
+        raise UnusableGrantError("HighLevel's answer had no refresh token or no location")
+    agency = grant.user_type == "Company" or not grant.location_id
+    owner = grant.company_id if agency else grant.location_id
+    if agency:
+        released = list(grant.approved_locations)
+        installed = [(COMPANY, owner)] + [(LOCATION, loc) for loc in released]
+    else:
+        released, installed = [owner], [(LOCATION, owner)]
+    token = NewToken(owner, access_token=grant.access_token, refresh_token=grant.refresh_token,
+                     expires_at=expiry(grant.expires_in, now=now), company_id=grant.company_id,
+                     token_kind=AGENCY if agency else OAUTH)
+    record_oauth_install(vault, token, installed=installed, company_id=grant.company_id,
+                         release=released, now=now)
+    if not agency:
+        return f"location {owner}"
+    return f"agency {owner}" + (f" ({len(released)} locations)" if released else "")

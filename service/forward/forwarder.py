@@ -12,6 +12,7 @@ import random
 import threading
 from collections.abc import Callable
 from concurrent.futures import Executor
+from typing import TYPE_CHECKING
 
 from ..clock import utcnow
 from ..highlevel.client import HighLevel, HighLevelError, Response
@@ -19,8 +20,11 @@ from ..metrics import observe_outcomes
 from ..store.deliverylog import prune
 from ..store.queue import Claim, Outcome, Store
 from ..store.retention import prune_events
-from ..store.tokens import Credentials, TokenDecryptError, TokenVault
-from .credentials import TokenProvider
+from ..store.tokens import TokenVault
+from .credentials import Credentials, Refusal, TokenProvider
+
+if TYPE_CHECKING:
+    from .notify import NotificationWatch
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +54,8 @@ def classify(resp: Response | None, claim: Claim, *, now: dt.datetime, max_age: 
              error: str | None = None, rand: Callable[[], float] = random.random) -> Outcome:
     """Map one HighLevel answer (or a transport error) to what happens to the row.
 
-    Auth answers (401/403) are not handled here: they need the token vault.
+    A 401/403 reaches here only while the token policy still holds the token usable (a
+    first 401 in a row may be a gateway hiccup): it is retried soon.
     """
     status = resp.status if resp else None
     details = {"http_status": status, "latency_ms": resp.latency_ms if resp else None,
@@ -62,6 +67,10 @@ def classify(resp: Response | None, claim: Claim, *, now: dt.datetime, max_age: 
         return Outcome("delivered", "delivered", **details)
     if status in PERMANENT:
         return Outcome("dead", "permanent", message=message, **details)
+    if status in AUTH:
+        delay = retry_delay(claim.attempts, rand=rand)
+        return Outcome("retry", "unauthorized", message=message,
+                       next_due=now + dt.timedelta(seconds=delay), **details)
     if now - claim.pending_since >= max_age:
         return Outcome("dead", "expired", message=message or f"HTTP {status}", **details)
     if status == 429:
@@ -88,10 +97,10 @@ class Forwarder:
                  rand: Callable[[], float] = random.random,
                  stop: threading.Event | None = None, log_days: int = 30,
                  event_days: int = 30,
-                 tokens: TokenProvider | None = None):
+                 tokens: TokenProvider | None = None,
+                 watch: NotificationWatch | None = None):
         self.store = store
-        self.vault = vault
-        self.tokens = tokens or TokenProvider(vault)
+        self.tokens = tokens or TokenProvider(vault)  # every decision about a token
         self.client = client
         self.executor = executor
         self.concurrency = concurrency
@@ -105,7 +114,7 @@ class Forwarder:
         self._last_prune: dt.datetime | None = None
         self._last_fold: dt.datetime | None = None
         self._last_count: dt.datetime | None = None
-        self._invalidated: set[tuple[str, int]] = set()  # (location, token generation)
+        self.watch = watch  # operator notifications' periodic checks (notify.py)
 
     def forward_once(self, *, now: dt.datetime | None = None) -> int:
         """Claim what is due, send it (up to ``concurrency`` at once), record outcomes."""
@@ -130,6 +139,8 @@ class Forwarder:
             pruned = prune_events(self.store.engine, older_than=now - self.event_days)
             if pruned:
                 logger.info("events.pruned", extra={"rows": pruned})
+        if self.watch is not None:
+            self.watch.tick(now=now)  # views parked without a token too long: tell operators
         claims = self.store.claim_due(now=now, limit=self.concurrency)
         if not claims:
             return 0
@@ -148,16 +159,11 @@ class Forwarder:
 
     def _credentials(self, location_id: str) -> Credentials | Outcome:
         """The token to send with, or the outcome that parks the location's views."""
-        try:
-            creds = self.tokens.get(location_id, now=self.clock())
-        except TokenDecryptError as exc:
-            # Retrying cannot help until an operator restores the key or stores a new
-            # token: mark it invalid so the unblock sweep leaves its views parked.
-            self.vault.mark_invalid(location_id, message=str(exc), now=self.clock())
-            self.store.block_location(location_id, now=self.clock())
-            return Outcome("blocked", "token_unreadable", message=str(exc))
-        if creds is None:
-            return Outcome("blocked", "no_token", message="no active token for this location")
+        creds = self.tokens.get(location_id, now=self.clock())
+        if isinstance(creds, Refusal):
+            if creds.park_location:  # e.g. a token no key decrypts: every view waits
+                self.store.block_location(location_id, now=self.clock())
+            return Outcome("blocked", creds.reason, message=creds.message)
         return creds
 
     def attempt(self, claim: Claim, creds: Credentials | Outcome) -> Outcome | None:
@@ -166,49 +172,32 @@ class Forwarder:
             return None
         if isinstance(creds, Outcome):
             return creds
-        if (creds.location_id, creds.generation) in self._invalidated:
-            # Found invalid by another send of this batch: park, don't send with it.
-            return Outcome("blocked", "token_invalid", message="token found invalid")
         try:
-            resp = self.client.mark_viewed(kind=claim.kind, document_id=claim.document_id,
-                                           token=creds.access_token)
-            if resp.status == 401:
-                # An OAuth token may have expired early: refresh (single-flight across
-                # processes) and send once more with the new one.
-                renewed = self.tokens.renew(creds, now=self.clock())
-                if renewed is not None:
-                    creds = renewed
-                    resp = self.client.mark_viewed(kind=claim.kind,
-                                                   document_id=claim.document_id,
-                                                   token=creds.access_token)
+            resp = self.tokens.send(
+                creds, lambda token: self.client.mark_viewed(
+                    kind=claim.kind, document_id=claim.document_id, token=token),
+                clock=self.clock)
         except HighLevelError as exc:
             return classify(None, claim, now=self.clock(), max_age=self.max_age,
                             error=str(exc), rand=self.rand)
-        if resp.status in AUTH:
-            return self._rejected(claim, creds, resp)
-        outcome = classify(resp, claim, now=self.clock(), max_age=self.max_age, rand=self.rand)
-        if outcome.result == "delivered":
-            self.vault.record_success(creds, now=self.clock())
-        return outcome
+        if isinstance(resp, Refusal):
+            return self._refused(claim, resp)
+        return classify(resp, claim, now=self.clock(), max_age=self.max_age, rand=self.rand)
 
-    def _rejected(self, claim: Claim, creds: Credentials, resp: Response) -> Outcome:
-        now = self.clock()
-        details = {"http_status": resp.status, "message": resp.message,
-                   "trace_id": resp.trace_id, "latency_ms": resp.latency_ms,
-                   "rate_limit": resp.rate_limit, "retry_after": resp.retry_after}
-        verdict = self.vault.record_rejection(creds, status=resp.status, message=resp.message,
-                                              now=now)
-        if verdict == "invalid":
-            self._invalidated.add((creds.location_id, creds.generation))
-            parked = self.store.block_location(claim.location_id, now=now)
+    def _refused(self, claim: Claim, refusal: Refusal) -> Outcome:
+        """The token policy gave up on the token: park the view (and, when it says so,
+        every pending view of the location, until a new token is stored)."""
+        resp, details = refusal.response, {}
+        if resp is not None:
+            details = {"http_status": resp.status, "trace_id": resp.trace_id,
+                       "latency_ms": resp.latency_ms, "rate_limit": resp.rate_limit,
+                       "retry_after": resp.retry_after}
+        if refusal.park_location:
+            parked = self.store.block_location(claim.location_id, now=self.clock())
             logger.warning("token.invalid", extra={"location_id": claim.location_id,
-                                                    "http_status": resp.status,
+                                                    "http_status": details.get("http_status"),
                                                     "views_parked": parked})
-            return Outcome("blocked", "token_invalid", **details)
-        # First 401 in a row: maybe a gateway hiccup; try again soon.
-        delay = retry_delay(claim.attempts, rand=self.rand)
-        return Outcome("retry", "unauthorized", next_due=now + dt.timedelta(seconds=delay),
-                       **details)
+        return Outcome("blocked", refusal.reason, message=refusal.message, **details)
 
     def _record(self, results: list[tuple[Claim, Outcome]]) -> None:
         """Record a batch of outcomes in one transaction, then log one line per attempt."""

@@ -5,7 +5,8 @@ Endpoints (https://highlevel.stoplight.io/docs/integrations/, apps/oauth.json):
                              refresh_token, user_type, redirect_uri
 - POST /oauth/locationToken  form: companyId, locationId; agency bearer token, Version
 Refresh tokens are single-use: every refresh returns a new pair and kills the old
-refresh token, so callers must refresh under a lock (``TokenVault.refresh``).
+refresh token, so callers must refresh under a lock (``TokenProvider`` in
+service/forward/credentials.py).
 """
 
 from __future__ import annotations

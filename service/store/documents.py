@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 
 from ..highlevel.client import RateLimit
+from . import outbox
 from .db import UTCDateTime, delivery_log, documents, installs, locations
 from .deliverylog import LogFilter, matching
 
@@ -160,6 +161,7 @@ def apply_outcomes(conn, results: Sequence[tuple[Claim, Outcome]], *, now: dt.da
         "views_covered": claim.views, "seq_to": claim.seq_to, "request_id": claim.request_id,
         "waited_ms": waited_ms(claim, now),
     } for claim, outcome in results])
+    outbox.views_dead(conn, results, kept, now=now)  # operators are told (outbox)
     return kept
 
 

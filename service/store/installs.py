@@ -1,16 +1,19 @@
 """Where the HighLevel app is installed (``installs``), and what INSTALL / UNINSTALL do to the
 store. No Flask here.
 
-The OAuth callback records installs with ``upsert_install``; an app webhook, once verified
-and parsed (service/webhooks.py), is applied with ``apply``: its effect and its receipt
-(``webhook_receipts``, the replay guard) are written in one transaction, so a repeated
-``webhookId`` changes nothing and a failed effect leaves no receipt behind.
+An OAuth install (its grant turned into a token by the token policy,
+service/forward/credentials.py) is written with ``record_oauth_install``: the token, the
+install rows and the views it releases, in one transaction. An app webhook, once verified
+and parsed (service/ingest/app_webhooks.py), is applied with ``apply``: its effect and its
+receipt (``webhook_receipts``, the replay guard) are written in one transaction, so a
+repeated ``webhookId`` changes nothing and a failed effect leaves no receipt behind.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -18,7 +21,8 @@ from sqlalchemy.engine import Engine
 
 from . import documents as states
 from .db import documents, installs, locations, webhook_receipts
-from .engine import dialect_insert
+from .engine import dialect_insert, read_only
+from .tokens import NewToken, TokenVault
 
 # The webhook.* log lines keep the logger they have always been written under.
 logger = logging.getLogger("service.webhooks")
@@ -72,6 +76,29 @@ def apply(engine: Engine, event: AppEvent, *, now: dt.datetime) -> dict:
             "target_type": event.target_type, "target_id": event.target_id,
             "tokens_removed": removed, "views_parked": parked})
         return {"status": UNINSTALLED}
+
+
+def record_oauth_install(vault: TokenVault, token: NewToken, *,
+                         installed: Sequence[tuple[str, str]], company_id: str | None,
+                         release: Sequence[str], now: dt.datetime) -> None:
+    """Store an OAuth install in one transaction: ``token``, an ``installed`` row for each
+    (target type, id), and the parked views of the ``release`` locations made due again
+    (where they can now be sent). However many locations an agency approved, one commit."""
+    with vault.engine.begin() as conn:
+        vault.write(conn, token, now=now)
+        for target_type, target_id in installed:
+            upsert_install(conn, target_type, target_id, company_id, INSTALLED, now)
+        for location_id in release:
+            states.unpark(conn, now=now, location_id=location_id)
+
+
+def installed_company(engine: Engine, location_id: str) -> str | None:
+    """Return the company under which a location has the app installed (None: none)."""
+    i = installs.c
+    with read_only(engine) as conn:
+        return conn.execute(sa.select(i.company_id).where(
+            i.target_type == LOCATION, i.target_id == location_id,
+            i.status == INSTALLED)).scalar()
 
 
 def _install(conn: sa.Connection, event: AppEvent, now: dt.datetime) -> None:

@@ -22,7 +22,7 @@ from .documents import BLOCKED, Claim, Outcome
 from .engine import read_only
 from .groupcommit import GroupCommitter
 from .ratelimit import NoLimit
-from .recording import Accepted, IdempotencyConflict, Prepared, View
+from .viewrows import Accepted, IdempotencyConflict, Prepared, View
 from .write_connection import WriteConnection
 from .writers import view_writer
 

@@ -29,63 +29,24 @@ that reopened it and ``updated_at`` / ``last_request_id`` from its latest.
 from __future__ import annotations
 
 import datetime as dt
-import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
 from .clients import RecentClients, client_key, retain_ip
 from .documents import REOPENED_STATES
+from .viewrows import (
+    Accepted,
+    IdempotencyConflict,
+    Prepared,
+    Row,
+    View,
+    chunks,
+    event_id_at,
+    sort_group,
+)
 
-
-@dataclass(frozen=True)
-class View:
-    """One "document viewed" event, validated, as the store takes it."""
-
-    kind: str  # invoice | estimate
-    location_id: str
-    document_id: str
-    viewed_at: dt.datetime
-    event_key: str | None = None
-    source: str | None = None
-    user_agent: str | None = None
-    ip: str | None = None
-    verdict: str = "human"
-    verdict_reason: str | None = None
-    forward: bool = True
-    request_id: str | None = None
-
-
-@dataclass(frozen=True)
-class Accepted:
-    id: str
-    status: str  # queued | duplicate | filtered
-    coalesced: bool = False  # joined views already waiting for the same document
-    repeat: bool = False  # a client's repeat in the window: counted on the row ``id``
-
-
-class IdempotencyConflict(Exception):
-    """An eventId this location already used for another document (Stripe's rule for a
-    reused idempotency key: refuse, rather than answer for the other document)."""
-
-    def __init__(self, event_key: str, location_id: str):
-        super().__init__(
-            f"eventId {event_key!r} was already used for another document of location "
-            f"{location_id!r}; use a new eventId for each event")
-        self.event_key = event_key
-        self.location_id = location_id
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """One request's views, ready for ``ViewWriter.write``: (view, row) each, the row's
-    first value being the view's new id (see ``_ID``, ``_DOC``... below); and the rows
-    this process stored for its clients in the window (client key -> event id)."""
-
-    views: tuple[tuple[View, tuple], ...]
-    window: int | None = None
-    known: dict = field(default_factory=dict)
+__all__ = ["Accepted", "IdempotencyConflict", "Prepared", "View", "ViewWriter"]
 
 
 class ViewWriter:
@@ -120,9 +81,9 @@ class ViewWriter:
                 stored = self.recent.get(window_start, key) if key else None
                 if stored is not None:
                     known[key] = stored
-            row = (event_id, view.event_key, view.kind, view.location_id, view.document_id,
-                   viewed, received, view.source, view.user_agent, ip, view.verdict,
-                   view.verdict_reason, view.forward, view.request_id, key)
+            row = Row(event_id, view.event_key, view.kind, view.location_id,
+                      view.document_id, viewed, received, view.source, view.user_agent, ip,
+                      view.verdict, view.verdict_reason, view.forward, view.request_id, key)
             out.append((view, row))
         return Prepared(tuple(out), window_start, known)
 
@@ -131,9 +92,9 @@ class ViewWriter:
         repeats in the window fold into them."""
         if prepared.window is None:
             return
-        rows = {row[_CLIENT]: answer.id for (_, row), answer in zip(prepared.views, answers,
-                                                                     strict=True)
-                if row[_CLIENT] is not None and not answer.repeat}
+        rows = {row.client: answer.id for (_, row), answer in zip(prepared.views, answers,
+                                                                   strict=True)
+                if row.client is not None and not answer.repeat}
         if rows:
             self.recent.remember(prepared.window, rows)
 
@@ -160,7 +121,7 @@ class ViewWriter:
                 if v.event_key is not None]
         seen = self._seen(cur, keys) if keys else {}
         known = {key: event_id for prep in group for key, event_id in prep.known.items()}
-        rows, answers, repeats, folded = _sort(group, seen, known)
+        rows, answers, repeats, folded = sort_group(group, seen, known)
         for event_id, n in folded.items():
             self._execute(cur, self.add_views_sql, (n, event_id))
         if not rows:
@@ -168,13 +129,13 @@ class ViewWriter:
         # Each document's views in this group: how many, the first and the last arrival.
         docs: dict[tuple, list] = {}  # (kind, location, document) -> [n, first, last, rid]
         for _, row in rows:
-            if row[_FORWARD]:
-                doc = docs.get(row[_DOC])
+            if row.forward:
+                doc = docs.get(row.doc)
                 if doc is None:
-                    docs[row[_DOC]] = [1, row[_RECEIVED], row[_RECEIVED], row[_REQUEST_ID]]
+                    docs[row.doc] = [1, row.received_at, row.received_at, row.request_id]
                 else:
                     doc[0] += 1
-                    doc[2], doc[3] = row[_RECEIVED], row[_REQUEST_ID]
+                    doc[2], doc[3] = row.received_at, row.request_id
         # Sorted: every writer locks rows in one order, so two never deadlock.
         params = [(*key, *doc) for key, doc in sorted(docs.items())]
         counted = self._count(cur, params, rows, docs, repeats)
@@ -189,8 +150,8 @@ class ViewWriter:
         numbered, coalesced = [], []
         for _, row in rows:
             document_row = seq = None
-            if row[_FORWARD]:
-                doc = seqs[row[_DOC]]
+            if row.forward:
+                doc = seqs[row.doc]
                 document_row, seq = doc[0], doc[1]
                 doc[1] += 1
                 coalesced.append(seq - doc[2] > 1)  # views sent or failed left one waiting
@@ -200,7 +161,7 @@ class ViewWriter:
         self._insert(cur, rows, numbered, repeats)
         return [out if isinstance(out, Exception) else
                 [a if isinstance(a, Accepted) else
-                 Accepted(rows[a][1][_ID], "queued" if rows[a][0].forward else "filtered",
+                 Accepted(rows[a][1].id, "queued" if rows[a][0].forward else "filtered",
                           coalesced=coalesced[a]) for a in out] for out in answers]
 
     def _seen(self, cur, keys: list[tuple[str, str]]) -> dict[tuple, tuple]:
@@ -214,7 +175,7 @@ class ViewWriter:
     def _pairs(self, cur, sql: str, pairs: list[tuple[str, str]]) -> list[tuple]:
         """Run a look-up of (location, key) pairs, 500 at a time."""
         found: list[tuple] = []
-        for chunk in _chunks(list(dict.fromkeys(pairs)), 500):
+        for chunk in chunks(list(dict.fromkeys(pairs)), 500):
             found.extend(self._execute(cur, sql, self._pair_params(chunk), fetch=True))
         return found
 
@@ -250,94 +211,3 @@ class ViewWriter:
         except self._dbapi_error as exc:
             raise sa.exc.DBAPIError.instance(sql, None, exc, self._dbapi_error,
                                              hide_parameters=True) from exc
-
-
-# Positions in a prepared row (``ViewWriter.prepare``): the id, the document's key
-# (kind, location, document), the arrival time, whether it is forwarded, the request id,
-# the client key (last, and not a column: rows are stored without it).
-_ID, _DOC, _RECEIVED, _FORWARD, _REQUEST_ID, _CLIENT = 0, slice(2, 5), 6, 12, 13, 14
-
-
-def _sort(group: Sequence[Prepared], seen: dict, known: dict):
-    """Decide what each view of ``group`` is: a duplicate (its eventId seen for the same
-    document), a repeat (its client key already has a row), a conflict (its eventId seen
-    for another document: the whole request is refused) or a new row.
-
-    Returns the new rows, an answer list per request (an ``Accepted``, or the index of
-    its new row; or the request's ``IdempotencyConflict``), the ``views`` of each new row,
-    and the views to add to rows already stored (event id -> n).
-    """
-    rows: list[tuple[View, tuple]] = []
-    repeats: list[int] = []  # per new row: the views it stands for
-    folded: dict[str, int] = {}
-    answers: list = []
-    fresh: dict[str, int] = {}  # client key -> index of its new row
-    for prep in group:
-        conflict = _conflict(prep, seen)
-        if conflict is not None:
-            answers.append(conflict)
-            continue
-        out: list = []
-        for view, row in prep.views:
-            status = "queued" if view.forward else "filtered"
-            if view.event_key is not None:
-                first = seen.get((view.location_id, view.event_key))
-                if first is not None:
-                    out.append(Accepted(first[0], "duplicate"))
-                    continue
-                seen[(view.location_id, view.event_key)] = (row[_ID], view.kind,
-                                                             view.document_id)
-            elif row[_CLIENT] is not None:
-                client = row[_CLIENT]  # (it names the location and the document too)
-                if client in known:
-                    folded[known[client]] = folded.get(known[client], 0) + 1
-                    out.append(Accepted(known[client], status, repeat=True))
-                    continue
-                if client in fresh:
-                    repeats[fresh[client]] += 1
-                    out.append(Accepted(rows[fresh[client]][1][_ID], status, repeat=True))
-                    continue
-                fresh[client] = len(rows)
-            out.append(len(rows))
-            rows.append((view, row))
-            repeats.append(1)
-        answers.append(out)
-    return rows, answers, repeats, folded
-
-
-def _conflict(prep: Prepared, seen: dict) -> IdempotencyConflict | None:
-    """The conflict that refuses ``prep``: an eventId its location used (before, or
-    earlier in this request) for another document."""
-    mine: dict[tuple, tuple] = {}
-    for view, _ in prep.views:
-        if view.event_key is None:
-            continue
-        key = (view.location_id, view.event_key)
-        first = mine.get(key) or seen.get(key)
-        if first is not None and first[1:] != (view.kind, view.document_id):
-            return IdempotencyConflict(view.event_key, view.location_id)
-        mine.setdefault(key, (None, view.kind, view.document_id))
-    return None
-
-
-def event_id_at(now: dt.datetime) -> str:
-    """A new event id: a UUIDv7 (RFC 9562) of the time the view was received, so ids sort
-    by arrival (appending to the primary key's index) and the time of an id is
-    ``received_at``'s, which lets pruning walk the primary key
-    (``retention.prune_events``). Formatted by hand: ``uuid.UUID`` costs several times more
-    on the pixel's path."""
-    ms = f"{int(now.timestamp() * 1000) & 0xFFFFFFFFFFFF:012x}"
-    rand = secrets.randbits(74)  # 12 bits of rand_a, 62 of rand_b
-    return (f"{ms[:8]}-{ms[8:]}-7{rand >> 62:03x}-{0x8000 | (rand >> 48) & 0x3FFF:04x}-"
-            f"{rand & 0xFFFFFFFFFFFF:012x}")
-
-
-def event_id_floor(at: dt.datetime) -> str:
-    """The smallest event id of the millisecond ``at``: every id made before it sorts below,
-    every id made at or after it sorts at or above (``event_id_at``)."""
-    ms = f"{int(at.timestamp() * 1000) & 0xFFFFFFFFFFFF:012x}"
-    return f"{ms[:8]}-{ms[8:]}-7000-8000-000000000000"
-
-
-def _chunks(items: list, size: int):
-    return (items[i:i + size] for i in range(0, len(items), size))

@@ -13,10 +13,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from . import documents as states
+from . import notifications as operator_notifications
 from . import seen
 from .db import delivery_log, documents, events, installs, locations, rate_limits
 from .documents import DEAD, IDLE
-from .recording import event_id_floor
+from .viewrows import event_id_floor
 
 BATCH = 5000
 
@@ -57,9 +58,9 @@ def _walk_events(engine: Engine, *where, below: str | None = None, batch: int) -
 
 def purge_location(engine: Engine, location_id: str, *, batch: int = BATCH) -> dict[str, int]:
     """Delete everything stored for a location (a data-erasure request): its events,
-    documents, delivery log, token, installs, rate-limit state, view counts and known
-    row. Returns
-    the rows deleted per table (all zero when nothing was stored)."""
+    documents, delivery log, operator notifications, token, installs, rate-limit state,
+    view counts and known row. Returns the rows deleted per table (all zero when nothing
+    was stored)."""
     counts = {
         # Events before documents (they reference them). Events have no index by location
         # (it would cost every pixel view): walk the primary key, one batch at a time.
@@ -69,6 +70,7 @@ def purge_location(engine: Engine, location_id: str, *, batch: int = BATCH) -> d
         "deliveries": _delete_batched(engine, delivery_log,
                                       delivery_log.c.location_id == location_id,
                                       delivery_log.c.id, batch),
+        "notifications": operator_notifications.purge_location(engine, location_id),
     }
     with engine.begin() as conn:
         counts["tokens"] = conn.execute(

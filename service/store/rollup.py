@@ -35,7 +35,7 @@ from sqlalchemy.engine import Engine
 from .db import delivery_log, documents, events, stats_hourly, stats_latency, stats_watermark
 from .documents import IDLE
 from .engine import dialect_insert, read_only
-from .recording import event_id_floor
+from .viewrows import event_id_floor
 
 UTC = dt.UTC
 NAME = "overview"  # the watermark's row

@@ -1,28 +1,35 @@
 """The token vault: HighLevel tokens per location, encrypted at rest with MultiFernet.
 
+Persistence only: rows of ``locations`` in and out, secrets encrypted on the way in and
+decrypted only when asked for (``StoredToken.access_token()``). What a token is good for,
+when it is refreshed, minted, counted against or given up on is decided by the token
+policy, service/forward/credentials.py.
+
 The first of ``TOKEN_ENCRYPTION_KEYS`` encrypts; every key decrypts, so keys rotate
 without downtime (``flask --app service tokens reencrypt`` moves old ciphertexts to
-the current key; every write already uses it). No function here returns a secret
-except ``credentials``, whose result hides the token from ``repr``.
+the current key; every write already uses it).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from sqlalchemy.engine import Engine
 
-from ..clock import expiry
+from . import outbox
 from .db import locations
 from .engine import read_only
 
+# A row's status; only the token policy moves a row between them.
 ACTIVE, INVALID, INACTIVE = "active", "invalid", "inactive"
-# pit: Private Integration Token (static); oauth: a location's OAuth pair;
+# Token kinds. pit: Private Integration Token (static); oauth: a location's OAuth pair;
 # agency: an agency's OAuth pair; minted: a location token made with it.
-INACTIVE_RETRY = dt.timedelta(hours=1)
+PIT, OAUTH, AGENCY, MINTED = "pit", "oauth", "agency", "minted"
 
 
 class TokenDecryptError(RuntimeError):
@@ -30,18 +37,44 @@ class TokenDecryptError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Credentials:
+class NewToken:
+    """A token to store under a location (or a company) id."""
+
     location_id: str
-    token_kind: str
-    generation: int
-    unauthorized_count: int
     access_token: str = field(repr=False)
+    refresh_token: str | None = field(default=None, repr=False)
     expires_at: dt.datetime | None = None
     company_id: str | None = None
-    refreshable: bool = False
+    token_kind: str | None = None  # default: oauth with a refresh token, else pit
 
-    def expiring(self, now: dt.datetime, margin: dt.timedelta) -> bool:
-        return self.expires_at is not None and self.expires_at - now <= margin
+
+@dataclass(frozen=True)
+class StoredToken:
+    """A location's row as stored: the secrets stay encrypted until asked for."""
+
+    location_id: str
+    token_kind: str
+    status: str
+    generation: int  # bumped by every new or renewed token
+    unauthorized_count: int
+    expires_at: dt.datetime | None
+    company_id: str | None
+    retry_at: dt.datetime | None
+    refreshable: bool
+    vault: TokenVault = field(repr=False, compare=False)
+    sealed_access: str = field(repr=False)
+    sealed_refresh: str | None = field(repr=False)
+
+    def access_token(self) -> str:
+        """Decrypt the access token.
+
+        :raises TokenDecryptError: no configured key decrypts it.
+        """
+        return self.vault.decrypt(self.sealed_access)
+
+    def refresh_token(self) -> str | None:
+        """Decrypt the refresh token (None: the token has none)."""
+        return None if self.sealed_refresh is None else self.vault.decrypt(self.sealed_refresh)
 
 
 class TokenVault:
@@ -54,7 +87,11 @@ class TokenVault:
     def _encrypt(self, value: str | None) -> str | None:
         return None if value is None else self.fernet.encrypt(value.encode()).decode()
 
-    def _decrypt(self, value: str) -> str:
+    def decrypt(self, value: str) -> str:
+        """Decrypt one stored ciphertext.
+
+        :raises TokenDecryptError: no configured key decrypts it.
+        """
         try:
             return self.fernet.decrypt(value.encode()).decode()
         except InvalidToken:
@@ -66,23 +103,29 @@ class TokenVault:
                   refresh_token: str | None = None, expires_at: dt.datetime | None = None,
                   company_id: str | None = None, token_kind: str | None = None) -> dict:
         """Store (or replace) a location's (or company's) token; return its public summary."""
+        with self.engine.begin() as conn:
+            self.write(conn, NewToken(location_id, access_token, refresh_token, expires_at,
+                                      company_id, token_kind), now=now)
+        return self.describe(location_id)
+
+    def write(self, conn: sa.Connection, token: NewToken, *, now: dt.datetime) -> None:
+        """Store (or replace) ``token`` in the caller's transaction: active, a new
+        generation, its 401 count and last error cleared."""
         values = {
-            "token_kind": token_kind or ("oauth" if refresh_token else "pit"),
-            "access_token": self._encrypt(access_token),
-            "refresh_token": self._encrypt(refresh_token),
-            "expires_at": expires_at, "company_id": company_id, "status": ACTIVE,
+            "token_kind": token.token_kind or (OAUTH if token.refresh_token else PIT),
+            "access_token": self._encrypt(token.access_token),
+            "refresh_token": self._encrypt(token.refresh_token),
+            "expires_at": token.expires_at, "company_id": token.company_id, "status": ACTIVE,
             "unauthorized_count": 0, "last_error": None, "retry_at": None, "updated_at": now,
         }
         c = locations.c
-        with self.engine.begin() as conn:
-            updated = conn.execute(
-                locations.update().where(c.location_id == location_id)
-                .values(generation=c.generation + 1, **values)
-            ).rowcount
-            if not updated:
-                conn.execute(locations.insert().values(
-                    location_id=location_id, created_at=now, generation=1, **values))
-        return self.describe(location_id)
+        updated = conn.execute(
+            locations.update().where(c.location_id == token.location_id)
+            .values(generation=c.generation + 1, **values)
+        ).rowcount
+        if not updated:
+            conn.execute(locations.insert().values(
+                location_id=token.location_id, created_at=now, generation=1, **values))
 
     def delete_token(self, location_id: str) -> bool:
         """Remove a location's token; return whether there was one."""
@@ -90,77 +133,31 @@ class TokenVault:
             return bool(conn.execute(
                 locations.delete().where(locations.c.location_id == location_id)).rowcount)
 
-    def credentials(self, location_id: str) -> Credentials | None:
-        """Return the usable token for a location, or None if it has none or it is invalid."""
-        c = locations.c
+    def read(self, location_id: str) -> StoredToken | None:
+        """Return a location's stored token, whatever its status (None: it has none)."""
         with read_only(self.engine) as conn:
-            row = conn.execute(sa.select(locations).where(c.location_id == location_id)).first()
-        if row is None or row.status != ACTIVE:
-            return None
-        return self._credentials(row)
+            row = conn.execute(sa.select(locations)
+                               .where(locations.c.location_id == location_id)).first()
+        return None if row is None else self._stored(row)
 
-    def _credentials(self, row) -> Credentials:
-        return Credentials(location_id=row.location_id, token_kind=row.token_kind,
-                           generation=row.generation,
+    def _stored(self, row) -> StoredToken:
+        return StoredToken(location_id=row.location_id, token_kind=row.token_kind,
+                           status=row.status, generation=row.generation,
                            unauthorized_count=row.unauthorized_count,
-                           access_token=self._decrypt(row.access_token),
                            expires_at=row.expires_at, company_id=row.company_id,
-                           refreshable=row.refresh_token is not None)
+                           retry_at=row.retry_at, refreshable=row.refresh_token is not None,
+                           vault=self, sealed_access=row.access_token,
+                           sealed_refresh=row.refresh_token)
 
-    def refresh(self, location_id: str, *, now: dt.datetime, refresher,
-                stale_generation: int | None = None,
-                margin: dt.timedelta = dt.timedelta(minutes=5)) -> Credentials | None:
-        """Refresh an OAuth token once, across every process; return usable credentials.
+    @contextmanager
+    def hold(self, location_id: str) -> Iterator[HeldToken]:
+        """Open one write transaction on a location's token row (committed on exit).
 
-        Single-flight: the location's row is locked (PostgreSQL ``FOR UPDATE``; SQLite's
-        write transaction), re-read, and refreshed only if it is still the stale one
-        (``stale_generation``, after a 401) or still due (ahead of expiry). The new
-        access and refresh tokens are stored in the same transaction, so no process
-        ever uses or refreshes the dead refresh token. ``refresher(refresh_token)``
-        returns a ``TokenGrant`` or raises ``OAuthError``.
+        ``read()`` in it locks the row until the commit (PostgreSQL ``FOR UPDATE``;
+        SQLite's write transaction holds the database): what single-flight refresh needs.
         """
-        from ..highlevel.oauth import INVALID_GRANT, LOCATION_INACTIVE, OAuthError
-
-        c = locations.c
-        query = sa.select(locations).where(c.location_id == location_id)
-        if self.engine.dialect.name == "postgresql":
-            query = query.with_for_update()
         with self.engine.begin() as conn:
-            row = conn.execute(query).first()
-            if row is None or row.status == INVALID or not row.refresh_token:
-                return None
-            if row.status == INACTIVE and row.retry_at is not None and row.retry_at > now:
-                return None
-            current = self._credentials(row)
-            if row.status == ACTIVE and (
-                    (stale_generation is not None and row.generation != stale_generation)
-                    or (stale_generation is None and not current.expiring(now, margin))):
-                return current  # another process refreshed it meanwhile
-            user_type = "Company" if row.token_kind == "agency" else "Location"
-            try:
-                grant = refresher(self._decrypt(row.refresh_token), user_type=user_type)
-            except OAuthError as exc:
-                values = {"last_error": exc.message[:500], "updated_at": now}
-                if exc.kind == INVALID_GRANT:
-                    values["status"] = INVALID
-                elif exc.kind == LOCATION_INACTIVE:
-                    values.update(status=INACTIVE, retry_at=now + INACTIVE_RETRY)
-                conn.execute(locations.update().where(c.location_id == location_id)
-                             .values(**values))
-                # Still usable until it expires when the failure was passing.
-                if (row.status != ACTIVE or "status" in values
-                        or current.expiring(now, dt.timedelta(0))):
-                    return None
-                return current
-            conn.execute(locations.update().where(c.location_id == location_id).values(
-                access_token=self._encrypt(grant.access_token),
-                refresh_token=self._encrypt(grant.refresh_token or
-                                            self._decrypt(row.refresh_token)),
-                expires_at=expiry(grant.expires_in, now=now), status=ACTIVE, retry_at=None,
-                unauthorized_count=0, last_error=None, generation=c.generation + 1,
-                updated_at=now))
-            row = conn.execute(sa.select(locations).where(c.location_id == location_id)).one()
-            return self._credentials(row)
+            yield HeldToken(self, conn, location_id)
 
     def inactive_due(self, now: dt.datetime) -> list[str]:
         """Locations parked as "not active" whose retry time has come."""
@@ -168,44 +165,6 @@ class TokenVault:
         with read_only(self.engine) as conn:
             return list(conn.execute(sa.select(c.location_id).where(
                 c.status == INACTIVE, c.retry_at <= now)).scalars())
-
-    def record_rejection(self, creds: Credentials, *, status: int, message: str | None,
-                         now: dt.datetime) -> str:
-        """Count a 401/403 for this token; return ``retry`` or ``invalid``.
-
-        A 403 means the token lacks access: invalid at once. A 401 can be a gateway
-        hiccup, so the token is invalid only after a second 401 in a row.
-        """
-        c = locations.c
-        same_token = sa.and_(c.location_id == creds.location_id,
-                             c.generation == creds.generation)
-        with self.engine.begin() as conn:
-            conn.execute(locations.update().where(same_token).values(
-                unauthorized_count=c.unauthorized_count + 1,
-                last_error=(message or f"HTTP {status}")[:500], updated_at=now))
-            count = conn.execute(sa.select(c.unauthorized_count).where(same_token)).scalar()
-            if count is None:
-                return "retry"  # replaced meanwhile: the new token gets its own chance
-            if status == 403 or count >= 2:
-                conn.execute(locations.update().where(same_token).values(status=INVALID))
-                return "invalid"
-            return "retry"
-
-    def mark_invalid(self, location_id: str, *, message: str, now: dt.datetime) -> None:
-        """Mark a location's token unusable (its views stay parked until a new one)."""
-        with self.engine.begin() as conn:
-            conn.execute(locations.update().where(locations.c.location_id == location_id)
-                         .values(status=INVALID, last_error=message[:500], updated_at=now))
-
-    def record_success(self, creds: Credentials, *, now: dt.datetime) -> None:
-        """Reset the 401 count after a success (writes only when there was one)."""
-        if not creds.unauthorized_count:
-            return
-        c = locations.c
-        with self.engine.begin() as conn:
-            conn.execute(locations.update().where(
-                c.location_id == creds.location_id, c.generation == creds.generation
-            ).values(unauthorized_count=0, last_error=None, updated_at=now))
 
     def describe(self, location_id: str) -> dict | None:
         """Return a location's token summary (kind, status, expiry, last error): no secret."""
@@ -253,6 +212,68 @@ class TokenVault:
                 if conn.execute(locations.update().where(unchanged).values(**values)).rowcount:
                     return True
             # Rewritten since the read (refresh, new token): rotate what is there now.
+
+
+class HeldToken:
+    """A location's token row inside one write transaction (``TokenVault.hold``)."""
+
+    def __init__(self, vault: TokenVault, conn: sa.Connection, location_id: str):
+        self.vault, self.conn, self.location_id = vault, conn, location_id
+
+    def _where(self, generation: int | None = None):
+        c = locations.c
+        where = c.location_id == self.location_id
+        return where if generation is None else sa.and_(where, c.generation == generation)
+
+    def read(self) -> StoredToken | None:
+        """Read the row and lock it until the transaction ends."""
+        query = sa.select(locations).where(self._where())
+        if self.conn.dialect.name == "postgresql":
+            query = query.with_for_update()
+        row = self.conn.execute(query).first()
+        return None if row is None else self.vault._stored(row)
+
+    def mark(self, *, message: str, now: dt.datetime, status: str | None = None,
+             retry_at: dt.datetime | None = None, generation: int | None = None) -> None:
+        """Record an error (and a new status, a retry time) on the row; with
+        ``generation``, only while that token is still the stored one. A token made
+        invalid is told to operators in the same transaction (the outbox)."""
+        values = {"last_error": message[:500], "updated_at": now}
+        if status is not None:
+            values["status"] = status
+        if retry_at is not None:
+            values["retry_at"] = retry_at
+        changed = self.conn.execute(
+            locations.update().where(self._where(generation)).values(**values)).rowcount
+        if changed and status == INVALID:
+            outbox.token_invalid(self.conn, self.location_id, reason=message, now=now)
+
+    def count_unauthorized(self, *, generation: int, message: str,
+                           now: dt.datetime) -> int | None:
+        """Add one to that token's 401/403 count; return the count (None: replaced since)."""
+        c = locations.c
+        self.conn.execute(locations.update().where(self._where(generation)).values(
+            unauthorized_count=c.unauthorized_count + 1, last_error=message[:500],
+            updated_at=now))
+        return self.conn.execute(sa.select(c.unauthorized_count)
+                                 .where(self._where(generation))).scalar()
+
+    def clear_unauthorized(self, *, generation: int, now: dt.datetime) -> None:
+        """Reset that token's 401/403 count and last error (if it is still the stored one)."""
+        self.conn.execute(locations.update().where(self._where(generation)).values(
+            unauthorized_count=0, last_error=None, updated_at=now))
+
+    def renew(self, *, access_token: str, refresh_token: str | None,
+              expires_at: dt.datetime | None, now: dt.datetime) -> StoredToken:
+        """Store a renewed pair in place: a new generation, active, errors cleared."""
+        c = locations.c
+        self.conn.execute(locations.update().where(self._where()).values(
+            access_token=self.vault._encrypt(access_token),
+            refresh_token=self.vault._encrypt(refresh_token), expires_at=expires_at,
+            status=ACTIVE, retry_at=None, unauthorized_count=0, last_error=None,
+            generation=c.generation + 1, updated_at=now))
+        return self.vault._stored(self.conn.execute(
+            sa.select(locations).where(self._where())).one())
 
 
 def _summary(row) -> dict:

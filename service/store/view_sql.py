@@ -11,6 +11,7 @@ import functools
 
 from .documents import PENDING
 from .documents import REOPENED as _REOPENED
+from .viewrows import STORED
 
 _UPSERT_HEAD = """
 INSERT INTO documents AS d (kind, location_id, document_id, status, views_seq, due_at,
@@ -29,9 +30,9 @@ ON CONFLICT (kind, location_id, document_id) DO UPDATE SET
     updated_at = excluded.updated_at"""
 COUNTS = "id, kind, location_id, document_id, views_seq, sent_seq, failed_seq, status"
 UPSERT_KEYS = ("kind", "location_id", "document_id", "views", "first", "last", "request_id")
-EVENT_KEYS = ("id", "event_key", "document_row", "seq", "kind", "location_id",
-              "document_id", "viewed_at", "received_at", "source", "user_agent", "ip",
-              "verdict", "verdict_reason", "forward", "request_id", "views")
+# SQLite's insert: a view's stored values (``viewrows.Row``), then its document's row,
+# its sequence number and the views it stands for.
+EVENT_KEYS = (*STORED, "document_row", "seq", "views")
 _EVENT_COLUMNS = ", ".join(EVENT_KEYS)
 
 # PostgreSQL, one round trip: upsert the documents (reopening idle or dead ones in the same
@@ -39,9 +40,8 @@ _EVENT_COLUMNS = ", ".join(EVENT_KEYS)
 # numbered from the counts the upsert returns, and return those counts. A view's number is
 # its document's new count, less the group's views of it, plus its place among them.
 # Parameters: ``docs`` (UPSERT_KEYS) and ``events`` (PG_EVENT_KEYS), JSON arrays.
-PG_EVENT_KEYS = ("id", "event_key", "kind", "location_id", "document_id", "viewed_at",
-                 "received_at", "source", "user_agent", "ip", "verdict", "verdict_reason",
-                 "forward", "request_id", "views", "n", "place")
+PG_EVENT_KEYS = (*STORED, "views", "n", "place")
+_PG_EVENT_VALUES = ", ".join(f"r.{column}" for column in STORED)
 WRITE_PG = f"""
 WITH up AS ({_UPSERT_HEAD}
     SELECT u.kind, u.location_id, u.document_id, '{PENDING}', u.views, u.first, u.first,
@@ -60,9 +60,7 @@ WITH up AS ({_UPSERT_HEAD}
     RETURNING {COUNTS}
 ), inserted AS (
     INSERT INTO events ({_EVENT_COLUMNS})
-    SELECT r.id, r.event_key, up.id, up.views_seq - r.n + r.place, r.kind, r.location_id,
-           r.document_id, r.viewed_at, r.received_at, r.source, r.user_agent, r.ip,
-           r.verdict, r.verdict_reason, r.forward, r.request_id, r.views
+    SELECT {_PG_EVENT_VALUES}, up.id, up.views_seq - r.n + r.place, r.views
     FROM json_to_recordset(%(events)s::json) AS r(
         id varchar, event_key varchar, kind varchar, location_id varchar,
         document_id varchar, viewed_at timestamptz, received_at timestamptz,

@@ -17,7 +17,8 @@ import sqlalchemy as sa
 
 from . import view_sql
 from .documents import REOPEN
-from .recording import _CLIENT, _DOC, _FORWARD, ViewWriter, _chunks
+from .recording import ViewWriter
+from .viewrows import chunks
 
 
 class SqliteViewWriter(ViewWriter):
@@ -39,7 +40,7 @@ class SqliteViewWriter(ViewWriter):
         if not params:
             return []
         found = []
-        for chunk in _chunks(params, 1000):
+        for chunk in chunks(params, 1000):
             flat = [v for kind, loc, doc, n, first, last, rid in chunk
                     for v in (kind, loc, doc, n, first, first, last, rid)]
             self._execute(cur, view_sql.sqlite_upsert(len(chunk)), flat)
@@ -53,10 +54,10 @@ class SqliteViewWriter(ViewWriter):
         self._execute(cur, REOPEN, (first, row_id))
 
     def _insert(self, cur, rows: list, numbered: list[tuple], repeats: list[int]) -> None:
-        records = [(*row[:2], document_row, seq, *row[2:_CLIENT], views)
+        records = [(*row.stored(), document_row, seq, views)  # view_sql.EVENT_KEYS
                    for (_, row), (document_row, seq), views
                    in zip(rows, numbered, repeats, strict=True)]
-        for chunk in _chunks(records, 1000):  # SQLite takes up to 32,766 parameters
+        for chunk in chunks(records, 1000):  # SQLite takes up to 32,766 parameters
             self._execute(cur, view_sql.sqlite_insert(len(chunk)),
                           [v for r in chunk for v in r])
 
@@ -86,10 +87,10 @@ class PostgresViewWriter(ViewWriter):
         events = []
         for (_, row), views in zip(rows, repeats, strict=True):
             place = n = None
-            if row[_FORWARD]:
-                place = places[row[_DOC]] = places.get(row[_DOC], 0) + 1
-                n = docs[row[_DOC]][0]
-            events.append((*row[:_CLIENT], views, n, place))
+            if row.forward:
+                place = places[row.doc] = places.get(row.doc, 0) + 1
+                n = docs[row.doc][0]
+            events.append((*row.stored(), views, n, place))  # view_sql.PG_EVENT_KEYS
         return self._execute(cur, view_sql.WRITE_PG, {
             "docs": _json(view_sql.UPSERT_KEYS, params),
             "events": _json(view_sql.PG_EVENT_KEYS, events),

@@ -10,7 +10,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException, InternalServerError
 
-from ..store.recording import IdempotencyConflict
+from ..store.viewrows import IdempotencyConflict
 
 logger = logging.getLogger(__name__)
 

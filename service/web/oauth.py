@@ -2,9 +2,10 @@
 
 Install starts here (use ``/oauth/install`` as the app's install link): it redirects to
 HighLevel's location chooser with a signed, expiring ``state``; the callback checks
-the state, exchanges the code (``POST /oauth/token``) and stores the tokens for the
-location, or for the company on an agency install. Errors show a short page and store
-nothing.
+the state, exchanges the code (``POST /oauth/token``) and hands the grant to the token
+policy (``store_grant`` in service/forward/credentials.py), which stores the tokens for the
+location, or for the company on an agency install, in one transaction. Errors show a
+short page and store nothing.
 
 A state is good once, and only in the browser that started the install: install sets a
 cookie with a random nonce and the state carries its hash, so a link made in one browser
@@ -16,7 +17,6 @@ endpoint with the client secret.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import hmac
 import logging
@@ -27,9 +27,8 @@ from flask import Blueprint, make_response, redirect, request
 from itsdangerous import BadData, URLSafeTimedSerializer
 from markupsafe import escape
 
-from ..clock import expiry
-from ..highlevel.oauth import OAuthError, TokenGrant
-from ..store.installs import INSTALLED, upsert_install
+from ..forward.credentials import UnusableGrantError, store_grant
+from ..highlevel.oauth import OAuthError
 from .deps import services
 from .sources import current_sources
 
@@ -145,42 +144,12 @@ def _complete_install():
                                                        "error": exc.message})
         return page("Not installed", f"HighLevel did not accept the installation "
                     f"({escape(exc.message)}). Nothing was stored; please try again.", 502)
-    if not (grant.refresh_token and (grant.location_id or grant.company_id)):
+    try:
+        what = store_grant(svc.vault, grant, now=svc.clock())
+    except UnusableGrantError:
         return page("Not installed", "HighLevel's answer had no refresh token or no "
                     "location. Nothing was stored.", 502)
-    what = store_grant(grant, now=svc.clock())
     logger.info("oauth.installed", extra={"user_type": grant.user_type,
                                           "location_id": grant.location_id,
                                           "company_id": grant.company_id})
     return page("Installed", f"The invoice view relay is now connected to {escape(what)}.")
-
-
-def record_install(engine, target_type: str, target_id: str, *, company_id: str | None,
-                   now: dt.datetime) -> None:
-    with engine.begin() as conn:
-        upsert_install(conn, target_type, target_id, company_id, INSTALLED, now)
-
-
-def store_grant(grant: TokenGrant, *, now: dt.datetime) -> str:
-    """Store an install's tokens and install rows; return what was installed, for people."""
-    svc = services()
-    expires_at = expiry(grant.expires_in, now=now)
-    if grant.user_type == "Company" or not grant.location_id:
-        svc.vault.set_token(grant.company_id, access_token=grant.access_token,
-                            refresh_token=grant.refresh_token, expires_at=expires_at,
-                            company_id=grant.company_id, token_kind="agency", now=now)
-        record_install(svc.engine, "company", grant.company_id, company_id=grant.company_id,
-                       now=now)
-        for location_id in grant.approved_locations:
-            record_install(svc.engine, "location", location_id, company_id=grant.company_id,
-                           now=now)
-            svc.store.unblock(now=now, location_id=location_id)
-        count = len(grant.approved_locations)
-        return f"agency {grant.company_id}" + (f" ({count} locations)" if count else "")
-    svc.vault.set_token(grant.location_id, access_token=grant.access_token,
-                        refresh_token=grant.refresh_token, expires_at=expires_at,
-                        company_id=grant.company_id, token_kind="oauth", now=now)
-    record_install(svc.engine, "location", grant.location_id, company_id=grant.company_id,
-                   now=now)
-    svc.store.unblock(now=now, location_id=grant.location_id)
-    return f"location {grant.location_id}"

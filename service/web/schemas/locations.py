@@ -139,5 +139,5 @@ class PurgeSchema(ma.Schema):
 
     locationId = ma.fields.String()
     deleted = ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.Integer(), metadata={
-        "description": "rows deleted: events, documents, deliveries, tokens, installs, "
-                       "rateLimits, viewCounts, knownLocations"})
+        "description": "rows deleted: events, documents, deliveries, notifications, tokens, "
+                       "installs, rateLimits, viewCounts, knownLocations"})

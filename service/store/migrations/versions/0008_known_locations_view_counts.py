@@ -12,7 +12,7 @@ The locations of existing documents are copied here; existing events are counted
 first forwarder that runs after this migration (in batches).
 
 Revision ID: 0008
-Revises: 0007
+Revises: 0010
 Create Date: 2026-12-07 16:30:00
 """
 
@@ -22,7 +22,8 @@ from alembic import op
 import service.store.db
 
 revision = '0008'
-down_revision = '0007'
+# After main's 0010 (operator notifications), so the migrations have one head.
+down_revision = '0010'
 branch_labels = None
 depends_on = None
 
