@@ -118,7 +118,7 @@ def test_storing_a_token_releases_the_parked_views(console, store, vault, waitin
     resp = post_form(console, "/console/locations/loc_waiting",
                      "/console/locations/loc_waiting/token", accessToken=f"  {PIT}\n")
     assert resp.status_code == 302 and resp.location == "/console/locations/loc_waiting"
-    assert vault.credentials("loc_waiting").access_token == PIT  # pasted whitespace dropped
+    assert vault.read("loc_waiting").access_token() == PIT  # pasted whitespace dropped
     assert queue(store, "loc_waiting") == {"pending": 2}
     page = console.get(resp.location)
     assert "Token stored. 2 parked document(s) will be sent again." in text(page.text)

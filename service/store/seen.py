@@ -33,7 +33,7 @@ from sqlalchemy.engine import Engine
 
 from .db import events, known_locations, rollups, view_counts
 from .engine import dialect_insert
-from .recording import event_id_floor
+from .viewrows import event_id_floor
 
 NAME = "view_counts"  # this roll-up's row in ``rollups``
 MIN_LAG = dt.timedelta(minutes=5)
