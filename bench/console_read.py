@@ -52,6 +52,7 @@ from common import (  # noqa: E402 - after the path set-up, so `python bench/con
 from console_data import fill  # noqa: E402
 
 GOAL_MS = 200
+READING = "## Reading"  # the hand-written analysis in the results file, kept on a rerun
 
 
 def timed(client, path: str, *, headers: dict, requests: int, warmup: int,
@@ -188,7 +189,7 @@ def main() -> None:
         "`bench/console_data.py` (`fill`): see its docstring for the mix.",
         "", *machine_section(facts, notes),
     ]
-    write_report("\n".join(lines) + "\n", args.output)
+    write_report("\n".join(lines) + "\n", args.output, marker=READING)
 
 
 if __name__ == "__main__":

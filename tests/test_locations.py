@@ -9,11 +9,13 @@ import datetime as dt
 
 import pytest
 
+from service.forward.credentials import TokenProvider
 from service.forward.forwarder import Forwarder
 from service.highlevel.client import Response
 from service.highlevel.oauth import LOCATION_INACTIVE, OAuthError
 from service.store import seen
 from service.store.directory import LOCATION_STATES
+from service.store.tokens import INVALID
 
 from .conftest import admin_headers, ingest_headers, make_event, make_view, test_config
 from .fakes import FakeHighLevelClient, InlineExecutor
@@ -61,15 +63,19 @@ def states(store, vault, fake, forward, clock):
     fake.script(404, 404, document_id="inv_404")
     fake.script(Response(429, message="Too Many Requests"), document_id="inv_slow")
     # OAuth answers the refresh ahead of expiry "not active": the token is kept, parked.
-    vault.refresh("loc_idle", now=clock(), refresher=_inactive)
+    TokenProvider(vault, InactiveOAuth()).get("loc_idle", now=clock())
     forward()
-    vault.mark_invalid("loc_bad", message="The token is not authorized for this scope.",
-                       now=clock())
+    with vault.hold("loc_bad") as row:  # what the token policy does on a second 401
+        row.mark(status=INVALID, message="The token is not authorized for this scope.",
+                 now=clock())
     return EXPECTED
 
 
-def _inactive(refresh_token, *, user_type):
-    raise OAuthError(LOCATION_INACTIVE, "Location is not active")
+class InactiveOAuth:
+    """HighLevel's OAuth answering every refresh "Location is not active"."""
+
+    def refresh(self, refresh_token, *, user_type):
+        raise OAuthError(LOCATION_INACTIVE, "Location is not active")
 
 
 def get(client, path: str, **query):
