@@ -308,3 +308,20 @@ def test_the_store_pages_with_a_cursor(store, vault, clock):
     rows, cursor = store.list_locations(cursor=cursor, limit=2, now=clock())
     assert ([r["locationId"] for r in rows], cursor) == (["c"], None)
     assert store.location("zz", now=clock()) is None
+
+
+def test_the_attention_lists_are_each_states_first_page_read_at_once(store, vault, states,
+                                                                    clock):
+    """``Store.attention`` (the overview's lists) gives each state's first rows, as
+    ``list_locations`` pages them, and whether more follow."""
+    vault.set_token("loc_ok2", access_token=SECRET, now=clock())  # a second one: more
+    lists = store.attention(LOCATION_STATES, limit=1, now=clock())
+    assert lists["ok"][1] and not lists["dead"][1]
+    assert list(lists) == list(LOCATION_STATES)
+    for state, (rows, more) in lists.items():
+        page, cursor = store.list_locations(state=state, limit=1, now=clock())
+        assert (rows, more) == (page, cursor is not None)
+    everyone = store.attention(LOCATION_STATES, limit=10, now=clock())
+    assert {r["locationId"]: s for s, (rows, _) in everyone.items() for r in rows} == {
+        **states, "loc_ok2": "ok"}
+    assert not any(more for _, more in everyone.values())

@@ -196,6 +196,20 @@ class Store:
             rows = directory.rows_for(conn, ids[:limit], now=now)
         return rows, (ids[limit - 1] if len(ids) > limit else None)
 
+    def attention(self, states, *, limit: int,
+                  now: dt.datetime) -> dict[str, tuple[list[dict], bool]]:
+        """The first ``limit`` locations of each of ``states`` and whether there are more:
+        the overview's lists, read in one transaction with one count of every page's
+        locations (five ``list_locations`` calls made five of each)."""
+        with read_only(self.engine) as conn:
+            ids = {state: directory.page_ids(conn, state=state, search=None, after="",
+                                             limit=limit + 1, now=now)
+                   for state in states}
+            rows = {row["locationId"]: row for row in directory.rows_for(
+                conn, sorted({i for page in ids.values() for i in page[:limit]}), now=now)}
+        return {state: ([rows[i] for i in page[:limit] if i in rows], len(page) > limit)
+                for state, page in ids.items()}
+
     def location(self, location_id: str, *, now: dt.datetime) -> dict | None:
         """Return a location's directory row with its details (views by verdict, the
         rate-limit budget, the latest attempts); None when nothing is stored for it."""

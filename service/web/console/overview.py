@@ -26,12 +26,9 @@ def overview():
     svc = services()
     now = svc.clock()
     stats = svc.store.overview(now=now)
-    attention = []
-    for state in ATTENTION:
-        rows, more = svc.store.list_locations(state=state, limit=PER_STATE, now=now)
-        if rows:
-            attention.append({"state": state, "label": STATES[state], "rows": rows,
-                              "more": more is not None})
+    attention = [{"state": state, "label": STATES[state], "rows": rows, "more": more}
+                 for state, (rows, more) in svc.store.attention(
+                     ATTENTION, limit=PER_STATE, now=now).items() if rows]
     charts = [
         line_chart(stats["hourly"], title="Views per hour, last 24 hours", label=hour_label,
                    label_every=3),
