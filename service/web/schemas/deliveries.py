@@ -28,11 +28,11 @@ class DeliveryQuerySchema(QuerySchema):
 class DeliverySchema(ma.Schema):
     id = ma.fields.Integer()
     at = ma.fields.AwareDateTime()
-    kind = ma.fields.String()
+    kind = ma.fields.String(validate=ma.validate.OneOf(("invoice", "estimate")))
     locationId = ma.fields.String()
     documentId = ma.fields.String()
     attempt = ma.fields.Integer()
-    outcome = ma.fields.String(metadata={"description": ", ".join(OUTCOMES)})
+    outcome = ma.fields.String(validate=ma.validate.OneOf(OUTCOMES))  # dump only: documents
     httpStatus = ma.fields.Integer(allow_none=True)
     message = ma.fields.String(allow_none=True, metadata={"description": "HighLevel's message"})
     traceId = ma.fields.String(allow_none=True)
