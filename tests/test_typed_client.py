@@ -26,8 +26,6 @@ import pytest
 
 from .processes import ADMIN_KEY, BIN, HL_TOKEN, INGEST_KEY, LOCATION, patches_for, wait_for
 
-pytestmark = pytest.mark.e2e
-
 PACKAGE = "relay_client"
 # openapi-python-client's config: no post hooks (it would run ruff over the code: slower, and
 # nothing to gain in a throwaway package), and the pixel's GIF read as bytes (it types only
@@ -83,6 +81,7 @@ def generated(tmp_path, monkeypatch):
         del sys.modules[name]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("backend", ["sqlite"])
 def test_a_generated_client_posts_events_and_reads_their_status(start_relay, fake, generated):
     relay = start_relay()
@@ -178,3 +177,32 @@ def use_the_client(c: SimpleNamespace, client, fake) -> None:
     assert {r.document_id for r in fake.requests if r.method == "PATCH"} == {
         "inv_typed_1", "inv_typed_2", "est_typed_1"}
     assert patches_for(fake, "inv_rejected") == []
+
+
+def test_every_error_is_the_error_model_and_every_keyed_route_declares_its_401():
+    """The rules the generated client relies on, checked on the document alone (fast)."""
+    from service import create_app
+
+    from .conftest import test_config
+
+    app = create_app(test_config("sqlite://"))
+    spec = app.test_client().get("/openapi.json").json
+    app.extensions["service"].engine.dispose()
+    responses = spec["components"]["responses"]
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    keyed = 0
+    for path, item in spec["paths"].items():
+        for method, operation in item.items():
+            if method == "parameters":
+                continue
+            where = f"{method.upper()} {path}"
+            for status, response in operation["responses"].items():
+                if "$ref" in response:
+                    response = responses[response["$ref"].rpartition("/")[2]]
+                if status == "default" or status[0] in "45":
+                    assert response.get("content") == error, (where, status)
+            if operation.get("security"):
+                keyed += 1
+                assert "401" in operation["responses"], where
+    assert keyed >= 10  # the ingest and admin routes
+    assert spec["components"]["schemas"]["Error"]["required"] == ["message", "statusCode"]
