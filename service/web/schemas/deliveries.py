@@ -7,6 +7,7 @@ import marshmallow as ma
 from ...ids import Id
 from ...store.deliverylog import OUTCOMES
 from .common import MAX_BIGINT, QuerySchema, UTCDateTime
+from .events import KINDS
 
 
 class DeliveryQuerySchema(QuerySchema):
@@ -28,7 +29,7 @@ class DeliveryQuerySchema(QuerySchema):
 class DeliverySchema(ma.Schema):
     id = ma.fields.Integer()
     at = ma.fields.AwareDateTime()
-    kind = ma.fields.String(validate=ma.validate.OneOf(("invoice", "estimate")))
+    kind = ma.fields.String(validate=ma.validate.OneOf(KINDS))
     locationId = ma.fields.String()
     documentId = ma.fields.String()
     attempt = ma.fields.Integer()
