@@ -13,7 +13,7 @@ from .auth import require_ingest_key, require_ingest_or_admin_key
 from .bodies import Blueprint
 from .deps import services
 from .errors import NotFoundError, ServiceError
-from .schemas import EventStatusSchema, IngestResponseSchema, IngestSchema
+from .schemas import INGEST_BODY, EventStatusSchema, IngestResponseSchema, IngestSchema
 
 bp = Blueprint("events", __name__, url_prefix="/v1/events",
                description="Invoice and estimate views from internal services")
@@ -51,7 +51,7 @@ def to_view(event: dict) -> View:
 
 
 @bp.route("", methods=["POST"])
-@bp.doc(security=SECURITY)
+@bp.doc(security=SECURITY, requestBody=INGEST_BODY)
 @require_ingest_key
 @require_json
 @bp.arguments(IngestSchema)

@@ -9,6 +9,7 @@ out. The version in the path lets browsers keep the files for a year: an upgrade
 from __future__ import annotations
 
 import re
+from copy import deepcopy
 from importlib.metadata import version
 from importlib.util import find_spec
 from pathlib import Path
@@ -19,6 +20,7 @@ from apispec.ext.marshmallow.common import resolve_schema_cls
 from flask import Flask, abort, send_from_directory
 from flask_smorest import Api
 
+from .errors import UnauthorizedError
 from .schemas import ErrorSchema
 
 SWAGGER_UI_PACKAGE = "flask-swagger-ui"
@@ -28,6 +30,7 @@ SWAGGER_UI_VERSION = version(SWAGGER_UI_PACKAGE)
 SWAGGER_UI_ASSETS = frozenset({"swagger-ui.css", "swagger-ui-bundle.js",
                                "swagger-ui-standalone-preset.js"})
 ASSETS_MAX_AGE = 365 * 24 * 3600
+ERROR_CONTENT = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
 HTTP_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
 
 
@@ -41,12 +44,35 @@ def swagger_ui_dist() -> Path:
 
 class RelayMarshmallowPlugin(MarshmallowPlugin):
     """apispec's plugin, plus a schema's ``OPENAPI_EXTRA``: the rules across fields that the
-    schema's validators enforce and fields cannot say (``oneOf``, ``not``)."""
+    schema's validators enforce and fields cannot say (``oneOf``, ``not``). Schemas named in
+    it (``{"oneOf": ["InvoiceEventSchema", ...]}``) become references to their components."""
 
     def schema_helper(self, name, definition, schema=None, **kwargs):
         json_schema = super().schema_helper(name, definition, schema=schema, **kwargs)
         extra = getattr(resolve_schema_cls(schema), "OPENAPI_EXTRA", None) if schema else None
-        return {**json_schema, **extra} if json_schema is not None and extra else json_schema
+        if json_schema is None or not extra:
+            return json_schema
+        return {**json_schema, **self.resolver.resolve_schema_dict(deepcopy(extra))}
+
+
+class ErrorResponsesPlugin(BasePlugin):
+    """Every error answers the one error shape (errors.py), so the document says so: an
+    error response declared with a description only gets the ``Error`` schema, and every
+    operation that takes a key declares its 401. Generated clients then parse each error
+    into one typed model instead of leaving it untyped."""
+
+    def operation_helper(self, path=None, operations=None, **kwargs):
+        for method, operation in (operations or {}).items():
+            if method not in HTTP_METHODS:
+                continue
+            responses = operation.setdefault("responses", {})
+            if operation.get("security"):
+                responses.setdefault("401", {"description": UnauthorizedError.message})
+            for status, response in responses.items():
+                # A string or a $ref names a response component (flask-smorest's have it).
+                if str(status)[:1] in "45" and isinstance(response, dict) \
+                        and "$ref" not in response and "content" not in response:
+                    response["content"] = deepcopy(ERROR_CONTENT)
 
 
 def camel(words: str) -> str:
@@ -102,7 +128,7 @@ def init_api(app: Flask) -> Api:
         OPENAPI_SWAGGER_UI_CONFIG={"validatorUrl": None},
     )
     spec_kwargs: dict = {"marshmallow_plugin": RelayMarshmallowPlugin(),
-                         "extra_plugins": [OperationIdPlugin()]}
+                         "extra_plugins": [OperationIdPlugin(), ErrorResponsesPlugin()]}
     if app.config.get("PUBLIC_BASE_URL"):  # "Try it out" calls the relay where clients do
         spec_kwargs["servers"] = [{"url": app.config["PUBLIC_BASE_URL"].rstrip("/")}]
     api = RelayApi(app, spec_kwargs=spec_kwargs)

@@ -46,7 +46,8 @@ def _register_converter(state):
 @bp.doc(summary="The tracking pixel", description=(
     "Always 200 with a 43-byte transparent GIF and no-store caching, whatever the token. "
     "Only a GET with a valid, unexpired token that is not a prefetch records a view."),
-    responses={"200": {"description": "1x1 GIF", "content": {"image/gif": {}}}})
+    responses={"200": {"description": "1x1 GIF", "content": {
+        "image/gif": {"schema": {"type": "string", "format": "binary"}}}}})
 def pixel(rest: str):
     # Every GET under /v1/pixel/ is answered (and recorded) by pixel_front.PixelFrontDoor
     # before it reaches Flask; this view documents the route and answers HEAD.

@@ -49,7 +49,7 @@ from .bodies import Blueprint
 from .deps import services
 from .errors import ServiceError
 from .events import require_json, to_view
-from .schemas import IngestResponseSchema, IngestSchema
+from .schemas import INGEST_BODY, IngestResponseSchema, IngestSchema
 
 logger = logging.getLogger(__name__)
 
@@ -257,6 +257,7 @@ def require_standard_webhook(view):
 
 @bp.route("/internal", methods=["POST"])
 @bp.doc(summary="Events from internal services, signed (Standard Webhooks)", security=[],
+        requestBody=INGEST_BODY,
         responses={"401": {"description": "Bad or stale signature"},
                    "503": {"description": "INTERNAL_WEBHOOK_SECRETS is not set"}})
 @source("internal")

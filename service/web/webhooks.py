@@ -28,8 +28,8 @@ STATUS = {webhooks.SignatureError: 401, webhooks.StaleError: 401, webhooks.Malfo
 
 
 class WebhookResultSchema(ma.Schema):
-    status = ma.fields.String(metadata={
-        "description": "installed | uninstalled | duplicate | ignored"})
+    status = ma.fields.String(validate=ma.validate.OneOf(  # dump only: documents the values
+        ("installed", "uninstalled", "duplicate", "ignored")))
 
 
 class WebhookRejectedError(ServiceError):

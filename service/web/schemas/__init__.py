@@ -11,13 +11,16 @@ from .deliveries import (
     ReplaySchema,
 )
 from .events import (
-    EXACTLY_ONE_DOCUMENT,
+    INGEST_BODY,
     MAX_BATCH,
+    AcceptedBatchSchema,
     AcceptedSchema,
+    EstimateEventSchema,
     EventSchema,
     EventStatusSchema,
     IngestResponseSchema,
     IngestSchema,
+    InvoiceEventSchema,
 )
 from .locations import (
     LocationDetailSchema,
@@ -27,13 +30,19 @@ from .locations import (
     PurgeSchema,
     TokenSchema,
 )
-from .pixels import PixelUrlRequestSchema, PixelUrlSchema
+from .pixels import (
+    EstimatePixelUrlRequestSchema,
+    InvoicePixelUrlRequestSchema,
+    PixelUrlRequestSchema,
+    PixelUrlSchema,
+)
 
 __all__ = [
-    "EXACTLY_ONE_DOCUMENT", "MAX_BATCH", "MAX_BIGINT", "AcceptedSchema", "DeliveryPageSchema",
-    "DeliveryQuerySchema", "DeliverySchema", "ErrorSchema", "EventSchema", "EventStatusSchema",
-    "IngestResponseSchema", "IngestSchema", "LocationDetailSchema", "LocationListSchema",
-    "LocationQuerySchema", "LocationSchema",
+    "INGEST_BODY", "MAX_BATCH", "MAX_BIGINT", "AcceptedBatchSchema", "AcceptedSchema",
+    "DeliveryPageSchema", "DeliveryQuerySchema", "DeliverySchema", "ErrorSchema",
+    "EstimateEventSchema", "EstimatePixelUrlRequestSchema", "EventSchema", "EventStatusSchema",
+    "IngestResponseSchema", "IngestSchema", "InvoiceEventSchema", "InvoicePixelUrlRequestSchema",
+    "LocationDetailSchema", "LocationListSchema", "LocationQuerySchema", "LocationSchema",
     "PixelUrlRequestSchema", "PixelUrlSchema", "Printable", "PurgeSchema", "QuerySchema",
     "ReplayResultSchema", "ReplaySchema", "Text", "TokenSchema", "UTCDateTime",
 ]

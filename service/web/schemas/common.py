@@ -57,6 +57,8 @@ class QuerySchema(ma.Schema):
 
 
 class ErrorSchema(ma.Schema):
-    statusCode = ma.fields.Integer()
-    message = ma.fields.String()
+    """Every error's body (errors.py renders it): ``errors`` holds field errors, if any."""
+
+    statusCode = ma.fields.Integer(required=True)
+    message = ma.fields.String(required=True)
     errors = ma.fields.Dict()

@@ -7,6 +7,7 @@ import marshmallow as ma
 from ...ids import Id
 from ...store.deliverylog import OUTCOMES
 from .common import MAX_BIGINT, QuerySchema, UTCDateTime
+from .events import KINDS
 
 
 class DeliveryQuerySchema(QuerySchema):
@@ -28,11 +29,11 @@ class DeliveryQuerySchema(QuerySchema):
 class DeliverySchema(ma.Schema):
     id = ma.fields.Integer()
     at = ma.fields.AwareDateTime()
-    kind = ma.fields.String()
+    kind = ma.fields.String(validate=ma.validate.OneOf(KINDS))
     locationId = ma.fields.String()
     documentId = ma.fields.String()
     attempt = ma.fields.Integer()
-    outcome = ma.fields.String(metadata={"description": ", ".join(OUTCOMES)})
+    outcome = ma.fields.String(validate=ma.validate.OneOf(OUTCOMES))  # dump only: documents
     httpStatus = ma.fields.Integer(allow_none=True)
     message = ma.fields.String(allow_none=True, metadata={"description": "HighLevel's message"})
     traceId = ma.fields.String(allow_none=True)

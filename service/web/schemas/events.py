@@ -8,13 +8,15 @@ import ipaddress
 import marshmallow as ma
 
 from ...ids import Id
+from ...ingest.verdicts import VERDICTS
 from .common import Text, UTCDateTime
 
 MAX_BATCH = 500
 FUTURE_TOLERANCE = dt.timedelta(minutes=5)
 
-# The rule EventSchema.exactly_one_document enforces, as the document states it.
-EXACTLY_ONE_DOCUMENT = {"oneOf": [{"required": ["invoiceId"]}, {"required": ["estimateId"]}]}
+ACCEPTED_STATUSES = ("queued", "duplicate", "filtered")
+EVENT_STATUSES = ("queued", "delivered", "failed", "duplicate", "filtered")
+KINDS = ("invoice", "estimate")
 
 
 def _not_in_future(value: dt.datetime) -> None:
@@ -32,7 +34,9 @@ def _ip(value: str) -> None:
 class EventSchema(ma.Schema):
     """One "invoice viewed" (or "estimate viewed") event."""
 
-    OPENAPI_EXTRA = EXACTLY_ONE_DOCUMENT
+    # exactly_one_document's rule, as the document states it: one of two schemas, so
+    # generated clients get a model for each (InvoiceEvent, EstimateEvent).
+    OPENAPI_EXTRA = {"oneOf": ["InvoiceEventSchema", "EstimateEventSchema"]}
 
     class Meta:
         unknown = ma.RAISE
@@ -53,6 +57,29 @@ class EventSchema(ma.Schema):
         if ("invoiceId" in data) == ("estimateId" in data):
             raise ma.ValidationError("Give exactly one of invoiceId or estimateId.",
                                      "invoiceId" if "invoiceId" not in data else "_schema")
+
+
+class InvoiceEventSchema(EventSchema):
+    """An invoice's event: ``EventSchema`` with ``invoiceId`` and no ``estimateId`` (the
+    document's model; requests are loaded by ``EventSchema``)."""
+
+    OPENAPI_EXTRA = None
+
+    class Meta(EventSchema.Meta):
+        exclude = ("estimateId",)
+
+    invoiceId = ma.fields.String(required=True, validate=Id)
+
+
+class EstimateEventSchema(EventSchema):
+    """An estimate's event: ``EventSchema`` with ``estimateId`` and no ``invoiceId``."""
+
+    OPENAPI_EXTRA = None
+
+    class Meta(EventSchema.Meta):
+        exclude = ("invoiceId",)
+
+    estimateId = ma.fields.String(required=True, validate=Id)
 
 
 class IngestSchema(ma.Schema):
@@ -79,31 +106,51 @@ class IngestSchema(ma.Schema):
         raise error
 
 
+# Response schemas only dump: ``required`` and ``OneOf`` below are what the document
+# promises (always present; these values only), which generated clients type on.
+
 class AcceptedSchema(ma.Schema):
-    id = ma.fields.String(metadata={"description": "the event's id, for GET /v1/events/<id>"})
-    status = ma.fields.String(metadata={"description": "queued, duplicate or filtered"})
+    """One accepted event."""
+
+    id = ma.fields.String(required=True,
+                          metadata={"description": "the event's id, for GET /v1/events/<id>"})
+    status = ma.fields.String(required=True, validate=ma.validate.OneOf(ACCEPTED_STATUSES))
 
 
-class IngestResponseSchema(AcceptedSchema):
+class AcceptedBatchSchema(ma.Schema):
+    """A batch's accepted events, in the order they were sent."""
+
+    events = ma.fields.List(ma.fields.Nested(AcceptedSchema), required=True)
+
+
+class IngestResponseSchema(ma.Schema):
     """A single event's ``id`` and ``status``, or ``events`` for a batch (same order)."""
 
+    OPENAPI_EXTRA = {"oneOf": ["AcceptedSchema", "AcceptedBatchSchema"]}
+
+    id = ma.fields.String()
+    status = ma.fields.String()
     events = ma.fields.List(ma.fields.Nested(AcceptedSchema))
 
 
 class EventStatusSchema(ma.Schema):
-    id = ma.fields.String()
-    eventId = ma.fields.String(allow_none=True)
-    kind = ma.fields.String()
-    locationId = ma.fields.String()
-    documentId = ma.fields.String()
-    status = ma.fields.String(
-        metadata={"description": "queued, delivered, failed, duplicate or filtered"})
+    id = ma.fields.String(required=True)
+    eventId = ma.fields.String(required=True, allow_none=True)
+    kind = ma.fields.String(required=True, validate=ma.validate.OneOf(KINDS))
+    locationId = ma.fields.String(required=True)
+    documentId = ma.fields.String(required=True)
+    status = ma.fields.String(required=True, validate=ma.validate.OneOf(EVENT_STATUSES))
     reason = ma.fields.String(allow_none=True)
     message = ma.fields.String(allow_none=True)
-    verdict = ma.fields.String(
-        metadata={"description": "human, proxy_open, machine_prefetch, scanner or bot"})
-    verdictReason = ma.fields.String(allow_none=True)
-    source = ma.fields.String(allow_none=True)
-    viewedAt = ma.fields.AwareDateTime()
-    receivedAt = ma.fields.AwareDateTime()
-    deliveredAt = ma.fields.AwareDateTime(allow_none=True)
+    verdict = ma.fields.String(required=True, validate=ma.validate.OneOf(VERDICTS))
+    verdictReason = ma.fields.String(required=True, allow_none=True)
+    source = ma.fields.String(required=True, allow_none=True)
+    viewedAt = ma.fields.AwareDateTime(required=True)
+    receivedAt = ma.fields.AwareDateTime(required=True)
+    deliveredAt = ma.fields.AwareDateTime(required=True, allow_none=True)
+
+
+# POST /v1/events (and /v1/sources/internal) take a batch or one bare event
+# (IngestSchema.wrap_single): the request body as the document states it.
+INGEST_BODY = {"required": True, "content": {"application/json": {"schema": {"oneOf": [
+    "IngestSchema", "InvoiceEventSchema", "EstimateEventSchema"]}}}}

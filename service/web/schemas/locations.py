@@ -74,7 +74,10 @@ class LocationSchema(ma.Schema):
     state and its counts."""
 
     locationId = ma.fields.String()
-    state = ma.fields.String(metadata={"description": ", ".join(LOCATION_STATES)})
+    # Dump only: OneOf is what the document promises (an enum for generated clients). Not
+    # on the nullable fields: apispec states those as nullable with null in the enum, which
+    # openapi-python-client turns into three copies of one enum.
+    state = ma.fields.String(validate=ma.validate.OneOf(LOCATION_STATES))
     tokenKind = ma.fields.String(allow_none=True, metadata={
         "description": "pit, oauth, agency or minted; null: no token"})
     tokenStatus = ma.fields.String(allow_none=True, metadata={

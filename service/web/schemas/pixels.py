@@ -5,13 +5,14 @@ from __future__ import annotations
 import marshmallow as ma
 
 from ...ids import Id
-from .events import EXACTLY_ONE_DOCUMENT, EventSchema
+from .events import EventSchema
 
 
 class PixelUrlRequestSchema(ma.Schema):
     """What to mint a pixel for: one invoice or one estimate of a location."""
 
-    OPENAPI_EXTRA = EXACTLY_ONE_DOCUMENT
+    # exactly_one_document's rule, as the document states it (see EventSchema).
+    OPENAPI_EXTRA = {"oneOf": ["InvoicePixelUrlRequestSchema", "EstimatePixelUrlRequestSchema"]}
 
     class Meta:
         unknown = ma.RAISE
@@ -25,6 +26,28 @@ class PixelUrlRequestSchema(ma.Schema):
     @ma.validates_schema
     def exactly_one_document(self, data, **kwargs):
         EventSchema.exactly_one_document(self, data)
+
+
+class InvoicePixelUrlRequestSchema(PixelUrlRequestSchema):
+    """An invoice's pixel (the document's model; requests are loaded by the parent)."""
+
+    OPENAPI_EXTRA = None
+
+    class Meta(PixelUrlRequestSchema.Meta):
+        exclude = ("estimateId",)
+
+    invoiceId = ma.fields.String(required=True, validate=Id)
+
+
+class EstimatePixelUrlRequestSchema(PixelUrlRequestSchema):
+    """An estimate's pixel."""
+
+    OPENAPI_EXTRA = None
+
+    class Meta(PixelUrlRequestSchema.Meta):
+        exclude = ("invoiceId",)
+
+    estimateId = ma.fields.String(required=True, validate=Id)
 
 
 class PixelUrlSchema(ma.Schema):
