@@ -129,7 +129,7 @@ def pixel_url_command(location_id: str, document_id: str, estimate: bool,
 @click.option("--company-id", default=None)
 def tokens_set(location_id, access_token, refresh_token, expires_in, company_id) -> None:
     """Store a location's token (a Private Integration Token, or OAuth tokens)."""
-    from .forward.credentials import UnrefreshableTokenError
+    from .forward.token_rules import UnrefreshableTokenError
     from .web.locations import save_token
     from .web.schemas import TokenSchema
 

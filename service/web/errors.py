@@ -10,7 +10,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException, InternalServerError
 
-from ..forward.credentials import UnrefreshableTokenError
+from ..forward.token_rules import UnrefreshableTokenError
 from ..store.viewrows import IdempotencyConflict
 
 logger = logging.getLogger(__name__)

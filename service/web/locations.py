@@ -6,7 +6,7 @@ from __future__ import annotations
 from flask import url_for
 
 from ..clock import expiry
-from ..forward.credentials import check_refreshable
+from ..forward.token_rules import check_refreshable
 from ..ids import ID_PATTERN, ID_RULE, is_valid_id
 from .auth import require_admin_key
 from .bodies import Blueprint
