@@ -86,7 +86,7 @@ def prepare(env: MutableMapping[str, str]) -> dict[str, str]:
 
     from service import create_app
     from service.store.engine import upgrade
-    from service.store.tokens import ACTIVE
+    from service.store.tokens import ACTIVE, TokenDecryptError
     from service.web.locations import save_token
 
     app = create_app()
@@ -95,7 +95,12 @@ def prepare(env: MutableMapping[str, str]) -> dict[str, str]:
         upgrade(svc.engine)
         with app.app_context():
             stored = svc.vault.read(DEV_LOCATION)
-            if stored is not None and stored.status == ACTIVE:
+            try:  # a token stored under since-regenerated dev secrets decrypts no more
+                usable = stored is not None and stored.status == ACTIVE \
+                    and bool(stored.access_token())
+            except TokenDecryptError:
+                usable = False
+            if usable:
                 token = "kept its token"
             else:  # a Private Integration Token's shape; the stand-in takes any token
                 save_token(DEV_LOCATION, {"accessToken": "pit-dev-" + secrets.token_hex(16)})

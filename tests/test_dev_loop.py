@@ -195,3 +195,27 @@ def test_make_dev_points_highlevel_at_the_stand_in_and_keeps_what_is_set():
     assert env["DATABASE_URL"] == "postgresql://db/relay"
     assert (env["PORT"], env["PUBLIC_BASE_URL"]) == ("8000", "http://localhost:8000")
     assert dev.dev_environment({})["DATABASE_URL"] == "sqlite:///instance/dev.db"
+
+
+def test_make_dev_replaces_a_token_its_keys_no_longer_decrypt(tmp_path):
+    """New development secrets (instance/ deleted) leave the old token unreadable: the
+    next `make dev` stores a fresh one rather than start a location that cannot send."""
+    from cryptography.fernet import Fernet
+
+    env = dev_env(f"sqlite:///{tmp_path}/dev.db", *two_ports())
+    prepare = [sys.executable, "scripts/dev.py", "--prepare-only"]
+    first = subprocess.run(prepare, cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=60)
+    assert first.returncode == 0, first.stderr
+    env["TOKEN_ENCRYPTION_KEYS"] = Fernet.generate_key().decode()
+    again = subprocess.run(prepare, cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=60)
+    assert again.returncode == 0, again.stderr
+    assert "dev_location (token stored;" in again.stdout
+    engine = sa.create_engine(f"sqlite:///{tmp_path}/dev.db")
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(sa.select(locations.c.generation, locations.c.status)).one()
+    finally:
+        engine.dispose()
+    assert tuple(row) == (2, "active")
