@@ -1,11 +1,11 @@
-# Two commands for a fresh machine: `make run` and `make test` (see README).
+# Two commands for a fresh machine: `make dev` (or `make run`) and `make test` (see README).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PORT   ?= 8000
 export FLASK_APP := service
 
-.PHONY: run run-lb test demo lint bench bench-production clean
+.PHONY: dev run run-lb test demo lint bench bench-production clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,10 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt | $(BIN)/python
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	touch $@
 
-run: $(VENV)/.installed  ## migrate, print the dev keys, start web + forwarder on $(PORT)
+dev: $(VENV)/.installed  ## web + forwarder + a local HighLevel stand-in (DEV_HL_PORT, 9100) on loopback, a ready location, on $(PORT)
+	PORT=$(PORT) PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python scripts/dev.py
+
+run: $(VENV)/.installed  ## migrate, print the dev keys, start web + forwarder on $(PORT) (the real HighLevel)
 	$(BIN)/flask db upgrade
 	@$(BIN)/flask keys show
 	PORT=$(PORT) PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start web worker

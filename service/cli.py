@@ -129,6 +129,7 @@ def pixel_url_command(location_id: str, document_id: str, estimate: bool,
 @click.option("--company-id", default=None)
 def tokens_set(location_id, access_token, refresh_token, expires_in, company_id) -> None:
     """Store a location's token (a Private Integration Token, or OAuth tokens)."""
+    from .forward.token_rules import UnrefreshableTokenError
     from .web.locations import save_token
     from .web.schemas import TokenSchema
 
@@ -141,7 +142,10 @@ def tokens_set(location_id, access_token, refresh_token, expires_in, company_id)
         data = TokenSchema().load(body)
     except ma.ValidationError as exc:
         raise click.BadParameter(json.dumps(exc.messages)) from None
-    released = save_token(location_id, data)
+    try:
+        released = save_token(location_id, data)
+    except UnrefreshableTokenError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--refresh-token'") from None
     click.echo(f"stored token for {location_id}; {released} parked document(s) released")
 
 

@@ -170,6 +170,21 @@ def test_development_and_test_keep_their_defaults_and_short_keys(tmp_path, env):
     assert cfg["INGEST_API_KEYS"] == ["ik"]
 
 
+@pytest.mark.parametrize("env", ["development", "test"])
+def test_outside_production_public_base_url_follows_port(tmp_path, env):
+    cfg = load_config({**SECRETS, "RELAY_ENV": env, "PORT": "8123"}, instance_path=tmp_path)
+    assert cfg["PUBLIC_BASE_URL"] == "http://localhost:8123"
+    explicit = load_config({**SECRETS, "RELAY_ENV": env, "PORT": "8123",
+                            "PUBLIC_BASE_URL": "https://relay.example"}, instance_path=tmp_path)
+    assert explicit["PUBLIC_BASE_URL"] == "https://relay.example"  # a set one is kept
+
+
+def test_production_needs_public_base_url_whatever_the_port(tmp_path):
+    production = {k: v for k, v in PRODUCTION.items() if k != "PUBLIC_BASE_URL"}
+    with pytest.raises(ConfigError, match="PUBLIC_BASE_URL is not set"):
+        load_config({**production, "PORT": "8123"}, instance_path=tmp_path)
+
+
 def test_development_generates_secrets_once_privately(tmp_path, capsys):
     first = load_config({}, instance_path=tmp_path)
     path = tmp_path / "dev-secrets.json"

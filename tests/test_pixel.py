@@ -239,6 +239,25 @@ def test_mint_pixel_url_api(client, services):
     assert view_count(services) == 1
 
 
+def test_minted_urls_follow_the_configured_port_outside_production(migrated_db_url, clock):
+    """With PUBLIC_BASE_URL unset, a relay on another PORT mints URLs to that port."""
+    from service import create_app
+
+    from .conftest import test_config
+
+    app = create_app(test_config(migrated_db_url, RELAY_ENV="development", PORT=8123))
+    app.extensions["service"].clock = clock
+    try:
+        resp = app.test_client().post("/v1/pixel-urls", json={"locationId": LOC,
+                                                               "invoiceId": INV},
+                                      headers=admin_headers())
+        assert resp.status_code == 200, resp.json
+        assert resp.json["url"].startswith("http://localhost:8123/v1/pixel/")
+        assert resp.json["beaconUrl"].startswith("http://localhost:8123/v1/beacon/")
+    finally:
+        app.extensions["service"].engine.dispose()
+
+
 @pytest.mark.parametrize(("body", "field"), [
     ({"locationId": LOC}, "invoiceId"),
     ({"locationId": LOC, "invoiceId": INV, "estimateId": INV}, "_schema"),

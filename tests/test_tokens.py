@@ -14,7 +14,7 @@ from service.forward.credentials import TokenProvider
 from service.store.db import locations
 from service.store.tokens import TokenDecryptError, TokenVault
 
-from .conftest import FERNET_KEY, T0, admin_headers, ingest_headers, make_event
+from .conftest import FERNET_KEY, T0, admin_headers, ingest_headers, make_event, test_config
 
 SECRET = "pit-8c1f7d0e-secret-value"
 REFRESH = "refresh-0a9b8c7d-secret"
@@ -23,6 +23,24 @@ REFRESH = "refresh-0a9b8c7d-secret"
 def put_token(client, location="loc_1", **body):
     body = {"accessToken": SECRET, **body}
     return client.put(f"/v1/locations/{location}/token", json=body, headers=admin_headers())
+
+
+def app_with(db_url, clock, **settings):
+    """Another app on the test's store, with ``settings`` (e.g. an OAuth app) on top."""
+    from service import create_app
+
+    app = create_app(test_config(db_url, **settings))
+    app.extensions["service"].clock = clock
+    return app
+
+
+@pytest.fixture
+def oauth_client(migrated_db_url, clock):
+    """A client of a relay with an OAuth app configured: it can refresh OAuth tokens."""
+    app = app_with(migrated_db_url, clock, HIGHLEVEL_CLIENT_ID="client-id-1",
+                   HIGHLEVEL_CLIENT_SECRET="client-secret-1")
+    yield app.test_client()
+    app.extensions["service"].engine.dispose()
 
 
 def test_put_token_stores_it_and_answers_without_the_secret(client, vault):
@@ -35,12 +53,64 @@ def test_put_token_stores_it_and_answers_without_the_secret(client, vault):
     assert vault.read("loc_1").access_token() == SECRET
 
 
-def test_oauth_token_with_expiry(client, clock):
-    resp = put_token(client, refreshToken=REFRESH, expiresIn=86399)
+def test_oauth_token_with_expiry(oauth_client, clock):
+    resp = put_token(oauth_client, refreshToken=REFRESH, expiresIn=86399)
     assert resp.json["tokenKind"] == "oauth" and resp.json["hasRefreshToken"] is True
     expected = clock() + dt.timedelta(seconds=86399)
     assert dt.datetime.fromisoformat(resp.json["expiresAt"]) == expected
     assert REFRESH not in resp.get_data(as_text=True)
+
+
+@pytest.mark.parametrize(("settings", "named"), [
+    ({}, "HIGHLEVEL_CLIENT_ID and HIGHLEVEL_CLIENT_SECRET are not set"),
+    ({"HIGHLEVEL_CLIENT_SECRET": "client-secret-1"}, "HIGHLEVEL_CLIENT_ID is not set"),
+    ({"HIGHLEVEL_CLIENT_ID": "client-id-1"}, "HIGHLEVEL_CLIENT_SECRET is not set"),
+])
+def test_a_refresh_token_without_the_oauth_app_is_422_naming_the_setting(
+        migrated_db_url, clock, vault, settings, named):
+    """Nothing could ever refresh it: refused, and the stored token is left as it was."""
+    app = app_with(migrated_db_url, clock, **settings)
+    try:
+        client = app.test_client()
+        assert put_token(client).status_code == 200  # a Private Integration Token is fine
+        before = vault.describe("loc_1")
+        resp = put_token(client, accessToken=SECRET + "-oauth", refreshToken=REFRESH,
+                         expiresIn=86399)
+        assert resp.status_code == 422, resp.json
+        assert resp.json["statusCode"] == 422
+        [message] = resp.json["errors"]["refreshToken"]
+        assert message.startswith(named + ": this relay cannot refresh OAuth tokens")
+        assert "without refreshToken" in message and resp.json["message"] == message
+        shown = resp.get_data(as_text=True)
+        assert SECRET not in shown and REFRESH not in shown
+        assert vault.describe("loc_1") == before and vault.read("loc_1").access_token() == SECRET
+        resp = put_token(client, "loc_2", refreshToken=REFRESH)
+        assert resp.status_code == 422 and vault.describe("loc_2") is None
+    finally:
+        app.extensions["service"].engine.dispose()
+
+
+def test_cli_refuses_a_refresh_token_without_the_oauth_app(runner, vault):
+    result = runner.invoke(args=["tokens", "set", "loc_9", "--access-token", SECRET,
+                                 "--refresh-token", REFRESH])
+    assert result.exit_code != 0
+    assert "HIGHLEVEL_CLIENT_ID and HIGHLEVEL_CLIENT_SECRET are not set" in result.output
+    assert "--refresh-token" in result.output
+    assert SECRET not in result.output and REFRESH not in result.output
+    assert vault.describe("loc_9") is None
+
+
+def test_cli_stores_a_refresh_token_with_the_oauth_app(migrated_db_url, clock, vault):
+    app = app_with(migrated_db_url, clock, HIGHLEVEL_CLIENT_ID="client-id-1",
+                   HIGHLEVEL_CLIENT_SECRET="client-secret-1")
+    try:
+        result = app.test_cli_runner().invoke(args=[
+            "tokens", "set", "loc_9", "--access-token", SECRET, "--refresh-token", REFRESH,
+            "--expires-in", "86399"])
+        assert result.exit_code == 0, result.output
+        assert vault.read("loc_9").refresh_token() == REFRESH
+    finally:
+        app.extensions["service"].engine.dispose()
 
 
 @pytest.mark.parametrize(("body", "field"), [
@@ -217,10 +287,10 @@ def test_cli_reencrypt(runner, vault):
     assert result.exit_code == 0 and "re-encrypted 1" in result.output
 
 
-def test_no_secret_in_logs(client, caplog):
+def test_no_secret_in_logs(oauth_client, caplog):
     caplog.set_level(logging.DEBUG)
-    put_token(client, refreshToken=REFRESH)
-    client.get("/v1/locations", headers=admin_headers())
+    assert put_token(oauth_client, refreshToken=REFRESH).status_code == 200
+    oauth_client.get("/v1/locations", headers=admin_headers())
     assert SECRET not in caplog.text and REFRESH not in caplog.text
 
 

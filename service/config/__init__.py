@@ -97,7 +97,7 @@ def load_config(environ: Mapping[str, str], overrides: Mapping[str, Any] | None 
         if problems:
             raise ConfigError("RELAY_ENV=production refuses to start: " + "; ".join(problems))
     elif not config["PUBLIC_BASE_URL"]:
-        config["PUBLIC_BASE_URL"] = DEV_PUBLIC_BASE_URL
+        config["PUBLIC_BASE_URL"] = DEV_PUBLIC_BASE_URL.format(port=config["PORT"])
     if config["OPERATOR_WEBHOOK_URLS"] and not config["OPERATOR_WEBHOOK_SECRET"]:
         # Not generated in development: the receiver must know it to verify anything.
         raise ConfigError("OPERATOR_WEBHOOK_SECRET is required when OPERATOR_WEBHOOK_URLS "

@@ -41,7 +41,9 @@ class Setting:
     server: bool = False  # gunicorn's master reads it too (load_server_config)
 
 
-DEV_PUBLIC_BASE_URL = "http://localhost:8000"
+# Outside production an unset PUBLIC_BASE_URL follows PORT, so minted pixel URLs point at
+# the port the relay listens on (load_config fills in the port).
+DEV_PUBLIC_BASE_URL = "http://localhost:{port}"
 # A bearer key shorter than this is refused in production: 32 characters of a generated key
 # (``keys generate`` makes 35) are about 190 bits.
 MIN_API_KEY_LENGTH = 32
@@ -74,7 +76,7 @@ SETTINGS = [
     Setting("SESSION_SECRET_KEYS", CommaList(), None,
             "console session cookie keys; first signs", secret=True),
     Setting("PUBLIC_BASE_URL", Str(), None,
-            f"base of minted pixel URLs; required in production (else {DEV_PUBLIC_BASE_URL})"),
+            "base of minted pixel URLs; required in production (else http://localhost:PORT)"),
     Setting("COALESCE_WINDOW_SECONDS", Int(), "60", "at most one more send per window"),
     Setting("MAX_EVENT_AGE_SECONDS", Int(), "86400", "retry until a view is this old"),
     Setting("FORWARD_CONCURRENCY", Int(), "16", "sends in flight per forwarder"),

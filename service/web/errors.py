@@ -10,6 +10,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException, InternalServerError
 
+from ..forward.token_rules import UnrefreshableTokenError
 from ..store.viewrows import IdempotencyConflict
 
 logger = logging.getLogger(__name__)
@@ -96,6 +97,10 @@ def handle_idempotency_conflict(error: Exception):
     return error_response(409, str(error), {"eventId": ["Already used for another document."]})
 
 
+def handle_unrefreshable_token(error: Exception):
+    return error_response(422, str(error), {"refreshToken": [str(error)]})
+
+
 def handle_store_down(error: Exception):
     logger.error("store.unavailable", extra={"error": type(error).__name__})
     return handle_service_error(StoreUnavailableError())
@@ -114,6 +119,7 @@ def init_app(app: Flask) -> None:
     app.register_error_handler(ServiceError, handle_service_error)
     app.register_error_handler(ma.ValidationError, handle_validation_error)
     app.register_error_handler(IdempotencyConflict, handle_idempotency_conflict)
+    app.register_error_handler(UnrefreshableTokenError, handle_unrefreshable_token)
     app.register_error_handler(OperationalError, handle_store_down)
     app.register_error_handler(PoolTimeout, handle_store_down)
     app.register_error_handler(Exception, handle_unexpected)

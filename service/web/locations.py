@@ -6,6 +6,7 @@ from __future__ import annotations
 from flask import url_for
 
 from ..clock import expiry
+from ..forward.token_rules import check_refreshable
 from ..ids import ID_PATTERN, ID_RULE, is_valid_id
 from .auth import require_admin_key
 from .bodies import Blueprint
@@ -37,8 +38,13 @@ def _location_id(value: str) -> str:
 def save_token(location_id: str, token: dict) -> int:
     """Store or replace ``location_id``'s token from ``TokenSchema``'s loaded fields, and
     send its parked views again; return how many documents were released. The API, the
-    console and ``flask tokens set`` all store a token through here."""
+    console and ``flask tokens set`` all store a token through here.
+
+    :raises UnrefreshableTokenError: a refresh token without an OAuth app; nothing stored.
+    """
     svc = services()
+    check_refreshable(token.get("refreshToken"), client_id=svc.config["HIGHLEVEL_CLIENT_ID"],
+                      client_secret=svc.config["HIGHLEVEL_CLIENT_SECRET"])
     now = svc.clock()
     expires_at = expiry(token.get("expiresIn"), now=now) or token.get("expiresAt")
     svc.vault.set_token(location_id, access_token=token["accessToken"],
