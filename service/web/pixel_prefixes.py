@@ -34,9 +34,13 @@ PREFIX_ID = {"in": "path", "name": "prefix_id", "required": True, "schema": ID_S
 DOCUMENT = "{documentId}"  # what the URL template leaves to fill in
 
 
+class InvalidIdError(ServiceError):
+    status = 422  # as a body's invalid id is
+
+
 def _checked(value: str, field: str) -> str:
     if not is_valid_id(value):
-        raise ServiceError(f"{field} must be {ID_RULE}", errors={field: ["Invalid id."]})
+        raise InvalidIdError(f"{field} must be {ID_RULE}", errors={field: ["Invalid id."]})
     return value
 
 
