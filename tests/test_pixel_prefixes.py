@@ -9,6 +9,8 @@ from urllib.parse import quote
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from service import create_app
 from service.ingest.pixels import PixelSigner, PixelTarget
@@ -369,3 +371,12 @@ def test_a_prefix_does_not_expire(client, services, clock):
     assert_gif(get(client, pixel(minted["urlTemplate"], "INV-1")))
     assert viewed(services)[0][2] == "INV-1"
     assert minted["createdAt"].startswith(T0.strftime("%Y-%m-%dT%H:%M:%S"))
+
+
+@settings(max_examples=100, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rest=st.text(min_size=0, max_size=200), method=st.sampled_from(["GET", "HEAD"]))
+def test_fuzz_any_path_under_a_location_pixel_is_the_gif(client, services, rest, method):
+    resp = client.open("/v1/pixel/l/" + quote(rest, safe="/.~-_"), method=method)
+    assert_gif(resp)  # empty segments, slashes, newlines, NULs: always the GIF
+    assert viewed(services) == []  # and no prefix, so nothing recorded
