@@ -30,7 +30,7 @@ def create(location_id: str, kind: str, name: str | None) -> None:
     """Opt LOCATION_ID in: print a prefix's id, URL template and an example <img> (shown
     only now; anyone holding it can mark any document of that kind viewed)."""
     from .web.pixel_prefixes import mint_prefix
-    from .web.schemas import PixelPrefixRequestSchema
+    from .web.schemas.prefixes import PixelPrefixRequestSchema
 
     body = {"kind": kind, **({"name": name} if name is not None else {})}
     try:

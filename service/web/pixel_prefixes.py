@@ -16,7 +16,7 @@ from .auth import require_admin_key
 from .bodies import Blueprint
 from .deps import services
 from .errors import NotFoundError, ServiceError
-from .schemas import (
+from .schemas.prefixes import (
     MintedPixelPrefixSchema,
     PixelPrefixListSchema,
     PixelPrefixRequestSchema,

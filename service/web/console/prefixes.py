@@ -10,7 +10,7 @@ from flask import flash, redirect, request, url_for
 
 from ...ids import is_valid_id
 from ..pixel_prefixes import mint_prefix, revoke
-from ..schemas import PixelPrefixRequestSchema
+from ..schemas.prefixes import PixelPrefixRequestSchema
 from . import bp
 from .locations import checked_id, render_location
 

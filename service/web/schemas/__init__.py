@@ -1,5 +1,5 @@
 """Marshmallow schemas: request validation and the documented responses, a module per
-resource (``events``, ``locations``, ``pixels``, ``prefixes``, ``deliveries``) and what they share
+resource (``events``, ``locations``, ``pixels``, ``deliveries``) and what they share
 (``common``). Every public schema is importable from here too."""
 
 from .common import MAX_BIGINT, ErrorSchema, Printable, QuerySchema, Text, UTCDateTime
@@ -28,19 +28,12 @@ from .locations import (
     TokenSchema,
 )
 from .pixels import PixelUrlRequestSchema, PixelUrlSchema
-from .prefixes import (
-    MintedPixelPrefixSchema,
-    PixelPrefixListSchema,
-    PixelPrefixRequestSchema,
-    PixelPrefixSchema,
-)
 
 __all__ = [
     "EXACTLY_ONE_DOCUMENT", "MAX_BATCH", "MAX_BIGINT", "AcceptedSchema", "DeliveryPageSchema",
     "DeliveryQuerySchema", "DeliverySchema", "ErrorSchema", "EventSchema", "EventStatusSchema",
     "IngestResponseSchema", "IngestSchema", "LocationDetailSchema", "LocationListSchema",
-    "LocationQuerySchema", "LocationSchema", "MintedPixelPrefixSchema",
-    "PixelPrefixListSchema", "PixelPrefixRequestSchema", "PixelPrefixSchema",
+    "LocationQuerySchema", "LocationSchema",
     "PixelUrlRequestSchema", "PixelUrlSchema", "Printable", "PurgeSchema", "QuerySchema",
     "ReplayResultSchema", "ReplaySchema", "Text", "TokenSchema", "UTCDateTime",
 ]
