@@ -272,7 +272,9 @@ def purge_command(location_id: str, yes: bool) -> None:
 
 def init_app(app: Flask) -> None:
     """Register the commands."""
+    from .cli_prefixes import prefix_cli
+
     for command in (db_cli, tokens_cli, keys_cli, forwarder_command, pixel_url_command,
-                    deliveries_command, replay_command, purge_command):
+                    deliveries_command, replay_command, purge_command, prefix_cli):
         app.cli.add_command(command)
 

@@ -27,6 +27,7 @@ from .highlevel.client import HighLevelClient, build_session
 from .highlevel.oauth import OAuthClient
 from .ingest.app_webhooks import WebhookReceiver
 from .ingest.pixels import PixelSigner
+from .ingest.prefixes import LocationPixels
 from .ingest.source_verifiers import Sources
 from .ingest.verdicts import Classifier
 from .store.engine import create_engine
@@ -44,6 +45,7 @@ class Services:
     store: Store
     vault: TokenVault
     pixel_signer: PixelSigner
+    location_pixels: LocationPixels  # location prefixes: pixels for templated emails
     classifier: Classifier
     sources: Sources  # the email providers' verifiers (each None until configured)
     app_webhooks: WebhookReceiver | None = None  # None until HIGHLEVEL_WEBHOOK_PUBLIC_KEY
@@ -68,6 +70,7 @@ def build_services(settings: Mapping[str, Any]) -> Services:
                     retain_ip=settings["RETAIN_CLIENT_IP"], limiter=limiter),
         vault=TokenVault(engine, settings["TOKEN_ENCRYPTION_KEYS"]),
         pixel_signer=PixelSigner(settings["PIXEL_SIGNING_KEYS"]),
+        location_pixels=LocationPixels(settings["PIXEL_SIGNING_KEYS"], engine),
         classifier=Classifier.load(settings["MACHINE_OPEN_RULES"]),
         sources=Sources.from_config(settings, engine),
         app_webhooks=WebhookReceiver.from_config(settings),

@@ -18,9 +18,11 @@ from service.store.db import (
     installs,
     known_locations,
     locations,
+    pixel_prefixes,
     rate_limits,
     view_counts,
 )
+from service.store.prefixes import create_prefix
 from service.store.retention import prune_events, purge_location
 
 from .conftest import T0, admin_headers, ingest_headers, make_event, make_view, test_config
@@ -220,6 +222,7 @@ def fill(services, store, vault, location_id):
     record(store, now, location_id=location_id, document_id="inv_2", forward=False,
            verdict="bot")
     vault.set_token(location_id, access_token=f"pit-{location_id}-secret", now=now)
+    create_prefix(services.engine, location_id, kind="invoice", now=now)
     with services.engine.begin() as conn:
         row = conn.execute(sa.select(documents.c.id).where(
             documents.c.location_id == location_id)).scalar()
@@ -239,7 +242,8 @@ def remaining(services, location_id) -> dict:
               "deliveries": delivery_log.c.location_id, "tokens": locations.c.location_id,
               "installs": installs.c.target_id, "rateLimits": rate_limits.c.resource,
               "viewCounts": view_counts.c.location_id,
-              "knownLocations": known_locations.c.location_id}
+              "knownLocations": known_locations.c.location_id,
+              "pixelPrefixes": pixel_prefixes.c.location_id}
     with services.engine.connect() as conn:
         return {name: conn.execute(sa.select(sa.func.count()).where(
             column == location_id)).scalar() for name, column in checks.items()}
@@ -252,7 +256,7 @@ def test_delete_location_erases_it_and_nothing_else(client, services, store, vau
     resp = client.delete("/v1/locations/GONE", headers=admin_headers())
     assert resp.status_code == 200
     kept = {"events": 2, "documents": 1, "deliveries": 1, "tokens": 1, "installs": 1,
-            "rateLimits": 1, "viewCounts": 2, "knownLocations": 1}
+            "rateLimits": 1, "viewCounts": 2, "knownLocations": 1, "pixelPrefixes": 1}
     # (the filtered view has no document to send; its verdict is counted; no operator
     # notification was due, so none is deleted)
     assert resp.json == {"locationId": "GONE", "deleted": {**kept, "notifications": 0}}

@@ -14,7 +14,7 @@ from sqlalchemy.engine import Engine
 
 from . import documents as states
 from . import notifications as operator_notifications
-from . import seen
+from . import prefixes, seen
 from .db import delivery_log, documents, events, installs, locations, rate_limits
 from .documents import DEAD, IDLE
 from .viewrows import event_id_floor
@@ -59,8 +59,8 @@ def _walk_events(engine: Engine, *where, below: str | None = None, batch: int) -
 def purge_location(engine: Engine, location_id: str, *, batch: int = BATCH) -> dict[str, int]:
     """Delete everything stored for a location (a data-erasure request): its events,
     documents, delivery log, operator notifications, token, installs, rate-limit state,
-    view counts and known row. Returns the rows deleted per table (all zero when nothing
-    was stored)."""
+    view counts, known row and pixel prefixes. Returns the rows deleted per table (all
+    zero when nothing was stored)."""
     counts = {
         # Events before documents (they reference them). Events have no index by location
         # (it would cost every pixel view): walk the primary key, one batch at a time.
@@ -81,6 +81,7 @@ def purge_location(engine: Engine, location_id: str, *, batch: int = BATCH) -> d
         counts["rateLimits"] = conn.execute(
             rate_limits.delete().where(rate_limits.c.resource == location_id)).rowcount
         counts.update(seen.purge(conn, location_id))
+        counts["pixelPrefixes"] = prefixes.purge(conn, location_id)
     return counts
 
 

@@ -24,6 +24,7 @@ def init_app(app: Flask) -> None:
         health,
         locations,
         oauth,
+        pixel_prefixes,
         pixels,
         sources,
         webhooks,
@@ -42,8 +43,8 @@ def init_app(app: Flask) -> None:
     app.before_request(_assign_request_id)
     app.after_request(_echo_request_id)
     api = init_api(app)
-    for blueprint in (events.bp, locations.bp, pixels.bp, deliveries.bp, sources.bp,
-                      webhooks.bp):
+    for blueprint in (events.bp, locations.bp, pixels.bp, pixel_prefixes.bp, deliveries.bp,
+                      sources.bp, webhooks.bp):
         api.register_blueprint(blueprint)
     app.register_blueprint(oauth.bp)
     app.register_blueprint(health.bp)

@@ -8,6 +8,8 @@ hands everything else (HEAD, the beacon, the API) to Flask unchanged. It does wh
 Flask view does: request id in and out, prefetch check, token, verdict, a durable store
 write before the response, the metrics, the same GIF and headers. It sits inside
 ProxyFix, so ``REMOTE_ADDR`` is the client's address when TRUSTED_PROXIES is set.
+Location pixels (``/v1/pixel/l/<prefix>/<documentId>.gif``, ``ingest/prefixes.py``) are
+answered here too, the same way, their document named by the path instead of a token.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections.abc import Callable, Iterable
 from sqlalchemy.exc import DBAPIError
 from werkzeug.datastructures import EnvironHeaders
 
+from ..ingest import prefixes
 from ..ingest.pixels import GIF, GIF_HEADERS, is_prefetch
 from ..ingest.views import build_view
 from ..metrics import observe_ingest
@@ -27,6 +30,7 @@ from ..metrics import observe_ingest
 logger = logging.getLogger("service.pixel_api")
 
 PREFIX = "/v1/pixel/"
+LOCATION_PIXEL = prefixes.ROUTE.removeprefix(PREFIX)  # "l/", then <prefix>/<documentId>
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
@@ -37,11 +41,16 @@ def request_id_for(incoming: str) -> str:
 
 def record_view(svc, token: str, *, source: str, user_agent: str | None, ip: str | None,
                 request_id: str | None) -> bool:
-    """Record a view for a valid token; never raise (the response must not fail)."""
+    """Record a view for a valid token (for a location pixel, ``source`` is
+    ``prefixes.SOURCE`` and ``token`` the path after ``PREFIX``); never raise (the
+    response must not fail)."""
     log = {"source": source, "request_id": request_id}
     try:
         now = svc.clock()
-        target = svc.pixel_signer.verify(token, now=now)
+        if source == prefixes.SOURCE:
+            target = svc.location_pixels.resolve(token.removeprefix(LOCATION_PIXEL), now=now)
+        else:
+            target = svc.pixel_signer.verify(token, now=now)
         if target is None:
             logger.info("pixel.invalid_token", extra=log)
             return False
@@ -77,7 +86,8 @@ class PixelFrontDoor:
         if path.endswith(".gif") and not is_prefetch(EnvironHeaders(environ)):
             # PATH_INFO carries the URL's bytes as latin-1; decode them as Flask would.
             token = path[len(PREFIX):-len(".gif")].encode("latin-1").decode("utf-8", "replace")
-            record_view(self.svc, token, source="pixel",
+            source = prefixes.SOURCE if token.startswith(LOCATION_PIXEL) else "pixel"
+            record_view(self.svc, token, source=source,
                         user_agent=environ.get("HTTP_USER_AGENT"),
                         ip=environ.get("REMOTE_ADDR"), request_id=request_id)
         start_response("200 OK", [*self.headers, ("X-Request-ID", request_id)])

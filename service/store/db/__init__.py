@@ -27,6 +27,7 @@ from .overview import (
     stats_watermark,
     view_counts,
 )
+from .prefixes import pixel_prefixes
 from .types import BigId, UTCDateTime, metadata
 
 __all__ = [
@@ -51,4 +52,5 @@ __all__ = [
     "known_locations",
     "view_counts",
     "rollups",
+    "pixel_prefixes",
 ]

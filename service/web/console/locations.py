@@ -13,6 +13,7 @@ from flask import abort, render_template, request, url_for
 
 from ...ids import is_valid_id
 from ...store.directory import LOCATION_STATES
+from ...store.prefixes import list_prefixes
 from ..deps import services
 from ..locations import location_page
 from ..schemas import LocationQuerySchema
@@ -58,15 +59,18 @@ def checked_id(location_id: str) -> str:
     return location_id
 
 
-def render_location(location_id: str, *, status: int = 200, errors: dict | None = None):
-    """A location's page (also re-shown by an action whose form was not valid): what
-    ``GET /v1/locations/<id>`` answers, as HTML."""
+def render_location(location_id: str, *, status: int = 200, errors: dict | None = None,
+                    minted: dict | None = None):
+    """A location's page (also re-shown by an action whose form was not valid, or with a
+    pixel prefix just ``minted``): what ``GET /v1/locations/<id>`` answers, as HTML, and
+    the location's pixel prefixes."""
     location = location_page(location_id)
     if location is None:
         abort(404, f"The relay holds nothing for {location_id}: no token and no views.")
+    prefixes = list_prefixes(services().engine, location_id)
     return render_template("console/location.html", location=location, states=STATES,
                            log_url=url_for("console.deliveries", locationId=location_id),
-                           errors=errors or {}), status
+                           errors=errors or {}, prefixes=prefixes, minted=minted), status
 
 
 @bp.get("/locations/<location_id>")

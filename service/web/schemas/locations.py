@@ -143,4 +143,4 @@ class PurgeSchema(ma.Schema):
     locationId = ma.fields.String()
     deleted = ma.fields.Dict(keys=ma.fields.String(), values=ma.fields.Integer(), metadata={
         "description": "rows deleted: events, documents, deliveries, notifications, tokens, "
-                       "installs, rateLimits, viewCounts, knownLocations"})
+                       "installs, rateLimits, viewCounts, knownLocations, pixelPrefixes"})
