@@ -22,6 +22,7 @@ def init_app(app: Flask) -> None:
         errors,
         events,
         health,
+        keys,
         locations,
         oauth,
         pixels,
@@ -42,7 +43,7 @@ def init_app(app: Flask) -> None:
     app.before_request(_assign_request_id)
     app.after_request(_echo_request_id)
     api = init_api(app)
-    for blueprint in (events.bp, locations.bp, pixels.bp, deliveries.bp, sources.bp,
+    for blueprint in (events.bp, locations.bp, pixels.bp, deliveries.bp, keys.bp, sources.bp,
                       webhooks.bp):
         api.register_blueprint(blueprint)
     app.register_blueprint(oauth.bp)

@@ -37,6 +37,14 @@ class UnauthorizedError(ServiceError):
     headers = {"WWW-Authenticate": 'Bearer realm="relay"'}
 
 
+class ForbiddenError(ServiceError):
+    """A valid key that may not do this: the message names the scope (or location) it
+    lacks."""
+
+    status = 403
+    message = "This key may not do that"
+
+
 class NotFoundError(ServiceError):
     status = 404
     message = "Not found"

@@ -19,6 +19,7 @@ from apispec.ext.marshmallow.common import resolve_schema_cls
 from flask import Flask, abort, send_from_directory
 from flask_smorest import Api
 
+from .auth import SECURITY_DESCRIPTION, SECURITY_SCHEME
 from .schemas import ErrorSchema
 
 SWAGGER_UI_PACKAGE = "flask-swagger-ui"
@@ -106,10 +107,10 @@ def init_api(app: Flask) -> Api:
     if app.config.get("PUBLIC_BASE_URL"):  # "Try it out" calls the relay where clients do
         spec_kwargs["servers"] = [{"url": app.config["PUBLIC_BASE_URL"].rstrip("/")}]
     api = RelayApi(app, spec_kwargs=spec_kwargs)
-    for name, what in (("ingestKey", "an INGEST_API_KEYS key"),
-                       ("adminKey", "an ADMIN_API_KEYS key")):
-        api.spec.components.security_scheme(
-            name, {"type": "http", "scheme": "bearer", "description": f"Bearer {what}"})
+    # One bearer scheme; what a key may do is its scopes (OpenAPI 3.0 gives scopes only to
+    # OAuth schemes, so each operation names its own in ``x-scopes``: auth.require_scope).
+    api.spec.components.security_scheme(SECURITY_SCHEME, {
+        "type": "http", "scheme": "bearer", "description": SECURITY_DESCRIPTION})
 
     dist = swagger_ui_dist()
 

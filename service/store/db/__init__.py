@@ -13,6 +13,7 @@ from .core import (
     used_webhook_tokens,
     webhook_receipts,
 )
+from .keys import api_keys
 from .outbox import (
     no_token_alerts,
     notification_attempts,
@@ -51,4 +52,5 @@ __all__ = [
     "known_locations",
     "view_counts",
     "rollups",
+    "api_keys",
 ]
