@@ -21,7 +21,8 @@ class KeyCreateSchema(ma.Schema):
                             metadata={"description": "for people: what uses the key"})
     scopes = ma.fields.List(
         ma.fields.String(validate=ma.validate.OneOf(SCOPES)), required=True,
-        validate=ma.validate.Length(min=1, max=len(SCOPES)),
+        validate=ma.validate.Length(min=1, max=len(SCOPES), error=(
+            f"Give one or more of {', '.join(SCOPES)}, each once.")),
         metadata={"description": "admin implies every other scope"})
     locations = ma.fields.List(
         ma.fields.String(validate=Id), validate=ma.validate.Length(min=1, max=MAX_LOCATIONS),
