@@ -22,7 +22,8 @@ from .web.deps import services
               help="With events:write: a location it may post for (repeat); default: all.")
 @with_appcontext
 def keys_create(name: str, scopes: tuple[str, ...], locations: tuple[str, ...]) -> None:
-    """Make a key and print it (on stdout, this once: the store keeps only its hash)."""
+    """Make a key and print it, this once, as the last line of stdout (the store keeps only
+    its hash); what it may do goes to stderr."""
     from .web.keys import create_key
     from .web.schemas import KeyCreateSchema
 

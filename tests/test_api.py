@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from service.store.db import events
 
-from .conftest import ADMIN_KEY, admin_headers, ingest_headers, make_event
+from .conftest import admin_headers, ingest_headers, make_event
 
 
 def stored_events(services) -> int:
