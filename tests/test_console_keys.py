@@ -52,6 +52,7 @@ def test_making_a_key_shows_it_once(signed_in, client):
                      scopes="events:write", locations="loc_1, loc_2")
     assert resp.status_code == 201
     assert resp.headers["Cache-Control"] == "no-store"
+    assert 'aria-current="page">Keys<' in resp.text
     key = re.search(r'id="new-key-value">(hlr_[A-Za-z0-9_-]{43})<', resp.text)[1]
     assert "only time the relay shows it" in text(resp.text)
     assert client.post("/v1/events", json={"locationId": "loc_2", "invoiceId": "i"},
