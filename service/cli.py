@@ -272,8 +272,11 @@ def purge_command(location_id: str, yes: bool) -> None:
 
 def init_app(app: Flask) -> None:
     """Register the commands."""
+    from .cli_keys import COMMANDS as stored_keys  # keys create|list|revoke
     from .cli_prefixes import prefix_cli
 
+    for command in stored_keys:
+        keys_cli.add_command(command)
     for command in (db_cli, tokens_cli, keys_cli, forwarder_command, pixel_url_command,
                     deliveries_command, replay_command, purge_command, prefix_cli):
         app.cli.add_command(command)

@@ -1,8 +1,8 @@
 """The one place the service's objects are assembled, for the web and for the worker.
 
 ``build_services(settings)`` makes what every process shares (engine, store, token vault,
-pixel signer, verdicts, email sources, app webhooks, OAuth client); ``create_app`` keeps it
-in ``app.extensions["service"]`` and views reach it through ``web.deps.services()``.
+API keys, pixel signer, verdicts, email sources, app webhooks, OAuth client); ``create_app``
+keeps it in ``app.extensions["service"]`` and views reach it through ``web.deps.services()``.
 ``build_forwarder(services)`` adds the HighLevel client and the forwarder for
 ``flask forwarder``, and ``build_sender(services)`` its operator notifications' sender.
 No Flask here.
@@ -30,6 +30,7 @@ from .ingest.pixels import PixelSigner
 from .ingest.prefixes import LocationPixels
 from .ingest.source_verifiers import Sources
 from .ingest.verdicts import Classifier
+from .store.apikeys import ApiKeys
 from .store.engine import create_engine
 from .store.queue import Store
 from .store.ratelimit import StoreLimiter
@@ -48,6 +49,7 @@ class Services:
     location_pixels: LocationPixels  # location prefixes: pixels for templated emails
     classifier: Classifier
     sources: Sources  # the email providers' verifiers (each None until configured)
+    keys: ApiKeys  # API keys kept in the store (environment keys are in config)
     app_webhooks: WebhookReceiver | None = None  # None until HIGHLEVEL_WEBHOOK_PUBLIC_KEY
     oauth: OAuthClient | None = None  # None until HIGHLEVEL_CLIENT_ID/SECRET are set
     clock: Callable[[], dt.datetime] = utcnow
@@ -73,6 +75,7 @@ def build_services(settings: Mapping[str, Any]) -> Services:
         location_pixels=LocationPixels(settings["PIXEL_SIGNING_KEYS"], engine),
         classifier=Classifier.load(settings["MACHINE_OPEN_RULES"]),
         sources=Sources.from_config(settings, engine),
+        keys=ApiKeys(engine),
         app_webhooks=WebhookReceiver.from_config(settings),
         oauth=_oauth_client(settings),
     )

@@ -85,9 +85,10 @@ def test_bad_queries_are_422_naming_the_parameter(client, query):
 
 
 def test_deliveries_need_the_admin_key(client):
-    assert client.get("/v1/deliveries", headers=ingest_headers()).status_code == 401
+    assert client.get("/v1/deliveries", headers=ingest_headers()).status_code == 403
     assert client.post("/v1/deliveries/replay", json={"all": True},
-                       headers=ingest_headers()).status_code == 401
+                       headers=ingest_headers()).status_code == 403
+    assert client.get("/v1/deliveries").status_code == 401
 
 
 def test_replay_requeues_dead_views_and_is_idempotent(client, log, services):

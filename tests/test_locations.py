@@ -212,7 +212,7 @@ def test_one_location_never_counts_anothers(client, store, vault, forward, clock
     assert (ab["state"], ab["waitingViews"], ab["verdicts"]) == ("no_token", 3, {"human": 3})
     assert {x["outcome"] for x in a["recentAttempts"]} == {"permanent"}
     assert {x["outcome"] for x in ab["recentAttempts"]} == {"no_token"}
-    assert client.get("/v1/locations", headers=ingest_headers()).status_code == 401
+    assert client.get("/v1/locations", headers=ingest_headers()).status_code == 403
 
 
 def test_views_counted_by_the_forwarder_read_the_same(client, store, vault, clock, forward):

@@ -37,14 +37,16 @@ from .source_payloads import make_keys
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance]
 MAX_EXAMPLES = 30
-KEYS = {"ingestKey": INGEST_KEY, "adminKey": ADMIN_KEY}  # security scheme -> key
+KEYS = {"apiKey": ADMIN_KEY}  # security scheme -> key (admin holds every scope)
+UNKNOWN_KEY = "hlr_" + "u" * 43  # shaped like a stored key, stored nowhere
 CONFIG = {
     "seed": 20260105,
     "generation": {"max-examples": MAX_EXAMPLES, "deterministic": True, "database": "none"},
     "auth": {"openapi": {name: {"bearer": key} for name, key in KEYS.items()}},
 }
-# What the runs without keys send instead of the operation's key: nothing, the key of the
-# other scope (the ingest key on an admin route...), an unknown key, an empty one, Basic.
+# What the runs without keys send instead of the operation's key: nothing, a key without
+# the scope (the ingest key on a route that needs another...), an unknown key, an empty
+# one, Basic.
 OTHER_SCOPE = "other scope"
 WRONG_CREDENTIALS = [None, OTHER_SCOPE, "Bearer ik_unknown", "Bearer ", "Basic dXNlcjpwYXNz"]
 WEBHOOK_KEY = Ed25519PrivateKey.generate().public_key().public_bytes(
@@ -91,6 +93,7 @@ def _seed(services) -> dict:
         (claims["inv_2"], Outcome("retry", "network_error",
                                   next_due=T0 + dt.timedelta(seconds=5))),
     ], now=T0)
+    services.keys.create("fuzz", ["read"], now=T0)  # id 1
     return {status: a.id for status, a in zip(
         ["delivered", "failed", "queued", "filtered"], accepted, strict=True)}
 
@@ -109,9 +112,10 @@ def fuzz_app(migrated_db_url, clock):
 
 
 def _other_scope_key(case) -> str:
-    """The key the operation does not take: the admin key on ingest (and public) routes."""
-    schemes = {name for req in case.operation.definition.raw.get("security") or [] for name in req}
-    return f"Bearer {INGEST_KEY if schemes == {'adminKey'} else ADMIN_KEY}"
+    """A key the operation does not take: the ingest key where events:write does not do;
+    elsewhere (the admin key holds every scope) a stored-key-shaped key stored nowhere."""
+    scopes = case.operation.definition.raw.get("x-scopes") or []
+    return f"Bearer {UNKNOWN_KEY if 'events:write' in scopes else INGEST_KEY}"
 
 
 def _wrong_credentials(case) -> str | None:
@@ -159,6 +163,9 @@ def test_seeded_rows_are_documented(fuzz_app):
                          path_parameters={"location_id": location_id}) == 200
     assert _validate(fuzz_app, "/v1/locations/{location_id}/token", "DELETE", headers=admin,
                      path_parameters={"location_id": "loc_oauth"}) == 204
+    assert _validate(fuzz_app, "/v1/keys", "GET", headers=admin) == 200
+    assert _validate(fuzz_app, "/v1/keys/{key_id}", "DELETE", headers=admin,
+                     path_parameters={"key_id": 1}) == 204
 
 
 @pytest.mark.parametrize(("path", "method", "kwargs"), [

@@ -74,7 +74,8 @@ def generated(tmp_path, monkeypatch):
                                models=module("models"), types=module("types"),
                                post_events=module("api.events.post_events"),
                                get_event=module("api.events.get_event"),
-                               put_token=module("api.locations.put_token"))
+                               put_token=module("api.locations.put_token"),
+                               post_key=module("api.keys.post_key"))
 
     yield load
     for name in [n for n in sys.modules if n == PACKAGE or n.startswith(f"{PACKAGE}.")]:
@@ -152,12 +153,19 @@ def use_the_client(c: SimpleNamespace, client, fake) -> None:
     assert invalid.parsed.status_code == 422
     assert list(invalid.parsed.errors.additional_properties) == ["locationId"]
     rejected = m.InvoiceEvent(location_id=LOCATION, invoice_id="inv_rejected")
-    for key in (None, "ik_not_a_key", ADMIN_KEY):  # none, unknown, the wrong kind
+    for key in (None, "ik_not_a_key"):  # none, unknown
         refused = c.post_events.sync_detailed(client=client(key), body=rejected)
         assert refused.status_code == 401, key
         assert isinstance(refused.parsed, m.Error)
         assert (refused.parsed.status_code, refused.parsed.message) == (
             401, "Missing or invalid API key")
+    # A key of the wrong kind (made with the generated client): 403 naming the scope.
+    reader = c.post_key.sync(client=client(ADMIN_KEY), body=m.KeyCreate(
+        name="typed reader", scopes=[m.KeyCreateScopesItem.READ]))
+    assert isinstance(reader, m.CreatedKey) and reader.key.startswith(reader.prefix)
+    forbidden = c.post_events.sync_detailed(client=client(reader.key), body=rejected)
+    assert forbidden.status_code == 403 and isinstance(forbidden.parsed, m.Error)
+    assert "events:write" in forbidden.parsed.message
     unread = c.get_event.sync_detailed(client=client(None), event_id=ids[0])
     assert unread.status_code == 401 and isinstance(unread.parsed, m.Error)
     missing = c.get_event.sync(client=ingest, event_id="evt_nowhere")
@@ -179,7 +187,7 @@ def use_the_client(c: SimpleNamespace, client, fake) -> None:
     assert patches_for(fake, "inv_rejected") == []
 
 
-def test_every_error_is_the_error_model_and_every_keyed_route_declares_its_401():
+def test_every_error_is_the_error_model_and_every_keyed_route_declares_its_401_and_403():
     """The rules the generated client relies on, checked on the document alone (fast)."""
     from service import create_app
 
@@ -203,6 +211,6 @@ def test_every_error_is_the_error_model_and_every_keyed_route_declares_its_401()
                     assert response.get("content") == error, (where, status)
             if operation.get("security"):
                 keyed += 1
-                assert "401" in operation["responses"], where
+                assert {"401", "403"} <= set(operation["responses"]), where
     assert keyed >= 10  # the ingest and admin routes
     assert spec["components"]["schemas"]["Error"]["required"] == ["message", "statusCode"]

@@ -22,6 +22,7 @@ def init_app(app: Flask) -> None:
         errors,
         events,
         health,
+        keys,
         locations,
         oauth,
         pixel_prefixes,
@@ -44,7 +45,7 @@ def init_app(app: Flask) -> None:
     app.after_request(_echo_request_id)
     api = init_api(app)
     for blueprint in (events.bp, locations.bp, pixels.bp, pixel_prefixes.bp, deliveries.bp,
-                      sources.bp, webhooks.bp):
+                      keys.bp, sources.bp, webhooks.bp):
         api.register_blueprint(blueprint)
     app.register_blueprint(oauth.bp)
     app.register_blueprint(health.bp)

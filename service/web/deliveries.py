@@ -7,14 +7,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..store.deliverylog import LogFilter, list_deliveries
-from .auth import require_admin_key
+from .auth import require_scope
 from .bodies import Blueprint
 from .deps import services
 from .schemas import DeliveryPageSchema, DeliveryQuerySchema, ReplayResultSchema, ReplaySchema
 
 bp = Blueprint("deliveries", __name__, url_prefix="/v1/deliveries",
                description="The delivery log and dead-letter replay")
-SECURITY = [{"adminKey": []}]
 
 
 def log_filter(args: Mapping[str, Any]) -> LogFilter:
@@ -30,8 +29,7 @@ def log_filter(args: Mapping[str, Any]) -> LogFilter:
 
 
 @bp.route("", methods=["GET"])
-@bp.doc(security=SECURITY)
-@require_admin_key
+@require_scope("read")
 @bp.arguments(DeliveryQuerySchema, location="query")
 @bp.response(200, DeliveryPageSchema)
 def get_deliveries(args):
@@ -42,8 +40,7 @@ def get_deliveries(args):
 
 
 @bp.route("/replay", methods=["POST"])
-@bp.doc(security=SECURITY)
-@require_admin_key
+@require_scope("admin")
 @bp.arguments(ReplaySchema)
 @bp.response(200, ReplayResultSchema)
 def post_replay(body):

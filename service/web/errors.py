@@ -38,6 +38,16 @@ class UnauthorizedError(ServiceError):
     headers = {"WWW-Authenticate": 'Bearer realm="relay"'}
 
 
+class ForbiddenError(ServiceError):
+    """A valid key that may not do this: the message names the scope (or location) it
+    lacks."""
+
+    status = 403
+    message = "This key may not do that"
+    # What the OpenAPI document says of every keyed route's 403.
+    description = "The key is valid but lacks the scope (or the location) this route needs"
+
+
 class NotFoundError(ServiceError):
     status = 404
     message = "Not found"

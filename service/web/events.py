@@ -9,7 +9,7 @@ from flask import g, request
 from ..ingest.views import build_view
 from ..metrics import observe_ingest
 from ..store.queue import View
-from .auth import require_ingest_key, require_ingest_or_admin_key
+from .auth import current_grant, require_locations, require_scope
 from .bodies import Blueprint
 from .deps import services
 from .errors import NotFoundError, ServiceError
@@ -17,7 +17,6 @@ from .schemas import INGEST_BODY, EventStatusSchema, IngestResponseSchema, Inges
 
 bp = Blueprint("events", __name__, url_prefix="/v1/events",
                description="Invoice and estimate views from internal services")
-SECURITY = [{"ingestKey": []}]
 
 
 class UnsupportedMediaTypeError(ServiceError):
@@ -51,8 +50,8 @@ def to_view(event: dict) -> View:
 
 
 @bp.route("", methods=["POST"])
-@bp.doc(security=SECURITY, requestBody=INGEST_BODY)
-@require_ingest_key
+@bp.doc(requestBody=INGEST_BODY)
+@require_scope("events:write")
 @require_json
 @bp.arguments(IngestSchema)
 @bp.response(202, IngestResponseSchema)
@@ -60,8 +59,10 @@ def post_events(body):
     """Accept one event, or a batch of 1-500 (all or nothing).
 
     Each view is committed before the 202. A repeated ``eventId`` answers
-    ``duplicate`` with the first event's id and is not sent again.
+    ``duplicate`` with the first event's id and is not sent again. A key limited to
+    some locations may post only theirs (403 naming the others; nothing is stored).
     """
+    require_locations(e["locationId"] for e in body["events"])
     views = [to_view(e) for e in body["events"]]
     accepted = services().store.record_views(views, now=services().clock())
     observe_ingest(views, accepted, source="api")
@@ -78,13 +79,13 @@ def find_event(event_id: str) -> dict | None:
 
 
 @bp.route("/<event_id>", methods=["GET"])
-@bp.doc(security=[{"ingestKey": []}, {"adminKey": []}])
-@require_ingest_or_admin_key
+@require_scope("events:write", "read")
 @bp.response(200, EventStatusSchema)
 def get_event(event_id):
     """Where an event stands: queued, delivered (with the time), failed or filtered.
-    An ingest key or an admin key (an operator following a view up) may read it."""
+    A key that posts events, or reads (an operator following a view up), may read it; a
+    key limited to some locations sees only their events (the others are not found)."""
     status = find_event(event_id)
-    if status is None:
+    if status is None or not current_grant().may_read_event(status["locationId"]):
         raise NotFoundError("No event with that id")
     return status

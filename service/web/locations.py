@@ -8,7 +8,7 @@ from flask import url_for
 from ..clock import expiry
 from ..forward.token_rules import check_refreshable
 from ..ids import ID_PATTERN, ID_RULE, is_valid_id
-from .auth import require_admin_key
+from .auth import require_scope
 from .bodies import Blueprint
 from .deps import services
 from .errors import NotFoundError, ServiceError
@@ -22,7 +22,6 @@ from .schemas import (
 
 bp = Blueprint("locations", __name__, url_prefix="/v1/locations",
                description="Locations: their HighLevel tokens, the directory, erasure")
-SECURITY = [{"adminKey": []}]
 # The path's id, documented with the rule each view checks first (_location_id).
 LOCATION_ID = {"in": "path", "name": "location_id", "required": True,
                "schema": {"type": "string", "pattern": ID_PATTERN}}
@@ -67,8 +66,7 @@ def location_page(location_id: str) -> dict | None:
 
 
 @bp.route("/<location_id>/token", methods=["PUT"], parameters=[LOCATION_ID])
-@bp.doc(security=SECURITY)
-@require_admin_key
+@require_scope("admin")
 @bp.arguments(TokenSchema)
 @bp.response(200, LocationDetailSchema)
 def put_token(body, location_id):
@@ -79,8 +77,7 @@ def put_token(body, location_id):
 
 
 @bp.route("/<location_id>/token", methods=["DELETE"], parameters=[LOCATION_ID])
-@bp.doc(security=SECURITY)
-@require_admin_key
+@require_scope("admin")
 @bp.response(204)
 def delete_token(location_id):
     """Remove a location's token; its views wait (blocked) until a new one is stored."""
@@ -92,8 +89,7 @@ def delete_token(location_id):
 
 
 @bp.route("", methods=["GET"])
-@bp.doc(security=SECURITY)
-@require_admin_key
+@require_scope("read")
 @bp.arguments(LocationQuerySchema, location="query")
 @bp.response(200, LocationListSchema)
 def list_locations(args):
@@ -108,8 +104,7 @@ def list_locations(args):
 
 
 @bp.route("/<location_id>", methods=["GET"], parameters=[LOCATION_ID])
-@bp.doc(security=SECURITY)
-@require_admin_key
+@require_scope("read")
 @bp.response(200, LocationDetailSchema)
 def get_location(location_id):
     """One location, with a token or only views: its row, views by verdict, rate-limit
@@ -121,8 +116,7 @@ def get_location(location_id):
 
 
 @bp.route("/<location_id>", methods=["DELETE"], parameters=[LOCATION_ID])
-@bp.doc(security=SECURITY)
-@require_admin_key
+@require_scope("admin")
 @bp.response(200, PurgeSchema)
 def purge_location(location_id):
     """Delete everything stored for a location (a data-erasure request): its events,

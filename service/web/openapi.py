@@ -20,7 +20,8 @@ from apispec.ext.marshmallow.common import resolve_schema_cls
 from flask import Flask, abort, send_from_directory
 from flask_smorest import Api
 
-from .errors import UnauthorizedError
+from .auth import SECURITY_DESCRIPTION, SECURITY_SCHEME
+from .errors import ForbiddenError, UnauthorizedError
 from .schemas import ErrorSchema
 
 SWAGGER_UI_PACKAGE = "flask-swagger-ui"
@@ -58,8 +59,9 @@ class RelayMarshmallowPlugin(MarshmallowPlugin):
 class ErrorResponsesPlugin(BasePlugin):
     """Every error answers the one error shape (errors.py), so the document says so: an
     error response declared with a description only gets the ``Error`` schema, and every
-    operation that takes a key declares its 401. Generated clients then parse each error
-    into one typed model instead of leaving it untyped."""
+    operation that takes a key declares its 401 and its 403 (a key without the scope).
+    Generated clients then parse each error into one typed model instead of leaving it
+    untyped."""
 
     def operation_helper(self, path=None, operations=None, **kwargs):
         for method, operation in (operations or {}).items():
@@ -68,6 +70,7 @@ class ErrorResponsesPlugin(BasePlugin):
             responses = operation.setdefault("responses", {})
             if operation.get("security"):
                 responses.setdefault("401", {"description": UnauthorizedError.message})
+                responses.setdefault("403", {"description": ForbiddenError.description})
             for status, response in responses.items():
                 # A string or a $ref names a response component (flask-smorest's have it).
                 if str(status)[:1] in "45" and isinstance(response, dict) \
@@ -132,10 +135,10 @@ def init_api(app: Flask) -> Api:
     if app.config.get("PUBLIC_BASE_URL"):  # "Try it out" calls the relay where clients do
         spec_kwargs["servers"] = [{"url": app.config["PUBLIC_BASE_URL"].rstrip("/")}]
     api = RelayApi(app, spec_kwargs=spec_kwargs)
-    for name, what in (("ingestKey", "an INGEST_API_KEYS key"),
-                       ("adminKey", "an ADMIN_API_KEYS key")):
-        api.spec.components.security_scheme(
-            name, {"type": "http", "scheme": "bearer", "description": f"Bearer {what}"})
+    # One bearer scheme; what a key may do is its scopes (OpenAPI 3.0 gives scopes only to
+    # OAuth schemes, so each operation names its own in ``x-scopes``: auth.require_scope).
+    api.spec.components.security_scheme(SECURITY_SCHEME, {
+        "type": "http", "scheme": "bearer", "description": SECURITY_DESCRIPTION})
 
     dist = swagger_ui_dist()
 

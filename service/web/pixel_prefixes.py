@@ -12,7 +12,7 @@ from ..ids import ID_PATTERN, ID_RULE, is_valid_id
 from ..ingest.pixels import GIF, GIF_HEADERS, img_tag
 from ..ingest.prefixes import PLACEHOLDERS, ROUTE
 from ..store.prefixes import PixelPrefix, create_prefix, list_prefixes, revoke_prefix
-from .auth import require_admin_key
+from .auth import require_scope
 from .bodies import Blueprint
 from .deps import services
 from .errors import NotFoundError, ServiceError
@@ -27,7 +27,6 @@ logger = logging.getLogger(__name__)
 bp = Blueprint("pixel_prefixes", __name__, url_prefix="/v1",
                description="Location pixels: a prefix per location and kind, for emails "
                            "whose sender fills in the document id from a template")
-SECURITY = [{"adminKey": []}]
 ID_SCHEMA = {"type": "string", "pattern": ID_PATTERN}
 LOCATION_ID = {"in": "path", "name": "location_id", "required": True, "schema": ID_SCHEMA}
 PREFIX_ID = {"in": "path", "name": "prefix_id", "required": True, "schema": ID_SCHEMA}
@@ -77,8 +76,7 @@ def revoke(location_id: str, prefix_id: str) -> PixelPrefix | None:
 
 @bp.route("/locations/<location_id>/pixel-prefixes", methods=["POST"],
           parameters=[LOCATION_ID])
-@bp.doc(security=SECURITY)
-@require_admin_key
+@require_scope("admin")
 @bp.arguments(PixelPrefixRequestSchema)
 @bp.response(201, MintedPixelPrefixSchema)
 def mint_pixel_prefix(body, location_id):
@@ -92,8 +90,7 @@ def mint_pixel_prefix(body, location_id):
 
 @bp.route("/locations/<location_id>/pixel-prefixes", methods=["GET"],
           parameters=[LOCATION_ID])
-@bp.doc(security=SECURITY)
-@require_admin_key
+@require_scope("admin")
 @bp.response(200, PixelPrefixListSchema)
 def list_pixel_prefixes(location_id):
     """A location's prefixes, revoked ones too, oldest first; never the prefix itself."""
@@ -103,8 +100,7 @@ def list_pixel_prefixes(location_id):
 
 @bp.route("/locations/<location_id>/pixel-prefixes/<prefix_id>", methods=["DELETE"],
           parameters=[LOCATION_ID, PREFIX_ID])
-@bp.doc(security=SECURITY)
-@require_admin_key
+@require_scope("admin")
 @bp.response(204)
 def revoke_pixel_prefix(location_id, prefix_id):
     """Revoke a prefix: its URLs still answer the GIF and record nothing, on every web

@@ -12,7 +12,7 @@ from werkzeug.routing import PathConverter
 
 from ..clock import expiry
 from ..ingest.pixels import GIF, GIF_HEADERS, PixelTarget, img_tag, is_prefetch, pixel_url
-from .auth import require_admin_key
+from .auth import require_scope
 from .bodies import Blueprint
 from .deps import services
 from .pixel_front import record_view
@@ -65,8 +65,7 @@ def beacon(token: str):
 
 
 @bp.route("/pixel-urls", methods=["POST"])
-@bp.doc(security=[{"adminKey": []}])
-@require_admin_key
+@require_scope("pixels:mint")
 @bp.arguments(PixelUrlRequestSchema)
 @bp.response(200, PixelUrlSchema)
 def mint_pixel_url(body):

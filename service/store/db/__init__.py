@@ -13,6 +13,7 @@ from .core import (
     used_webhook_tokens,
     webhook_receipts,
 )
+from .keys import api_keys
 from .outbox import (
     no_token_alerts,
     notification_attempts,
@@ -53,4 +54,5 @@ __all__ = [
     "view_counts",
     "rollups",
     "pixel_prefixes",
+    "api_keys",
 ]

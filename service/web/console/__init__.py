@@ -35,6 +35,7 @@ CONTENT_SECURITY_POLICY = ("default-src 'none'; style-src 'self'; img-src 'self'
 def init_app(app: Flask) -> None:
     """Register the console, its session cookie and CSRF checks, and ``/``."""
     from . import actions, landing, locations, lookup, overview, prefixes, session  # noqa: F401
+    from . import keys as _keys  # noqa: F401
 
     cfg = app.extensions["service"].config
     keys = cfg["SESSION_SECRET_KEYS"]

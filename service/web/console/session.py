@@ -1,10 +1,13 @@
 """Signing in and out of the console, and the guard in front of every console page.
 
-Sign-in takes an admin key from a POSTed form (never a URL), checks it with the API's own
-check (``auth.key_allowed``: constant time, every ``ADMIN_API_KEYS`` key) and keeps in the
-signed session cookie only a fingerprint of the key: an HMAC under the session secret, so
-the cookie (signed, not encrypted) never carries the key, and removing a key from
-``ADMIN_API_KEYS`` ends the sessions opened with it at their next request. Failed sign-ins
+Sign-in takes a key with the ``admin`` scope from a POSTed form (never a URL), checks it
+with the API's own check (``auth.grant_for``: every ``ADMIN_API_KEYS`` key in constant time,
+then the stored keys) and keeps in the signed session cookie only a fingerprint of the key:
+an HMAC under the session secret (of the key itself for an environment key, of its stored
+hash for a stored key, whose id the session holds too), so the cookie (signed, not
+encrypted) never carries the key. Every request checks the fingerprint again: removing a
+key from ``ADMIN_API_KEYS``, or revoking a stored key (read from the store on each console
+request, no cache), ends the sessions opened with it at their next request. Failed sign-ins
 are logged without the key and throttled per client address (``SigninThrottle``).
 """
 
@@ -21,7 +24,8 @@ from urllib.parse import urlsplit
 from flask import current_app, flash, redirect, render_template, request, session, url_for
 from werkzeug.exceptions import Unauthorized
 
-from ..auth import key_allowed
+from ...store.apikeys import hash_key
+from ..auth import grant_for
 from ..deps import services
 from . import bp, csrf, error_page
 
@@ -29,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 PUBLIC_ENDPOINTS = frozenset({"console.static", "console.signin"})
 SESSION_KEY = "admin"  # the session's fingerprint of the admin key that signed in
+SESSION_KEY_ID = "key_id"  # a stored key's id (absent for an environment key)
 MAX_KEY_LENGTH = 4096
 
 
@@ -84,13 +89,26 @@ def fingerprints() -> set[str]:
             for secret in cfg["SESSION_SECRET_KEYS"] for key in cfg["ADMIN_API_KEYS"]}
 
 
+def stored_fingerprints(key_id: object) -> set[str]:
+    """The fingerprints that stand for the stored key ``key_id`` while it is unrevoked and
+    holds ``admin`` (read from the store now: a revocation ends the session at once)."""
+    if not isinstance(key_id, int) or isinstance(key_id, bool):
+        return set()
+    found = services().keys.console_key(key_id)
+    if found is None or not found[1].has("admin"):
+        return set()
+    return {hmac.new(secret.encode(), found[0].encode(), hashlib.sha256).hexdigest()
+            for secret in services().config["SESSION_SECRET_KEYS"]}
+
+
 def signed_in() -> bool:
     held = session.get(SESSION_KEY)
     if not isinstance(held, str):
         return False
+    key_id = session.get(SESSION_KEY_ID)
     found = False
-    for fingerprint in fingerprints():  # no early exit
-        found |= hmac.compare_digest(held.encode(), fingerprint.encode())
+    for fingerprint in stored_fingerprints(key_id) if key_id is not None else fingerprints():
+        found |= hmac.compare_digest(held.encode(), fingerprint.encode())  # no early exit
     return found
 
 
@@ -134,7 +152,8 @@ def signin():
                           f"address. Try again in {wait} seconds.",
                           headers={"Retry-After": str(wait)})
     key = request.form.get("key", "").strip()
-    if not key or len(key) > MAX_KEY_LENGTH or not key_allowed(key, "ADMIN_API_KEYS"):
+    grant = grant_for(key) if key and len(key) <= MAX_KEY_LENGTH else None
+    if grant is None or not grant.has("admin"):
         throttle().failed(address, now=now)
         logger.warning("console.signin_failed", extra={"remote_addr": address})
         html = render_template("console/signin.html", next=request.form.get("next", ""),
@@ -142,8 +161,12 @@ def signin():
         return html, 401
     session.clear()  # a fresh session (and CSRF secret) for the signed-in operator
     session.permanent = True
+    # A stored key is known by its hash (the store keeps no key); an environment key by itself.
+    held = key if grant.key_id is None else hash_key(key)
     session[SESSION_KEY] = hmac.new(svc.config["SESSION_SECRET_KEYS"][0].encode(),
-                                    key.encode(), hashlib.sha256).hexdigest()
+                                    held.encode(), hashlib.sha256).hexdigest()
+    if grant.key_id is not None:
+        session[SESSION_KEY_ID] = grant.key_id
     logger.info("console.signed_in", extra={"remote_addr": address})
     return redirect(safe_next(request.form.get("next")))
 

@@ -1,5 +1,5 @@
 """Marshmallow schemas: request validation and the documented responses, a module per
-resource (``events``, ``locations``, ``pixels``, ``deliveries``) and what they share
+resource (``events``, ``locations``, ``pixels``, ``deliveries``, ``keys``) and what they share
 (``common``). Every public schema is importable from here too."""
 
 from .common import MAX_BIGINT, ErrorSchema, Printable, QuerySchema, Text, UTCDateTime
@@ -22,6 +22,7 @@ from .events import (
     IngestSchema,
     InvoiceEventSchema,
 )
+from .keys import CreatedKeySchema, KeyCreateSchema, KeyListSchema, KeySchema
 from .locations import (
     LocationDetailSchema,
     LocationListSchema,
@@ -39,9 +40,10 @@ from .pixels import (
 
 __all__ = [
     "INGEST_BODY", "MAX_BATCH", "MAX_BIGINT", "AcceptedBatchSchema", "AcceptedSchema",
-    "DeliveryPageSchema", "DeliveryQuerySchema", "DeliverySchema", "ErrorSchema",
-    "EstimateEventSchema", "EstimatePixelUrlRequestSchema", "EventSchema", "EventStatusSchema",
-    "IngestResponseSchema", "IngestSchema", "InvoiceEventSchema", "InvoicePixelUrlRequestSchema",
+    "CreatedKeySchema", "DeliveryPageSchema", "DeliveryQuerySchema", "DeliverySchema",
+    "ErrorSchema", "EstimateEventSchema", "EstimatePixelUrlRequestSchema", "EventSchema",
+    "EventStatusSchema", "IngestResponseSchema", "IngestSchema", "InvoiceEventSchema",
+    "InvoicePixelUrlRequestSchema", "KeyCreateSchema", "KeyListSchema", "KeySchema",
     "LocationDetailSchema", "LocationListSchema", "LocationQuerySchema", "LocationSchema",
     "PixelUrlRequestSchema", "PixelUrlSchema", "Printable", "PurgeSchema", "QuerySchema",
     "ReplayResultSchema", "ReplaySchema", "Text", "TokenSchema", "UTCDateTime",

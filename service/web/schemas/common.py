@@ -29,6 +29,8 @@ def _encodable(value: str) -> None:
 
 
 Text = [NoNul, _encodable]
+# One line of it (a name): no control characters either, NUL among them.
+OneLine = [FullMatch(r"^[^\x00-\x1f\x7f]*$", error="Must be one line of text."), _encodable]
 
 
 class UTCDateTime(ma.fields.AwareDateTime):

@@ -5,7 +5,7 @@ kind; a pixel URL under the prefix records a view while its row is not revoked. 
 table only: nothing existing changes.
 
 Revision ID: 0012
-Revises: 0010
+Revises: 0011
 Create Date: 2026-12-07 19:00:00
 """
 
@@ -16,7 +16,7 @@ from service.store.db import UTCDateTime
 
 revision = '0012'
 # 0011 is being added in parallel (issue #16); re-chained when both are merged.
-down_revision = '0010'
+down_revision = '0011'
 branch_labels = None
 depends_on = None
 
