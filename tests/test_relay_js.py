@@ -194,6 +194,21 @@ def test_a_portal_page_sends_one_view_once_visible(start_relay, portals, browser
                       "new PageTransitionEvent('pageshow', {persisted: false}))")
         assert len(page.evaluate(SENT)) == 4
 
+        # Run by a loader (no current script): the page's data-beacon tags are found.
+        loaded = mint(relay, "inv_loaded")
+        tag = f'<script type="text/plain" data-beacon="{loaded["beaconUrl"]}"></script>'
+        src = invoice["script"].split('"')[1]
+        loader = f"<script>fetch('{src}').then(r => r.text()).then(t => (0, eval)(t))</script>"
+        page = context.new_page()
+        page.goto(allowed.publish("/loader", [tag, loader], "inv_loaded"))
+
+        def beacons():
+            return [s["url"] for s in page.evaluate(SENT) if s["url"] != src]
+
+        wait_for(beacons, timeout=20, what="the loader's script to send")
+        assert beacons() == [loaded["beaconUrl"]]
+        wait_for(lambda: views("inv_loaded") == (1, 1), timeout=20, what="the loader's view")
+
         # A page opened hidden sends nothing until it is shown; then once.
         hidden = mint(relay, "inv_hidden")
         page = context.new_page()

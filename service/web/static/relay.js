@@ -25,9 +25,9 @@
     send();
   }
 
-  // Its own tag (async too); without one (a loader ran it), every tag not yet started.
-  var tags = d.currentScript ? [d.currentScript] : d.querySelectorAll("script[data-beacon]");
-  var all = d.querySelectorAll("script[data-beacon]");
+  // Its own tag (async too); run by a loader instead, every tag not started yet.
+  var all = d.querySelectorAll("script[data-beacon]"), me = d.currentScript;
+  var tags = me && me.getAttribute("data-beacon") ? [me] : all;
   for (var i = 0; i < tags.length; i++) {
     var url = tags[i].getAttribute("data-beacon"), seen = !url || tags[i][MARK];
     for (var j = 0; j < all.length && !seen; j++) {
