@@ -56,8 +56,8 @@ def script_tag(base_url: str, beacon_url: str) -> str:
     "(the `script` that `POST /v1/pixel-urls` answers). It posts the beacon once per page "
     "view, once the page is visible, with navigator.sendBeacon, else fetch with keepalive. "
     "The current version is cached for a year, any other for five minutes; ETag and 304."),
-    responses={"200": {"description": "the script",
-                       "content": {"text/javascript": {}}},
+    responses={"200": {"description": "the script", "content": {
+                           "text/javascript": {"schema": {"type": "string"}}}},
                "304": {"description": "not modified (If-None-Match)"}})
 def relay_js(v: str | None = None):
     current = v == VERSION
