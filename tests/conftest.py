@@ -7,6 +7,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from urllib.parse import quote
 
 import pytest
@@ -234,6 +235,27 @@ def start_relay(db_url, fake, tmp_path) -> Iterator[Callable[..., Relay]]:
     finally:
         session.close()
         procs.cleanup()
+
+
+# -- a real browser (tests/test_console_browser.py, tests/test_relay_js.py) -----------------
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's; Playwright's own download is never used
+
+
+@pytest.fixture
+def browser():
+    """Headless Chromium driven by Playwright; skipped where chromium is not installed."""
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.skip("chromium not installed: apt-get install chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                    args=["--no-sandbox", "--disable-gpu"])
+        try:
+            yield browser
+        finally:
+            browser.close()
 
 
 def ingest_headers(**extra) -> dict:

@@ -9,18 +9,18 @@ page visited has a label (inputs are found by their label or role, as a person f
 them). Screenshots of the flow go to ``tmp_path`` (``scripts/console_screenshots.py`` makes
 the ones in docs/).
 
-Playwright's own browser download is never used: ``executable_path`` is Debian's
-``/usr/bin/chromium`` (CI installs it, see .ci/run).
+Playwright's own browser download is never used: the ``browser`` fixture (conftest.py)
+launches Debian's ``/usr/bin/chromium`` through ``executable_path`` (CI installs it, see
+.ci/run).
 """
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
 from .processes import (
     ADMIN_KEY,
@@ -35,24 +35,10 @@ from .processes import (
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM = Path("/usr/bin/chromium")
 DEAD_DOC = "inv_dead"
 PARKED_DOCS = ("inv_parked_1", "inv_parked_2")
 UNLABELLED = """() => [...document.querySelectorAll('input:not([type=hidden]), select, textarea')]
     .filter(e => e.labels.length === 0 && !e.getAttribute('aria-label')).map(e => e.name)"""
-
-
-@pytest.fixture
-def browser():
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.skip("chromium not installed: apt-get install chromium")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                                    args=["--no-sandbox", "--disable-gpu"])
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 def labelled(page: Page) -> None:

@@ -97,6 +97,39 @@ class WebhookUrls(CommaList):
         return list(dict.fromkeys(urls))
 
 
+class Origins(CommaList):
+    """``*`` (any origin), or a comma list of web origins (``https://portal.example.com``,
+    ``http://localhost:3000``), each normalised as browsers send ``Origin``: lower case,
+    no default port, no path."""
+
+    default_error_messages = {"origin": "must be * or comma-separated origins such as "
+                                        "https://portal.example.com (scheme, host, port; "
+                                        "no path)"}
+
+    def _deserialize(self, value, attr, data, **kwargs) -> list[str]:
+        entries = super()._deserialize(value, attr, data, **kwargs)
+        if entries == ["*"]:
+            return entries
+        origins = []
+        for entry in entries:
+            try:
+                parts = urlsplit(entry)
+                port = parts.port
+            except ValueError:
+                raise self.make_error("origin") from None
+            if (parts.scheme not in ("http", "https") or not parts.hostname or parts.username
+                    or parts.password is not None or parts.path not in ("", "/")
+                    or parts.query or parts.fragment or entry.endswith(("?", "#"))):
+                raise self.make_error("origin")
+            default = {"http": 80, "https": 443}[parts.scheme]
+            host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+            origins.append(f"{parts.scheme}://{host}"
+                           + (f":{port}" if port not in (None, default) else ""))
+        if not origins:
+            raise self.make_error("origin")
+        return list(dict.fromkeys(origins))
+
+
 class WebhookSecret(ma.fields.String):
     """A Standard Webhooks signing secret: ``whsec_`` then base64 of 24 to 64 random bytes
     (the size the specification asks for)."""

@@ -15,6 +15,7 @@ from .fields import (
     Float,
     Int,
     Listen,
+    Origins,
     Rate,
     Str,
     Upper,
@@ -109,6 +110,8 @@ SETTINGS = [
             "whsec_ secret signing them; required with OPERATOR_WEBHOOK_URLS", secret=True),
     Setting("NO_TOKEN_ALERT_MINUTES", Int(validate=ma.validate.Range(min=1)), "60",
             "tell operators when views have waited this long without a usable token"),
+    Setting("BEACON_ALLOWED_ORIGINS", Origins(), "*",
+            "origins whose pages may POST the beacon (CORS): * or a comma list"),
     Setting("MAX_CONTENT_LENGTH", Int(), str(1024 * 1024), "largest request body, bytes"),
     # The web server's (config/gunicorn.conf.py reads these through load_server_config).
     Setting("HOST", Str(), "127.0.0.1", "address gunicorn binds (0.0.0.0: every interface)",

@@ -1,10 +1,10 @@
 """The HTTP face of the service: thin views over the layers below, and what wraps them.
 
 ``init_app(app)`` registers everything web: the JSON body parser, request ids, the API's
-blueprints (flask-smorest, which also serves ``/openapi.json`` and ``/docs``), the OAuth
-install pages, health and metrics, the operator console and ``/``, the one JSON error
-shape, and the WSGI layers in front of Flask (the pixel's front door, then ProxyFix when
-``TRUSTED_PROXIES`` is set).
+blueprints (flask-smorest, which also serves ``/openapi.json`` and ``/docs``; among them
+the portal script), the beacon's CORS, the OAuth install pages, health and metrics, the
+operator console and ``/``, the one JSON error shape, and the WSGI layers in front of
+Flask (the pixel's front door, then ProxyFix when ``TRUSTED_PROXIES`` is set).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ def init_app(app: Flask) -> None:
     from . import (
         bodies,
         console,
+        cors,
         deliveries,
         errors,
         events,
@@ -27,6 +28,7 @@ def init_app(app: Flask) -> None:
         oauth,
         pixel_prefixes,
         pixels,
+        relay_script,
         sources,
         webhooks,
     )
@@ -44,9 +46,10 @@ def init_app(app: Flask) -> None:
     app.before_request(_assign_request_id)
     app.after_request(_echo_request_id)
     api = init_api(app)
-    for blueprint in (events.bp, locations.bp, pixels.bp, pixel_prefixes.bp, deliveries.bp,
-                      keys.bp, sources.bp, webhooks.bp):
+    for blueprint in (events.bp, locations.bp, pixels.bp, pixel_prefixes.bp, relay_script.bp,
+                      deliveries.bp, keys.bp, sources.bp, webhooks.bp):
         api.register_blueprint(blueprint)
+    cors.init_app(app)
     app.register_blueprint(oauth.bp)
     app.register_blueprint(health.bp)
     console.init_app(app)

@@ -14,8 +14,10 @@ from ..clock import expiry
 from ..ingest.pixels import GIF, GIF_HEADERS, PixelTarget, img_tag, is_prefetch, pixel_url
 from .auth import require_scope
 from .bodies import Blueprint
+from .cors import beacon_origin_allowed
 from .deps import services
 from .pixel_front import record_view
+from .relay_script import script_tag
 from .schemas import PixelUrlRequestSchema, PixelUrlSchema
 
 bp = Blueprint("pixel", __name__, url_prefix="/v1",
@@ -56,10 +58,12 @@ def pixel(rest: str):
 
 @bp.route("/beacon/<path:token>", methods=["POST"])
 @bp.doc(summary="Beacon for navigator.sendBeacon", description=(
-    "Any small body, any content type; always 204. A valid token records a view."),
+    "Any small body, any content type; always 204. A valid token records a view, unless "
+    "the request's Origin is not one of BEACON_ALLOWED_ORIGINS. CORS preflights (OPTIONS) "
+    "are answered for those origins."),
     responses={"204": {"description": "No content"}})
 def beacon(token: str):
-    if not is_prefetch(request.headers):
+    if not is_prefetch(request.headers) and beacon_origin_allowed():
         record_pixel_view(token, source="beacon")
     return Response(status=204)
 
@@ -69,7 +73,8 @@ def beacon(token: str):
 @bp.arguments(PixelUrlRequestSchema)
 @bp.response(200, PixelUrlSchema)
 def mint_pixel_url(body):
-    """Mint a signed pixel URL and a ready ``<img>`` tag for an invoice or estimate email."""
+    """Mint a signed pixel URL, a ready ``<img>`` tag for an email and a ``<script>`` tag for a
+    portal page, for an invoice or estimate."""
     return mint(body["locationId"], body.get("invoiceId") or body["estimateId"],
                 kind="invoice" if "invoiceId" in body else "estimate",
                 expires_in=body.get("expiresIn"))
@@ -81,6 +86,8 @@ def mint(location_id: str, document_id: str, *, kind: str,
     svc = services()
     expires_at = expiry(expires_in, now=svc.clock().replace(microsecond=0))
     token = svc.pixel_signer.sign(PixelTarget(kind, location_id, document_id, expires_at))
-    url = pixel_url(svc.config["PUBLIC_BASE_URL"], token)
+    base = svc.config["PUBLIC_BASE_URL"]
+    url = pixel_url(base, token)
+    beacon_url = f"{base.rstrip('/')}/v1/beacon/{token}"
     return {"url": url, "html": img_tag(url), "token": token, "expiresAt": expires_at,
-            "beaconUrl": f"{svc.config['PUBLIC_BASE_URL'].rstrip('/')}/v1/beacon/{token}"}
+            "beaconUrl": beacon_url, "script": script_tag(base, beacon_url)}

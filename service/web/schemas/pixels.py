@@ -55,4 +55,7 @@ class PixelUrlSchema(ma.Schema):
     html = ma.fields.String(metadata={"description": "a ready <img> tag for the email"})
     token = ma.fields.String()
     beaconUrl = ma.fields.String(metadata={"description": "for navigator.sendBeacon"})
+    script = ma.fields.String(metadata={
+        "description": "a ready <script> tag for a portal page: GET /v1/relay.js (versioned) "
+                       "with this beaconUrl in data-beacon"})
     expiresAt = ma.fields.AwareDateTime(allow_none=True)
