@@ -139,8 +139,10 @@ def test_bad_location_id_is_rejected(client):
 def test_token_routes_need_the_admin_key(client):
     resp = client.put("/v1/locations/loc_1/token", json={"accessToken": SECRET},
                       headers=ingest_headers())
-    assert resp.status_code == 401
+    # A valid key without the scope: 403 naming it; no key at all: 401. Nothing stored.
+    assert (resp.status_code, resp.json["message"]) == (403, "This key lacks the scope admin")
     assert client.delete("/v1/locations/loc_1/token").status_code == 401
+    assert client.get("/v1/locations/loc_1", headers=admin_headers()).status_code == 404
 
 
 def test_list_and_get_locations(client):
