@@ -58,7 +58,7 @@ class Leases:
         with self._lock:
             for claim in claims:
                 self._rows.setdefault(claim.lease_token, set()).add(claim.row_id)
-                until = claim.locked_until or dt.datetime.min.replace(tzinfo=dt.UTC)
+                until = claim.locked_until or self.clock()  # unknown: no time left
                 self._until[claim.lease_token] = min(until, self._until.get(
                     claim.lease_token, until))
         try:
