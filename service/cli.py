@@ -72,12 +72,6 @@ def forwarder_command(once: bool, max_batches: int | None) -> None:
         threading.Thread(target=forwarder.stop.set, name="stop", daemon=True).start()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    cfg = services().config
-    if cfg["LEASE_SECONDS"] <= 5 + cfg["HIGHLEVEL_TIMEOUT_SECONDS"]:
-        # A lease shorter than the slowest send lets another forwarder send it again.
-        logger.warning("forwarder.lease_shorter_than_timeout", extra={
-            "lease_seconds": cfg["LEASE_SECONDS"],
-            "timeout_seconds": 5 + cfg["HIGHLEVEL_TIMEOUT_SECONDS"]})
     logger.info("forwarder.started", extra={
         "concurrency": forwarder.concurrency,
         "metrics": f"http://{address[0]}:{address[1]}/metrics" if address else None})

@@ -2,7 +2,7 @@
 
 The metric objects are module-level (prometheus_client's idiom); the domain code calls
 one helper per event (``observe_ingest``, ``observe_outcomes``, ``observe_refresh``,
-``observe_operator_webhook``).
+``observe_lease``, ``observe_operator_webhook``).
 Under gunicorn every worker writes its values to files in ``PROMETHEUS_MULTIPROC_DIR``
 (``config/gunicorn.conf.py`` makes one) and ``GET /metrics`` merges them, so whichever
 worker answers reports the totals. The queue depth is read from the store at scrape time.
@@ -62,6 +62,10 @@ VIEW_TO_DELIVERY = Histogram(
     buckets=(0.25, 0.5, 1, 2.5, 5, 15, 30, 60, 120, 300, 900, 3600, 21600, 86400))
 REFRESHES = Counter("relay_token_refreshes", "OAuth token refreshes, by result (ok, failed)",
                     ["result"])
+LEASES = Counter(
+    "relay_leases", "A forwarder's leases: renewal rounds (renewed, renew_failed), documents "
+    "given up unsent (given_up: the lease was ending or taken) and outcomes dropped "
+    "(outcome_dropped: recorded after another forwarder took the lease)", ["event"])
 OPERATOR_WEBHOOKS = Counter(
     "relay_operator_webhooks", "Operator notification POSTs (OPERATOR_WEBHOOK_URLS), by type "
     "and outcome (delivered; retry: to be tried again; failed: given up)", ["type", "outcome"])
@@ -103,6 +107,12 @@ def observe_outcomes(results: Iterable[tuple[Claim, Outcome]], *, now: dt.dateti
 def observe_refresh(ok: bool) -> None:
     """Count one OAuth token refresh."""
     REFRESHES.labels("ok" if ok else "failed").inc()
+
+
+def observe_lease(event: str, count: int = 1) -> None:
+    """Count ``count`` lease events (``LEASES``' labels) of a forwarder."""
+    if count:
+        LEASES.labels(event).inc(count)
 
 
 def observe_operator_webhook(type_: str, outcome: str) -> None:

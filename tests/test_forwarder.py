@@ -20,7 +20,7 @@ TOKEN = "pit-0f9e8d7c-secret-token-4b3a"
 NEW_TOKEN = "pit-1a2b3c4d-replacement-9z8y"
 DAY = 86_400
 WINDOW = 60  # COALESCE_WINDOW_SECONDS default
-LEASE = 120  # LEASE_SECONDS default
+LEASE = 15  # LEASE_SECONDS default
 
 
 # -- helpers -------------------------------------------------------------------------------

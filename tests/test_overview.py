@@ -272,6 +272,7 @@ def test_queue_by_state(store, vault, clock, forwarder, fake_highlevel):
     assert store.overview(now=clock())["queue"] == {
         "pending": 1, "leased": 1, "blocked": 1, "dead": 1, "idle": 0}
     clock.advance(60)
+    assert store.renew_leases([claim.lease_token], now=clock())  # its holder is still at it
     store.fold_stats(now=clock())  # the next fold, a minute later
     assert store.overview(now=clock())["queue"] == {
         "pending": 1, "leased": 1, "blocked": 1, "dead": 1, "idle": 2}

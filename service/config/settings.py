@@ -81,7 +81,10 @@ SETTINGS = [
     Setting("COALESCE_WINDOW_SECONDS", Int(), "60", "at most one more send per window"),
     Setting("MAX_EVENT_AGE_SECONDS", Int(), "86400", "retry until a view is this old"),
     Setting("FORWARD_CONCURRENCY", Int(), "16", "sends in flight per forwarder"),
-    Setting("LEASE_SECONDS", Int(), "120", "how long a claim is held before others retry it"),
+    # Renewed every LEASE_SECONDS/3 while the send is in flight (service/forward/leases.py):
+    # a dead forwarder's documents come due again at most this long after its last renewal.
+    Setting("LEASE_SECONDS", Int(validate=ma.validate.Range(min=3)), "15",
+            "how long a claim is held, unless its forwarder renews it, before others take it"),
     Setting("MACHINE_OPENS", Choice("skip", "forward"), "skip", "forward machine opens?"),
     Setting("MACHINE_OPEN_RULES", Str(), None, "extra machine-open rules file"),
     # Email providers as sources (service/sources_api.py); a source left unset answers 503.

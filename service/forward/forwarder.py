@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING
 
 from ..clock import utcnow
 from ..highlevel.client import HighLevel, HighLevelError, Response
-from ..metrics import observe_outcomes
+from ..metrics import observe_lease, observe_outcomes
 from ..store.deliverylog import prune
 from ..store.queue import Claim, Outcome, Store
 from ..store.retention import prune_events
 from ..store.tokens import TokenVault
 from .credentials import Credentials, Refusal, TokenProvider
+from .leases import Leases
 
 if TYPE_CHECKING:
     from .notify import NotificationWatch
@@ -115,6 +116,7 @@ class Forwarder:
         self.watch = watch  # operator notifications' periodic checks (notify.py)
         self._last_fold: dt.datetime | None = None
         self._last_count: dt.datetime | None = None
+        self.leases = Leases(store, clock=clock)  # renewed while sends run (leases.py)
 
     def forward_once(self, *, now: dt.datetime | None = None) -> int:
         """Claim what is due, send it (up to ``concurrency`` at once), record outcomes."""
@@ -144,6 +146,12 @@ class Forwarder:
         claims = self.store.claim_due(now=now, limit=self.concurrency)
         if not claims:
             return 0
+        with self.leases.holding(claims):  # renewed until recorded or released
+            self._send_batch(claims)
+        return len(claims)
+
+    def _send_batch(self, claims: list[Claim]) -> None:
+        """Send claimed documents, record the outcomes, release those not attempted."""
         # One token look-up (and refresh, if due) per location per batch, not per send.
         tokens = {loc: self._credentials(loc) for loc in dict.fromkeys(
             claim.location_id for claim in claims)}
@@ -154,8 +162,8 @@ class Forwarder:
         self._record([(claim, outcome) for claim, outcome in results if outcome is not None])
         released = [claim for claim, outcome in results if outcome is None]
         if released:
-            self.store.release(released, now=self.clock())  # shutting down: not attempted
-        return len(claims)
+            # Not attempted: shutting down, or the lease was ending or taken (leases.py).
+            self.store.release(released, now=self.clock())
 
     def _credentials(self, location_id: str) -> Credentials | Outcome:
         """The token to send with, or the outcome that parks the location's views."""
@@ -167,8 +175,9 @@ class Forwarder:
         return creds
 
     def attempt(self, claim: Claim, creds: Credentials | Outcome) -> Outcome | None:
-        """Send one claimed document; return what happened (None: stopping, not sent)."""
-        if self.stop.is_set():
+        """Send one claimed document; return what happened (None: not sent: stopping, or
+        its lease is no longer surely held)."""
+        if self.stop.is_set() or not self.leases.holds(claim):
             return None
         if isinstance(creds, Outcome):
             return creds
@@ -206,6 +215,7 @@ class Forwarder:
         now = self.clock()
         kept = self.store.record_outcomes(results, now=now)
         observe_outcomes(results, now=now)
+        observe_lease("outcome_dropped", kept.count(False))  # another forwarder's now
         for (claim, outcome), lease_kept in zip(results, kept, strict=True):
             level = logging.INFO if outcome.result in ("delivered", "retry") else logging.WARNING
             logger.log(level, "delivery.attempt", extra={
@@ -226,6 +236,13 @@ def run(forwarder: Forwarder, *, once: bool = False, max_batches: int | None = N
     ``once`` stops when nothing is due; ``max_batches`` after that many iterations.
     An unexpected error is logged and the loop goes on (after a pause).
     """
+    with forwarder.leases.renewing():  # a thread renews the leases of the sends in flight
+        return _loop(forwarder, once=once, max_batches=max_batches, idle_min=idle_min,
+                     idle_max=idle_max)
+
+
+def _loop(forwarder: Forwarder, *, once: bool, max_batches: int | None, idle_min: float,
+          idle_max: float) -> int:
     handled, batches, idle = 0, 0, idle_min
     stop = forwarder.stop
     while not stop.is_set():

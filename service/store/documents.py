@@ -14,6 +14,7 @@ Transitions (each in the caller's transaction, on its connection):
   record   (none) | idle | dead -> pending: the view writer's statements, from ``REOPEN``
            and ``REOPENED`` below (``view_sql``; the hot path keeps its own SQL shape)
   claim    pending -> leased                              ``claim``
+  renew    leased -> leased, for another lease            ``renew`` (while its sends run)
   outcome  leased -> idle | pending | dead | blocked      ``apply_outcomes``
   release  leased -> pending, due at once                 ``release``
   park     pending -> blocked                             ``park``
@@ -31,7 +32,7 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
@@ -72,6 +73,7 @@ class Claim:
     pending_since: dt.datetime
     lease_token: str
     request_id: str | None = None
+    locked_until: dt.datetime | None = None  # when the lease ends unless renewed
 
     @property
     def views(self) -> int:
@@ -212,8 +214,19 @@ def claim(conn, *, now: dt.datetime, limit: int, lease: dt.timedelta, limiter,
                   document_id=r.document_id, seq_from=max(r.sent_seq, r.failed_seq),
                   seq_to=r.claimed_seq, attempts=r.attempts,
                   pending_since=r.pending_since or now, lease_token=token,
-                  request_id=r.last_request_id)
+                  request_id=r.last_request_id, locked_until=now + lease)
             for r in rows]
+
+
+def renew(conn, tokens: Collection[str], *, now: dt.datetime, lease: dt.timedelta) -> set[int]:
+    """renew: extend the leases still held under ``tokens`` to ``now + lease``, in one
+    statement; return the ids of the rows renewed. A row missing was recorded, or its lease
+    ended and another forwarder claimed it (the token is no longer the caller's)."""
+    if not tokens:
+        return set()
+    return set(conn.execute(
+        documents.update().where(d.lease_token.in_(list(tokens)), d.status == PENDING)
+        .values(locked_until=now + lease).returning(d.id)).scalars())
 
 
 def release(conn, claims: Iterable[Claim], *, now: dt.datetime) -> None:

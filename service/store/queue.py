@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -30,7 +30,7 @@ from .writers import view_writer
 class Store:
     """Queue operations over one SQLAlchemy engine (SQLite or PostgreSQL)."""
 
-    def __init__(self, engine: Engine, *, coalesce_window: int = 60, lease_seconds: int = 120,
+    def __init__(self, engine: Engine, *, coalesce_window: int = 60, lease_seconds: int = 15,
                  limiter=None, group_commit: bool = False, retain_ip: str = "full"):
         self.engine = engine
         self.limiter = limiter or NoLimit()
@@ -89,6 +89,12 @@ class Store:
         with self.engine.begin() as conn:
             return states.claim(conn, now=now, limit=limit, lease=self.lease,
                                 limiter=self.limiter, dialect=self.dialect)
+
+    def renew_leases(self, tokens: Collection[str], *, now: dt.datetime) -> set[int]:
+        """Extend the leases held under ``tokens`` to ``now`` + the lease; return the ids of
+        the rows still held (``documents.renew``)."""
+        with self.engine.begin() as conn:
+            return states.renew(conn, tokens, now=now, lease=self.lease)
 
     def record_outcomes(self, results: Sequence[tuple[Claim, Outcome]], *,
                         now: dt.datetime) -> list[bool]:
