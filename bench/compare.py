@@ -38,6 +38,7 @@ import datetime as dt
 import os
 import secrets
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -134,6 +135,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="pixel, ingest")
     p.add_argument("--invoices", type=int, default=1000, help="distinct pixel tokens")
     p.add_argument("--locations", type=int, default=20, help="distinct locations")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="rounds of every case, interleaved (every server in turn, the order "
+                        "reversed on even rounds); ratios are taken within a round")
     store_options(p, "results-compare.md", "the report; the chart goes beside it with .png")
     args = p.parse_args(argv)
     check_names(p, args.backends, ("sqlite", "postgresql"), "backend")
@@ -225,7 +229,7 @@ def main(argv=None) -> int:
                     notes.append(f"{workers}x{threads} {name}: {text.count(what)} {what!r} "
                                  f"in {server.web.stdout_path.relative_to(ROOT)}")
 
-        rows = run_matrix(args.configs, case, inner=stores, notes=notes,
+        rows = run_matrix(args.configs, case, inner=stores, notes=notes, rounds=args.rounds,
                           where=lambda c, st, _r: f"{c[0]}x{c[1]} {server_of(st)}",
                           describe=lambda r: "  " + describe(r))
     notes += [f"{r['workers']}x{r['threads']} {r['server']} {r['endpoint']}: STORED "
@@ -253,6 +257,23 @@ def describe(r: dict) -> str:
 
 ENDPOINT_NAMES = {"pixel": "pixel GET", "ingest": "POST /v1/events (one event)"}
 CHART_NAMES = {"pixel": "pixel GET", "ingest": "POST /v1/events"}  # short: no overlap
+
+
+def ratio_summary(rows: list[dict], bare: dict) -> list[str]:
+    """With several rounds: each relay's ratio to the bare app of the same round, and
+    their median (the rounds are interleaved, so a passing load hits both alike)."""
+    if max((r["round"] for r in rows), default=1) < 2:
+        return []
+    ratios: dict[tuple, list[float]] = {}
+    for r in rows:
+        ref = bare.get((r["endpoint"], r["workers"], r["threads"], r["round"]))
+        if r["server"] != "bare Flask" and ref:
+            key = (ENDPOINT_NAMES[r["endpoint"]], f"{r['workers']}x{r['threads']}", r["server"])
+            ratios.setdefault(key, []).append(r["rps"] / ref)
+    table = [[*key, ", ".join(f"{x:.2f}" for x in found),
+              f"{statistics.median(found):.2f}x"] for key, found in ratios.items()]
+    return [markdown_table(["endpoint", "workers x threads", "server",
+                            "ratio to bare, each round", "median"], table), ""]
 
 
 def draw(rows: list[dict], path: Path) -> None:
@@ -307,17 +328,17 @@ def draw(rows: list[dict], path: Path) -> None:
 
 def report(args, rows: list[dict], notes: list[str], facts: list, started: dt.datetime,
            chart: Path) -> str:
-    bare = {(r["endpoint"], r["workers"], r["threads"]): r["rps"] for r in rows
+    bare = {(r["endpoint"], r["workers"], r["threads"], r["round"]): r["rps"] for r in rows
             if r["server"] == "bare Flask"}
-    headers = ["endpoint", "workers x threads", "server", "2xx/s", "vs bare", "p50 ms",
+    headers = ["endpoint", "workers x threads", "server", "round", "2xx/s", "vs bare", "p50 ms",
                "p99 ms", "max ms", "non-2xx", "socket errors / timeouts",
                "server CPU ms / request", "server CPU (cores)", "rows stored / 2xx"]
     table = []
     for r in rows:
-        ref = bare.get((r["endpoint"], r["workers"], r["threads"]))
+        ref = bare.get((r["endpoint"], r["workers"], r["threads"], r["round"]))
         table.append([
             ENDPOINT_NAMES[r["endpoint"]], f"{r['workers']}x{r['threads']}", r["server"],
-            f"{r['rps']:,.0f}",
+            r["round"], f"{r['rps']:,.0f}",
             f"{r['rps'] / ref:.2f}x" if ref and r["server"] != "bare Flask" else "-",
             f"{r['p50']:.1f}", f"{r['p99']:.1f}", f"{r['max']:.0f}", r["non2xx"],
             f"{r['sock_errors']} / {r['timeouts']}", f"{r['server_cpu_ms']:.2f}",
@@ -334,6 +355,7 @@ def report(args, rows: list[dict], notes: list[str], facts: list, started: dt.da
         "",
         markdown_table(headers, table),
         "",
+        *ratio_summary(rows, bare),
         f"- Load: {wrk_version}, -t{args.wrk_threads} -c{args.connections} "
         f"-d{args.duration}s --timeout {args.timeout}s --latency, after {args.warmup} s of "
         "unmeasured warm-up on the same server; closed loop (a connection sends its next "

@@ -4,7 +4,7 @@
 blueprints (flask-smorest, which also serves ``/openapi.json`` and ``/docs``; among them
 the portal script), the beacon's CORS, the OAuth install pages, health and metrics, the
 operator console and ``/``, the one JSON error shape, and the WSGI layers in front of
-Flask (the pixel's front door, then ProxyFix when ``TRUSTED_PROXIES`` is set).
+Flask (the pixel's and single events' front doors, then ProxyFix when ``TRUSTED_PROXIES`` is set).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ def init_app(app: Flask) -> None:
         sources,
         webhooks,
     )
+    from .events_front import IngestFrontDoor
     from .openapi import init_api
     from .pixel_front import PixelFrontDoor
 
@@ -39,6 +40,9 @@ def init_app(app: Flask) -> None:
     settings = app.extensions["service"].config
     # Pixel GETs are answered in front of Flask (see pixel_front); inside ProxyFix.
     app.wsgi_app = PixelFrontDoor(app.wsgi_app, app.extensions["service"])
+    # So is one valid event posted to /v1/events (see events_front); also inside ProxyFix.
+    app.wsgi_app = IngestFrontDoor(app.wsgi_app, app.extensions["service"],
+                                   max_body=app.config.get("MAX_CONTENT_LENGTH"))
     if settings["TRUSTED_PROXIES"]:
         n = settings["TRUSTED_PROXIES"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n)

@@ -54,24 +54,25 @@ def key_matches(presented: str, keys: list[str]) -> bool:
     return found
 
 
-def key_allowed(presented: str, *settings: str) -> bool:
+def key_allowed(presented: str, *settings: str, config=None) -> bool:
     """Whether ``presented`` is one of the keys in the config ``settings`` (constant time)."""
-    config = services().config
+    config = services().config if config is None else config
     return key_matches(presented, [key for setting in settings for key in config[setting]])
 
 
-def grant_for(presented: str) -> Grant | None:
+def grant_for(presented: str, svc=None) -> Grant | None:
     """What ``presented`` may do: an environment key's grant (every listed key compared),
-    else a stored key's (None: unknown, revoked or malformed)."""
+    else a stored key's (None: unknown, revoked or malformed). ``svc``: the services, for a
+    caller outside Flask's app context (the ingest front door)."""
     if len(presented) > MAX_KEY_LENGTH:
         return None
+    svc = services() if svc is None else svc
     found = None
     for setting, grant in ENV_GRANTS:
-        if key_allowed(presented, setting) and found is None:
+        if key_allowed(presented, setting, config=svc.config) and found is None:
             found = grant
     if found is not None:
         return found
-    svc = services()
     return svc.keys.find_by_key(presented, now=svc.clock())
 
 

@@ -38,15 +38,24 @@ def require_json(view):
 
 def to_view(event: dict) -> View:
     """Turn one validated event into the store's ``View``."""
+    return event_view(services(), event, now=services().clock(),
+                      request_id=g.get("request_id"))
+
+
+def event_view(svc, event: dict, *, now, request_id: str | None) -> View:
+    """One validated event as the store's ``View`` (no Flask: the front door uses it too)."""
     kind = "invoice" if "invoiceId" in event else "estimate"
-    svc = services()
-    now = svc.clock()
     return build_view(
         svc.classifier, machine_opens=svc.config["MACHINE_OPENS"], kind=kind,
         location_id=event["locationId"], document_id=event.get("invoiceId") or event["estimateId"],
         viewed_at=event.get("viewedAt") or now, event_key=event.get("eventId"),
         source=event.get("source"), user_agent=event.get("userAgent"), ip=event.get("ip"),
-        request_id=g.get("request_id"))
+        request_id=request_id)
+
+
+# Set by the front door (events_front) when the store failed on a request it took: Flask
+# answers that request with the error, in the app's error shape, without writing again.
+STORE_ERROR = "service.events.store_error"
 
 
 @bp.route("", methods=["POST"])
@@ -62,6 +71,9 @@ def post_events(body):
     ``duplicate`` with the first event's id and is not sent again. A key limited to
     some locations may post only theirs (403 naming the others; nothing is stored).
     """
+    stored_error = request.environ.pop(STORE_ERROR, None)
+    if stored_error is not None:
+        raise stored_error
     require_locations(e["locationId"] for e in body["events"])
     views = [to_view(e) for e in body["events"]]
     accepted = services().store.record_views(views, now=services().clock())
