@@ -16,6 +16,7 @@ Transitions (each in the caller's transaction, on its connection):
   claim    pending -> leased                              ``claim``
   outcome  leased -> idle | pending | dead | blocked      ``apply_outcomes``
   release  leased -> pending, due at once                 ``release``
+  recover  pending (backed off) -> pending, due at once   ``release_backed_off``
   park     pending -> blocked                             ``park``
   unpark   blocked -> pending                             ``unpark``
   replay   dead -> pending                                ``replay``
@@ -146,12 +147,9 @@ def apply_outcomes(conn, results: Sequence[tuple[Claim, Outcome]], *, now: dt.da
             "next_due_at": outcome.next_due or now, "spent": int(outcome.spend_attempt),
             "reason_text": outcome.outcome,
         }).rowcount))
-    # The newest answer per resource carries the freshest rate-limit headers.
-    latest = {}
-    for claim, outcome in results:
-        if outcome.http_status is not None:
-            latest.setdefault(claim.location_id, []).append(outcome)
-    limiter.observe_batch(conn, latest, now=now)
+    recovered = limiter.observe_batch(conn, results, now=now)  # budgets, headers, health
+    if recovered:
+        release_backed_off(conn, recovered, now=now)
     conn.execute(LOG_INSERT, [{
         "at": now, "document_row": claim.row_id, "kind": claim.kind,
         "location_id": claim.location_id, "document_id": claim.document_id,
@@ -197,7 +195,8 @@ def claim(conn, *, now: dt.datetime, limit: int, lease: dt.timedelta, limiter,
         due = due.with_for_update(of=documents, skip_locked=True)
     token = secrets.token_hex(16)
     rows = conn.execute(due).all()
-    budget = limiter.reserve_many(conn, Counter(r.location_id for r in rows), now=now)
+    budget = limiter.reserve_many(conn, Counter(r.location_id for r in rows), now=now,
+                                  token=token)
     ids = []
     for row in rows:
         if budget.get(row.location_id, 0) > 0:
@@ -214,6 +213,18 @@ def claim(conn, *, now: dt.datetime, limit: int, lease: dt.timedelta, limiter,
                   pending_since=r.pending_since or now, lease_token=token,
                   request_id=r.last_request_id)
             for r in rows]
+
+
+def release_backed_off(conn, location_ids: Iterable[str], *, now: dt.datetime) -> int:
+    """recover: HighLevel answers the locations again; their documents backed off after
+    transient failures (5xx, 408, no answer) are due now, sent at the limit's pace."""
+    return conn.execute(documents.update().where(
+        d.location_id.in_(sorted(location_ids)), d.status == PENDING, d.due_at > now,
+        d.attempts > 0, sa.or_(d.last_status.is_(None), d.last_status >= 500,
+                               d.last_status == 408),
+        sa.or_(d.locked_until.is_(None), d.locked_until <= now),
+        sa.or_(d.quiet_until.is_(None), d.quiet_until <= now),
+    ).values(due_at=now, updated_at=now)).rowcount
 
 
 def release(conn, claims: Iterable[Claim], *, now: dt.datetime) -> None:
