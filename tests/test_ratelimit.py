@@ -7,8 +7,8 @@ import datetime as dt
 import pytest
 
 from service.highlevel.client import RateLimit
-from service.store.queue import Outcome
 from service.store.budget import answered
+from service.store.queue import Outcome
 from service.store.ratelimit import LimitState, StoreLimiter, learn, reserve
 
 from .conftest import T0
@@ -108,12 +108,12 @@ def test_store_limiter_shares_budget_and_pauses(store):
         paused = set(conn.execute(limiter.paused_resources(T0)).scalars())
     assert paused == {"loc_a"}
     with store.engine.begin() as conn:
-        assert limiter.observe_batch(conn, [
-            (claim("loc_a", "lease-one"), Outcome("delivered", "delivered", http_status=200))
-        ] * 8 + [(claim("loc_a", "lease-two"), Outcome(
-            "delivered", "delivered", http_status=200))] * 2 + [(claim("loc_b", "lease-one"), Outcome(
-            "delivered", "delivered", http_status=200,
-            rate_limit=RateLimit(max=5, remaining=0, interval_ms=10_000)))], now=T0 + S) == set()
+        ok = Outcome("delivered", "delivered", http_status=200)
+        low = Outcome("delivered", "delivered", http_status=200,
+                      rate_limit=RateLimit(max=5, remaining=0, interval_ms=10_000))
+        assert limiter.observe_batch(conn, [(claim("loc_a", "lease-one"), ok)] * 8
+                                     + [(claim("loc_a", "lease-two"), ok)] * 2
+                                     + [(claim("loc_b", "lease-one"), low)], now=T0 + S) == set()
         assert limiter.describe(conn, "loc_b")["burstMax"] == 5
         assert set(conn.execute(limiter.paused_resources(T0 + S)).scalars()) == {
             "loc_a", "loc_b"}
