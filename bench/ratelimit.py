@@ -259,7 +259,7 @@ def run_one(args, backend: str, concurrency: int, keys: dict, *, target: str = "
     fwd_stats = parse_forwarder_log(*(f.stdout_path for f in fwds))
     makespan = fake_stats["makespan"]
     ideal = ideal_seconds(args)
-    ideal_c = ideal_at_concurrency(args, concurrency)
+    ideal_c = ideal_at_concurrency(args, concurrency * forwarders)  # every process's slots
     return {
         "case": "drain", "target": target, "forwarders": forwarders,
         "backend": backend, "concurrency": concurrency, "total": total,
@@ -446,7 +446,8 @@ def report(args, rows: list, notes: list, facts: list, started: dt.datetime,
         f"{args.interval_ms / 1000:g} s, L = {args.latency:g} s: the first {args.rate_max} "
         f"of every location at t = 0, the rest when the next window opens. ratio = "
         "makespan / ideal (the issue's figure; 1.0 is perfect).",
-        "- ideal at this C: the same bound with only FORWARD_CONCURRENCY sends in flight: "
+        "- ideal at this C: the same bound with only C sends in flight (C = "
+        "FORWARD_CONCURRENCY x forwarder processes): "
         "max((ceil(D/M) - 1) x I + ceil(N x r / C) x L, ceil(N x D / C) x L), N locations, "
         "r = sends left for the last window. Even a perfect limiter cannot beat it: after "
         f"t = {(windows - 1) * args.interval_ms / 1000:g} s, {args.locations} x "
