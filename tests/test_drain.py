@@ -219,3 +219,15 @@ def test_the_first_answer_releases_the_locations_backed_off_documents(limited, m
         f"inv_loc_1_{n}": "idle" for n in range(6)}
     assert due_at(limited, "quiet_loc_1_0") == T0 + 60 * S  # not an outage's backlog
     assert max(due_at(limited, "inv_loc_2_0"), due_at(limited, "inv_loc_2_1")) >= max(loc_2_due)
+
+
+def test_a_view_that_expires_does_not_make_its_location_failing(limited, make_forwarder, hl,
+                                                                clock):
+    views(limited, clock, "loc_1", 2)
+    [first, second] = limited.claim_due(now=clock(), limit=1) + limited.claim_due(
+        now=clock(), limit=1)
+    limited.record_outcomes([(first, Outcome("dead", "expired", http_status=503))],
+                            now=clock())
+    limited.release([second], now=clock())
+    assert [c.document_id for c in limited.claim_due(now=clock(), limit=10)] == [
+        second.document_id]  # not held back as a probe would be

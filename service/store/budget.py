@@ -194,11 +194,18 @@ def learn(state: LimitState, rate: RateLimit, *, status: int | None, now: dt.dat
 
 
 def transient(outcome) -> bool:
-    """Whether an attempt failed the way an outage does (5xx, 408, no answer at all)."""
-    if outcome.result == "blocked":
-        return False  # nothing was sent
+    """Whether an attempt failed the way an outage does (5xx, 408, no answer at all) and
+    is to be retried (a view that expired or was refused is not a probe's answer)."""
+    if outcome.result != "retry":
+        return False
     status = outcome.http_status
     return status is None or status >= 500 or status == 408
+
+
+def answered_by_highlevel(outcome) -> bool:
+    """Whether HighLevel itself answered (any status but 5xx and 408)."""
+    status = outcome.http_status
+    return status is not None and status < 500 and status != 408
 
 
 def probe_delay(failures: int) -> dt.timedelta:
@@ -209,7 +216,7 @@ def probe_delay(failures: int) -> dt.timedelta:
 def observe_health(state: LimitState, outcomes, now: dt.datetime) -> bool:
     """Follow a batch's outcomes for the resource; True when it recovered (a failing
     resource got an answer from HighLevel)."""
-    if any(o.http_status is not None and not transient(o) for o in outcomes):
+    if any(answered_by_highlevel(o) for o in outcomes):
         recovered, state.failures = state.failures > 0, 0
         if state.pause_reason in (PROBE, FAILING):
             state.paused_until = state.pause_reason = None
