@@ -69,6 +69,14 @@ from common import (  # noqa: E402 - after the path set-up, so `python bench/rat
     wait_for,
     write_report,
 )
+from ratelimit_outage import (  # noqa: E402
+    check_outage,
+    describe_outage,
+    outage_ok,
+    outage_options,
+    outage_report,
+    run_outage,
+)
 
 UTC = dt.UTC
 # One record per answered request, printed by the fake's main() with --timestamps. Its
@@ -90,8 +98,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--locations", type=int, default=20, help="locations, one token each")
     p.add_argument("--per-location", type=int, default=200,
                    help="distinct due documents per location")
-    p.add_argument("--concurrency", type=_ints, default=[64, 32],
+    p.add_argument("--concurrency", type=_ints, default=[64],
                    help="FORWARD_CONCURRENCY values to run (comma list)")
+    p.add_argument("--forwarders", type=_ints, default=[1, 2],
+                   help="forwarder processes sharing the budget (comma list)")
+    p.add_argument("--cases", default="drain,outage", help="comma list of drain, outage")
+    p.add_argument("--baseline", type=Path, default=None,
+                   help="an earlier checkout (e.g. `git worktree add --detach "
+                        "/work/wt-drain-base main`): its forwarder runs as target 'baseline' "
+                        "beside this one, in the same run, on the same store schema")
+    outage_options(p)
     p.add_argument("--latency", type=float, default=0.15,
                    help="seconds the fake HighLevel takes to answer each PATCH")
     p.add_argument("--rate-max", type=int, default=100,
@@ -108,9 +124,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.backends = [b.strip() for b in args.db.split(",") if b.strip()]
     check_names(p, args.backends, ("sqlite", "postgresql"), "store")
+    args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    check_names(p, args.cases, ("drain", "outage"), "case")
+    args.targets = ["relay"]
+    if args.baseline is not None:
+        args.baseline = args.baseline.resolve()
+        if not (args.baseline / "service" / "__init__.py").is_file():
+            p.error(f"--baseline {args.baseline}: no service/ package there")
+        args.targets.append("baseline")
     if args.locations < 1 or args.per_location < 1 or args.latency < 0 or args.rate_max < 1:
         p.error("--locations, --per-location, --rate-max must be >= 1, --latency >= 0")
     return args
+
+
+def forwarder_command(args, target: str) -> list[str]:
+    """``flask --app service forwarder``, from this checkout or the baseline's."""
+    if target == "baseline":  # flask imports the package from the directory given
+        return [*flask()[:2], str(args.baseline / "service"), "forwarder"]
+    return flask("forwarder")
 
 
 # -- the ideal --------------------------------------------------------------------------
@@ -178,8 +209,9 @@ def _as_dt(value) -> dt.datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def run_one(args, backend: str, concurrency: int, keys: dict) -> dict:
-    label = f"ratelimit-{backend}-c{concurrency}"
+def run_one(args, backend: str, concurrency: int, keys: dict, *, target: str = "relay",
+            forwarders: int = 1) -> dict:
+    label = f"ratelimit-{backend}-{target}-f{forwarders}-c{concurrency}"
     total = args.locations * args.per_location
     with fresh_store(backend, "ratelimit", pg_url=args.pg_url, keep=args.keep) as store:
         # RATE_LIMIT_BURST and RATE_LIMIT_DAILY: the service's defaults (none inherited)
@@ -205,14 +237,16 @@ def run_one(args, backend: str, concurrency: int, keys: dict) -> dict:
                 loads.append(os.getloadavg()[0])
 
         t_spawn = time.monotonic()
-        fwd = start(f"{label}-forwarder", flask("forwarder"), env)
+        fwds = [start(f"{label}-forwarder{n}", forwarder_command(args, target), env)
+                for n in range(forwarders)]
+        fwd = fwds[0]
         try:
             delivered, done_at = wait_documents_delivered(
                 store, fwd, total, deadline=t_spawn + args.timeout, interval=0.2,
                 each=take_sample)
-            fwd_cpu = process_tree_cpu(fwd.pid)
+            fwd_cpu = sum(process_tree_cpu(f.pid) for f in fwds)
         finally:
-            stop_s = fwd.stop()
+            stop_s = max(f.stop() for f in fwds)
             fake.stop(10)
         limits = [dict(r._mapping) for r in _rows(
             store, "SELECT resource, burst_max, interval_ms, used, window_ends_at, "
@@ -222,11 +256,12 @@ def run_one(args, backend: str, concurrency: int, keys: dict) -> dict:
         statuses = dict(Counter(r[0] for r in _rows(
             store, "SELECT status FROM documents")))
     fake_stats = parse_fake_log(fake.stdout_path, args)
-    fwd_stats = parse_forwarder_log(fwd.stdout_path)
+    fwd_stats = parse_forwarder_log(*(f.stdout_path for f in fwds))
     makespan = fake_stats["makespan"]
     ideal = ideal_seconds(args)
-    ideal_c = ideal_at_concurrency(args, concurrency)
+    ideal_c = ideal_at_concurrency(args, concurrency * forwarders)  # every process's slots
     return {
+        "case": "drain", "target": target, "forwarders": forwarders,
         "backend": backend, "concurrency": concurrency, "total": total,
         "delivered": delivered, "finished": done_at is not None,
         "makespan": makespan, "ideal": ideal, "ideal_c": ideal_c,
@@ -301,12 +336,13 @@ def parse_fake_log(path: Path, args) -> dict:
     }
 
 
-def parse_forwarder_log(path: Path) -> dict:
-    """The forwarder's own account: attempts by outcome, rate-limited lines, errors."""
+def parse_forwarder_log(*paths: Path) -> dict:
+    """The forwarders' own account: attempts by outcome, rate-limited lines, errors."""
     outcomes: Counter = Counter()
     limited: list[dict] = []
     problems: Counter = Counter()
-    for line in path.read_text(errors="replace").splitlines():
+    lines = [line for path in paths for line in path.read_text(errors="replace").splitlines()]
+    for line in lines:
         try:
             rec = json.loads(line)
         except ValueError:
@@ -335,7 +371,7 @@ def diagnose(r: dict, args) -> list[str]:
     mths = sorted(v["mth"] for v in pt.values() if v["mth"] is not None)
     lasts = sorted(v["last"] for v in pt.values() if v["last"] is not None)
     interval = args.interval_ms / 1000
-    where = f"{r['backend']} c={r['concurrency']}"
+    where = f"{r['backend']} {r['target']} f={r['forwarders']} c={r['concurrency']}"
     if gaps:
         out.append(
             f"{where}: per location, first PATCH at {_fmt(firsts[0], '.2f')}-"
@@ -376,10 +412,11 @@ def diagnose(r: dict, args) -> list[str]:
 
 def report(args, rows: list, notes: list, facts: list, started: dt.datetime,
            load_end: tuple) -> str:
-    headers = ["store", "FORWARD_CONCURRENCY", "delivered", "makespan s", "ideal s",
+    headers = ["store", "forwarder", "processes", "FORWARD_CONCURRENCY", "delivered",
+               "makespan s", "ideal s",
                "ratio", "ideal at this C s", "ratio vs C", "429s", "sends/s",
                "forwarder CPU s", "sent twice", "spawn to done s", "load avg (mean / max)"]
-    table = [[r["backend"], r["concurrency"],
+    table = [[r["backend"], r["target"], r["forwarders"], r["concurrency"],
               f"{r['delivered']}/{r['total']}" + ("" if r["finished"] else " (timed out)"),
               f"{r['makespan']:.2f}", f"{r['ideal']:.2f}", f"{r['ratio']:.2f}",
               f"{r['ideal_c']:.2f}", f"{r['ratio_c']:.2f}",
@@ -387,9 +424,9 @@ def report(args, rows: list, notes: list, facts: list, started: dt.datetime,
               f"{r['fake']['ok'] / r['makespan']:.0f}" if r["makespan"] else "-",
               f"{r['fwd_cpu_s']:.1f}", r["fake"]["twice"], f"{r['spawn_to_done']:.1f}",
               f"{r['load_mean']:.1f} / {r['load_max']:.1f}"]
-             for r in rows]
+             for r in rows if r["case"] == "drain"]
     windows = math.ceil(args.per_location / args.rate_max)
-    diag = [line for r in rows for line in diagnose(r, args)]
+    diag = [line for r in rows if r["case"] == "drain" for line in diagnose(r, args)]
     lines = [
         "# Rate-limit benchmark (`flask --app service forwarder` against 100 / 10 s per "
         "location)",
@@ -409,7 +446,8 @@ def report(args, rows: list, notes: list, facts: list, started: dt.datetime,
         f"{args.interval_ms / 1000:g} s, L = {args.latency:g} s: the first {args.rate_max} "
         f"of every location at t = 0, the rest when the next window opens. ratio = "
         "makespan / ideal (the issue's figure; 1.0 is perfect).",
-        "- ideal at this C: the same bound with only FORWARD_CONCURRENCY sends in flight: "
+        "- ideal at this C: the same bound with only C sends in flight (C = "
+        "FORWARD_CONCURRENCY x forwarder processes): "
         "max((ceil(D/M) - 1) x I + ceil(N x r / C) x L, ceil(N x D / C) x L), N locations, "
         "r = sends left for the last window. Even a perfect limiter cannot beat it: after "
         f"t = {(windows - 1) * args.interval_ms / 1000:g} s, {args.locations} x "
@@ -454,7 +492,10 @@ def report(args, rows: list, notes: list, facts: list, started: dt.datetime,
 
 
 def describe(r: dict) -> str:
-    return (f"[{r['backend']}] c={r['concurrency']}: makespan {r['makespan']:.2f} s, ideal "
+    if r["case"] == "outage":
+        return describe_outage(r)
+    return (f"[{r['backend']} {r['target']} x{r['forwarders']}] c={r['concurrency']}: "
+            f"makespan {r['makespan']:.2f} s, ideal "
             f"{r['ideal']:.2f} s (ratio {r['ratio']:.2f}; {r['ideal_c']:.2f} s at this "
             f"concurrency, ratio {r['ratio_c']:.2f}), 429s "
             f"{r['fake']['statuses'].get(429, 0)}, delivered "
@@ -463,7 +504,9 @@ def describe(r: dict) -> str:
 
 
 def check(r: dict, args) -> list[str]:
-    where = f"{r['backend']} c={r['concurrency']}"
+    if r["case"] == "outage":
+        return check_outage(r)
+    where = f"{r['backend']} {r['target']} f={r['forwarders']} c={r['concurrency']}"
     notes = []
     if not r["finished"]:
         notes.append(f"{where}: timed out after {args.timeout:g} s with "
@@ -485,18 +528,32 @@ def main(argv=None) -> int:
     backends, facts = usable_backends(args.backends, args.pg_url, notes)
     keys = bench_secrets()
 
-    def case(backend: str, concurrency: int, _round: int) -> dict:
-        print(f"[{backend}] FORWARD_CONCURRENCY={concurrency}: {args.locations} x "
-              f"{args.per_location} documents, {args.rate_max} per "
+    def case(backend: str, inner: tuple, _round: int) -> dict:
+        kind, target, forwarders, concurrency = inner
+        if kind == "outage":
+            print(f"[{backend} {target}] outage: {args.outage_views} views of "
+                  f"{args.outage_locations} locations during {args.outage:g} s ...", flush=True)
+            return run_outage(args, backend, keys, target=target,
+                              command=forwarder_command(args, target))
+        print(f"[{backend} {target} x{forwarders}] FORWARD_CONCURRENCY={concurrency}: "
+              f"{args.locations} x {args.per_location} documents, {args.rate_max} per "
               f"{args.interval_ms} ms per location, latency {args.latency:g} s ...",
               flush=True)
-        return run_one(args, backend, concurrency, keys)
+        return run_one(args, backend, concurrency, keys, target=target, forwarders=forwarders)
 
-    rows = run_matrix(backends, case, inner=args.concurrency, notes=notes,
+    # Targets interleaved within each case, so the baseline and this checkout meet the
+    # same machine load side by side.
+    inner = [("drain", t, f, c) for f in args.forwarders for c in args.concurrency
+             for t in args.targets if "drain" in args.cases]
+    inner += [("outage", t, 1, 0) for t in args.targets if "outage" in args.cases]
+    rows = run_matrix(backends, case, inner=inner, notes=notes,
                       describe=describe, check=lambda r: check(r, args), keep_going=False)
-    write_report(report(args, rows, notes, facts, started, os.getloadavg()), args.output)
-    ok = rows and all(r["finished"] and not r["fake"]["twice"]
-                      and not r["fake"]["statuses"].get(429) for r in rows)
+    text = report(args, rows, notes, facts, started, os.getloadavg())
+    text += outage_report(args, [r for r in rows if r["case"] == "outage"])
+    write_report(text, args.output)
+    ok = rows and all(outage_ok(r) if r["case"] == "outage" else (
+        r["finished"] and not r["fake"]["twice"] and not r["fake"]["statuses"].get(429))
+        for r in rows)
     return 0 if ok else 1
 
 

@@ -17,6 +17,7 @@ Transitions (each in the caller's transaction, on its connection):
   renew    leased -> leased, for another lease            ``renew`` (while its sends run)
   outcome  leased -> idle | pending | dead | blocked      ``apply_outcomes``
   release  leased -> pending, due at once                 ``release``
+  recover  pending (backed off) -> pending, due at once   ``release_backed_off``
   park     pending -> blocked                             ``park``
   unpark   blocked -> pending                             ``unpark``
   replay   dead -> pending                                ``replay``
@@ -33,12 +34,11 @@ import datetime as dt
 import secrets
 from collections import Counter
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
-from ..highlevel.client import RateLimit
 from . import outbox
+from .claims import Claim, Outcome
 from .db import UTCDateTime, delivery_log, documents, installs, locations
 from .deliverylog import LogFilter, matching
 
@@ -57,43 +57,6 @@ WHERE id = ?2 AND status IN ('{IDLE}', '{DEAD}')
 """
 REOPENED = f"d.status IN ('{IDLE}', '{DEAD}')"
 REOPENED_STATES = (IDLE, DEAD)  # the statuses the writer's counts show for a reopen
-
-
-@dataclass(frozen=True)
-class Claim:
-    """A leased document: send one PATCH covering views (seq_from, seq_to]."""
-
-    row_id: int
-    kind: str
-    location_id: str
-    document_id: str
-    seq_from: int
-    seq_to: int
-    attempts: int
-    pending_since: dt.datetime
-    lease_token: str
-    request_id: str | None = None
-    locked_until: dt.datetime | None = None  # when the lease ends unless renewed
-
-    @property
-    def views(self) -> int:
-        return self.seq_to - self.seq_from
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What the forwarder decided after one attempt; ``apply_outcomes`` applies it."""
-
-    result: str  # delivered | retry | dead | blocked
-    outcome: str  # the delivery-log label: delivered, retry, rate_limited, permanent, ...
-    http_status: int | None = None
-    message: str | None = None
-    trace_id: str | None = None
-    latency_ms: int | None = None
-    next_due: dt.datetime | None = None  # for retry
-    spend_attempt: bool = True  # a 429 does not spend the retry budget
-    rate_limit: RateLimit = field(default_factory=RateLimit)  # what HighLevel's headers said
-    retry_after: float | None = None
 
 
 d = documents.c
@@ -148,12 +111,9 @@ def apply_outcomes(conn, results: Sequence[tuple[Claim, Outcome]], *, now: dt.da
             "next_due_at": outcome.next_due or now, "spent": int(outcome.spend_attempt),
             "reason_text": outcome.outcome,
         }).rowcount))
-    # The newest answer per resource carries the freshest rate-limit headers.
-    latest = {}
-    for claim, outcome in results:
-        if outcome.http_status is not None:
-            latest.setdefault(claim.location_id, []).append(outcome)
-    limiter.observe_batch(conn, latest, now=now)
+    recovered = limiter.observe_batch(conn, results, now=now)  # budgets, headers, health
+    if recovered:
+        release_backed_off(conn, recovered, now=now)
     conn.execute(LOG_INSERT, [{
         "at": now, "document_row": claim.row_id, "kind": claim.kind,
         "location_id": claim.location_id, "document_id": claim.document_id,
@@ -199,7 +159,8 @@ def claim(conn, *, now: dt.datetime, limit: int, lease: dt.timedelta, limiter,
         due = due.with_for_update(of=documents, skip_locked=True)
     token = secrets.token_hex(16)
     rows = conn.execute(due).all()
-    budget = limiter.reserve_many(conn, Counter(r.location_id for r in rows), now=now)
+    budget = limiter.reserve_many(conn, Counter(r.location_id for r in rows), now=now,
+                                  token=token)
     ids = []
     for row in rows:
         if budget.get(row.location_id, 0) > 0:
@@ -227,6 +188,18 @@ def renew(conn, tokens: Collection[str], *, now: dt.datetime, lease: dt.timedelt
     return set(conn.execute(
         documents.update().where(d.lease_token.in_(list(tokens)), d.status == PENDING)
         .values(locked_until=now + lease).returning(d.id)).scalars())
+
+
+def release_backed_off(conn, location_ids: Iterable[str], *, now: dt.datetime) -> int:
+    """recover: HighLevel answers the locations again; their documents backed off after
+    transient failures (5xx, 408, no answer) are due now, sent at the limit's pace."""
+    return conn.execute(documents.update().where(
+        d.location_id.in_(sorted(location_ids)), d.status == PENDING, d.due_at > now,
+        d.attempts > 0, sa.or_(d.last_status.is_(None), d.last_status >= 500,
+                               d.last_status == 408),
+        sa.or_(d.locked_until.is_(None), d.locked_until <= now),
+        sa.or_(d.quiet_until.is_(None), d.quiet_until <= now),
+    ).values(due_at=now, updated_at=now)).rowcount
 
 
 def release(conn, claims: Iterable[Claim], *, now: dt.datetime) -> None:

@@ -16,9 +16,10 @@ from sqlalchemy.exc import IntegrityError
 
 from . import directory, rollup, seen, stats
 from . import documents as states
+from .claims import Claim, Outcome
 from .db import delivery_log, documents, events
 from .deliverylog import LogFilter
-from .documents import BLOCKED, Claim, Outcome
+from .documents import BLOCKED
 from .engine import read_only
 from .groupcommit import GroupCommitter
 from .ratelimit import NoLimit

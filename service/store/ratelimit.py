@@ -3,11 +3,14 @@
 HighLevel allows 100 requests per 10 s and 200,000 per day per app per resource (the
 location, or the company for an agency token), less for some tokens, and says so in
 ``X-RateLimit-*`` headers. The limiter starts from ``RATE_LIMIT_BURST`` /
-``RATE_LIMIT_DAILY``, learns the real limits and the remaining budget from every
-answer, and pauses a resource whose budget is spent until its window (or day) ends.
-Claims skip paused resources, so one busy location never delays another.
+``RATE_LIMIT_DAILY``, learns the real limits from every answer, and counts our own sends
+(``budget``: in flight, or answered within the last interval), so a resource sends again
+as soon as a send of the last interval ages out, not a whole window later. A resource
+that only fails for transient reasons is probed with one send at a time; its first
+answer releases its backed-off documents (``observe_batch`` says which resources
+recovered). Claims skip paused resources, so one busy location never delays another.
 
-The window arithmetic is pure (``reserve``, ``learn`` on a ``LimitState``); the
+The arithmetic is pure (``budget``: ``reserve``, ``learn`` on a ``LimitState``); the
 ``StoreLimiter`` loads and saves states under a row lock inside the caller's
 transaction. If the store is unreachable the forwarder cannot claim anything either,
 so the limiter has no separate failure mode: it fails closed with the claim.
@@ -15,103 +18,44 @@ so the limiter has no separate failure mode: it fails closed with the claim.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
-from collections.abc import Iterable
+import secrets
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
 
 import sqlalchemy as sa
 
 from ..highlevel.client import RateLimit
+from .budget import (
+    IN_FLIGHT_HOLD,
+    MAX_PAUSE,
+    LimitState,
+    answered,
+    dump_sends,
+    learn,
+    load_sends,
+    observe_health,
+    reserve,
+    roll,
+)
 from .db import rate_limits
 from .engine import dialect_insert
 
-MAX_PAUSE = dt.timedelta(minutes=10)  # a Retry-After is honoured up to this
-
-
-@dataclasses.dataclass
-class LimitState:
-    resource: str
-    burst_max: int
-    interval: dt.timedelta
-    daily_max: int
-    used: int = 0
-    window_ends_at: dt.datetime | None = None
-    daily_used: int = 0
-    day_ends_at: dt.datetime | None = None
-    paused_until: dt.datetime | None = None
-    pause_reason: str | None = None
-
-
-def _next_midnight(now: dt.datetime) -> dt.datetime:
-    return dt.datetime.combine(now.date() + dt.timedelta(days=1), dt.time(), dt.UTC)
-
-
-def _pause(state: LimitState, until: dt.datetime, reason: str) -> None:
-    if state.paused_until is None or until > state.paused_until:
-        state.paused_until, state.pause_reason = until, reason
-
-
-def roll(state: LimitState, now: dt.datetime) -> None:
-    """Start a new burst window or day when the current one has ended."""
-    if state.window_ends_at is None or now >= state.window_ends_at:
-        state.used, state.window_ends_at = 0, now + state.interval
-    if state.day_ends_at is None or now >= state.day_ends_at:
-        state.daily_used, state.day_ends_at = 0, _next_midnight(now)
-    if state.paused_until is not None and now >= state.paused_until:
-        state.paused_until = state.pause_reason = None
-
-
-def reserve(state: LimitState, want: int, now: dt.datetime) -> int:
-    """Take up to ``want`` sends from the budget; pause the resource when it runs out."""
-    roll(state, now)
-    if state.paused_until is not None:
-        return 0
-    granted = max(0, min(want, state.burst_max - state.used, state.daily_max - state.daily_used))
-    state.used += granted
-    state.daily_used += granted
-    if state.daily_used >= state.daily_max:
-        _pause(state, state.day_ends_at, "daily")
-    elif state.used >= state.burst_max:
-        _pause(state, state.window_ends_at, "burst")
-    return granted
-
-
-def learn(state: LimitState, rate: RateLimit, *, status: int | None, now: dt.datetime,
-          retry_after: float | None = None) -> None:
-    """Correct the state from one HighLevel answer (its headers, a 429)."""
-    roll(state, now)
-    if rate.interval_ms and rate.interval_ms > 0:
-        state.interval = dt.timedelta(milliseconds=rate.interval_ms)
-    if rate.max and rate.max > 0:
-        state.burst_max = rate.max
-    if rate.daily_limit and rate.daily_limit > 0:
-        state.daily_max = rate.daily_limit
-    if rate.remaining is not None:
-        # HighLevel's count is the truth; ours may lag (other apps' traffic, restarts).
-        state.used = max(state.used, state.burst_max - rate.remaining)
-        if rate.remaining <= 0:
-            # We do not know where HighLevel's window started: wait a whole one.
-            _pause(state, now + state.interval, "burst")
-    if rate.daily_remaining is not None:
-        state.daily_used = max(state.daily_used, state.daily_max - rate.daily_remaining)
-        if rate.daily_remaining <= 0:
-            _pause(state, state.day_ends_at, "daily")
-    if status == 429:
-        wait = state.interval if retry_after is None else dt.timedelta(seconds=retry_after)
-        _pause(state, now + min(max(wait, dt.timedelta(seconds=1)), MAX_PAUSE), "429")
+__all__ = ["MAX_PAUSE", "LimitState", "NoLimit", "StoreLimiter", "learn", "reserve", "roll"]
 
 
 class NoLimit:
     """The limiter that never limits (tests of other logic, a private HighLevel stand-in)."""
 
-    def reserve_many(self, conn, wants: dict[str, int], *, now: dt.datetime) -> dict[str, int]:
+    def reserve_many(self, conn, wants: dict[str, int], *, now: dt.datetime,
+                     token: str | None = None) -> dict[str, int]:
         return dict(wants)
 
     def paused_resources(self, now: dt.datetime):
         return None
 
-    def observe_batch(self, conn, outcomes: dict[str, list], *, now: dt.datetime) -> None:
-        return None
+    def observe_batch(self, conn, results: Sequence, *, now: dt.datetime) -> set[str]:
+        return set()
 
 
 class StoreLimiter:
@@ -122,10 +66,11 @@ class StoreLimiter:
     """
 
     def __init__(self, dialect: str, *, burst: tuple[int, float] = (100, 10.0),
-                 daily: int = 200_000):
+                 daily: int = 200_000, hold: dt.timedelta = IN_FLIGHT_HOLD):
         self.dialect = dialect
         self.burst_max, self.interval = burst[0], dt.timedelta(seconds=burst[1])
         self.daily = daily
+        self.hold = hold  # how long an unanswered send (and a probe) counts as in flight
         r = rate_limits.c
         self._insert = dialect_insert(rate_limits, dialect).on_conflict_do_nothing()
         self._select = sa.select(rate_limits).where(
@@ -146,16 +91,18 @@ class StoreLimiter:
         conn.execute(self._insert, [
             {"resource": res, "burst_max": self.burst_max,
              "interval_ms": int(self.interval.total_seconds() * 1000),
-             "daily_max": self.daily, "used": 0, "daily_used": 0, "updated_at": now}
+             "daily_max": self.daily, "used": 0, "daily_used": 0, "failures": 0,
+             "updated_at": now}
             for res in resources])
         states = {}
         for row in conn.execute(self._select, {"resources": resources}):
-            states[row.resource] = LimitState(
+            states[row.resource] = state = LimitState(
                 resource=row.resource, burst_max=row.burst_max,
                 interval=dt.timedelta(milliseconds=row.interval_ms), daily_max=row.daily_max,
                 used=row.used, window_ends_at=row.window_ends_at, daily_used=row.daily_used,
                 day_ends_at=row.day_ends_at, paused_until=row.paused_until,
-                pause_reason=row.pause_reason)
+                pause_reason=row.pause_reason, failures=row.failures)
+            load_sends(state, row.sends)
         return states
 
     def _save(self, conn, states: Iterable[LimitState], now: dt.datetime) -> None:
@@ -165,35 +112,53 @@ class StoreLimiter:
             "b_daily_max": st.daily_max, "b_used": st.used,
             "b_window_ends_at": st.window_ends_at, "b_daily_used": st.daily_used,
             "b_day_ends_at": st.day_ends_at, "b_paused_until": st.paused_until,
-            "b_pause_reason": st.pause_reason, "b_updated_at": now} for st in states]
+            "b_pause_reason": st.pause_reason, "b_sends": dump_sends(st),
+            "b_failures": st.failures, "b_updated_at": now} for st in states]
         if rows:
             conn.execute(self._update, rows)
 
-    def reserve_many(self, conn, wants: dict[str, int], *, now: dt.datetime) -> dict[str, int]:
-        """Reserve budget for several resources in the caller's transaction."""
+    def reserve_many(self, conn, wants: dict[str, int], *, now: dt.datetime,
+                     token: str | None = None) -> dict[str, int]:
+        """Reserve budget for several resources in the caller's transaction; the sends
+        count as in flight under ``token`` (the claim's lease) until observed."""
         if not wants:
             return {}
+        token = (token or secrets.token_hex(4))[:8]
         states = self._load(conn, wants, now)
-        granted = {res: reserve(state, wants[res], now) for res, state in states.items()}
+        granted = {res: reserve(state, wants[res], now, token=token, hold=self.hold)
+                   for res, state in states.items()}
         self._save(conn, states.values(), now)
         return granted
 
-    def observe_batch(self, conn, outcomes: dict[str, list], *, now: dt.datetime) -> None:
-        """Learn from a batch's answers, per resource, with one read and one write."""
-        informative = {res: [o for o in found if _informative(o)]
-                       for res, found in outcomes.items()}
-        informative = {res: found for res, found in informative.items() if found}
-        if not informative:
-            return
-        states = self._load(conn, informative, now)
-        for res, found in informative.items():
-            # Concurrent answers arrive in no known order: learn the lowest limit last,
+    def observe_batch(self, conn, results: Sequence, *, now: dt.datetime) -> set[str]:
+        """Learn from a batch of ``(claim, outcome)`` pairs, per resource, with one read
+        and one write; return the resources that recovered from failing."""
+        if not results:
+            return set()
+        found: dict[str, list] = defaultdict(list)
+        sent: dict[str, Counter] = defaultdict(Counter)
+        for claim, outcome in results:
+            found[claim.location_id].append(outcome)
+            sent[claim.location_id][claim.lease_token[:8]] += 1
+        states = self._load(conn, found, now)
+        recovered = set()
+        for res, outcomes in found.items():
+            state = states[res]
+            roll(state, now)
+            for token, n in sent[res].items():
+                answered(state, token, n, now)
+            # Concurrent answers arrive in no known order: the batch's lowest figures win,
             # so a limit HighLevel just lowered is not overwritten by an older one.
-            found.sort(key=lambda o: -(o.rate_limit.max or float("inf")))
-            for o in found:
-                learn(states[res], o.rate_limit, status=o.http_status, now=now,
-                      retry_after=o.retry_after)
+            rate = _lowest([o.rate_limit for o in outcomes])
+            if rate != _NOTHING:
+                learn(state, rate, status=None, now=now)
+            for o in outcomes:
+                if o.http_status == 429:
+                    learn(state, o.rate_limit, status=429, now=now, retry_after=o.retry_after)
+            if observe_health(state, outcomes, now):
+                recovered.add(res)
         self._save(conn, states.values(), now)
+        return recovered
 
     def describe(self, conn, resource: str) -> dict | None:
         """The resource's current limits and pause, for the admin API."""
@@ -203,15 +168,24 @@ class StoreLimiter:
             return None
         return {"burstMax": row.burst_max, "intervalMs": row.interval_ms,
                 "dailyMax": row.daily_max, "used": row.used, "dailyUsed": row.daily_used,
-                "pausedUntil": row.paused_until, "pauseReason": row.pause_reason}
+                "pausedUntil": row.paused_until, "pauseReason": row.pause_reason,
+                "failures": row.failures}
 
 
 _SAVED = ("burst_max", "interval_ms", "daily_max", "used", "window_ends_at", "daily_used",
-          "day_ends_at", "paused_until", "pause_reason", "updated_at")
+          "day_ends_at", "paused_until", "pause_reason", "sends", "failures", "updated_at")
 
 
-def _informative(outcome) -> bool:
-    rate = outcome.rate_limit
-    return outcome.http_status == 429 or rate.max is not None or rate.remaining is not None \
-        or rate.interval_ms is not None or rate.daily_limit is not None \
-        or rate.daily_remaining is not None
+_NOTHING = RateLimit()
+
+
+def _lowest(rates: list[RateLimit]) -> RateLimit:
+    """One batch's headers in one: each figure's lowest (the interval of the lowest max)."""
+    def low(name):
+        values = [getattr(r, name) for r in rates if getattr(r, name) is not None]
+        return min(values) if values else None
+
+    maxed = [r for r in rates if r.max is not None and r.interval_ms is not None]
+    interval = min(maxed, key=lambda r: r.max).interval_ms if maxed else low("interval_ms")
+    return RateLimit(max=low("max"), remaining=low("remaining"), interval_ms=interval,
+                     daily_limit=low("daily_limit"), daily_remaining=low("daily_remaining"))

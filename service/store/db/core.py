@@ -146,6 +146,10 @@ rate_limits = sa.Table(
     sa.Column("paused_until", UTCDateTime),
     sa.Column("pause_reason", sa.String(10)),
     sa.Column("updated_at", UTCDateTime, nullable=False),
+    # our sends in flight and answered within the last interval (service.store.budget)
+    sa.Column("sends", sa.Text),
+    # batches in a row that only failed transiently: > 0 while HighLevel is probed
+    sa.Column("failures", sa.Integer, nullable=False, server_default="0"),
     sa.Index("ix_rate_limits_paused_until", "paused_until"),
 )
 
