@@ -187,9 +187,12 @@ def main(argv=None) -> int:
     print("\n".join(f"{k}: {v}" for k, v in facts), flush=True)
     keys = bench_secrets()
     OUT.mkdir(parents=True, exist_ok=True)
-    files = {"paths": OUT / "growth-pixel-paths.txt", "pixel_lua": OUT / "growth-pixel.lua",
-             "ingest_lua": OUT / "growth-ingest.lua",
-             "ingest_settings": OUT / "growth-ingest-settings.txt",
+    # Files of this run only: another run's paths are signed with other keys (answered
+    # 200 but recorded as invalid tokens).
+    tag = f"growth-{os.getpid()}"
+    files = {"paths": OUT / f"{tag}-pixel-paths.txt", "pixel_lua": OUT / f"{tag}-pixel.lua",
+             "ingest_lua": OUT / f"{tag}-ingest.lua",
+             "ingest_settings": OUT / f"{tag}-ingest-settings.txt",
              "key": keys["INGEST_API_KEYS"],
              "locations": [f"loc-{i:03d}" for i in range(args.locations)]}
     files["paths"].write_text("\n".join(mint_paths(keys, args.invoices, args.locations)) + "\n")
