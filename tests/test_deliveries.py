@@ -160,3 +160,14 @@ def test_prune_deletes_only_old_rows(store):
     with store.engine.connect() as conn:
         assert conn.execute(sa.select(delivery_log.c.document_id)).scalars().all() == [
             "inv_new"]
+
+
+def test_prune_walks_the_oldest_rows_in_batches_until_none_is_old(store):
+    for i in range(5):
+        attempt(store, f"inv_old{i}", OK, T0 - dt.timedelta(days=40, minutes=i))
+    attempt(store, "inv_new", OK, T0)
+    assert prune(store.engine, older_than=T0 - dt.timedelta(days=30), batch=2) == 5
+    assert prune(store.engine, older_than=T0 - dt.timedelta(days=30), batch=2) == 0
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.select(delivery_log.c.document_id)).scalars().all() == [
+            "inv_new"]
