@@ -1,5 +1,5 @@
 """``flask --app service keys create|list|revoke``: keys kept in the store (thin commands
-over what ``POST``, ``GET`` and ``DELETE /v1/keys`` call). ``cli.py`` adds them to its
+over what ``POST``, ``GET`` and ``DELETE /v1/keys`` call). The package adds them to its
 ``keys`` group, beside ``keys generate`` and ``keys show``."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import click
 import marshmallow as ma
 from flask.cli import with_appcontext
 
-from .store.apikeys import SCOPES
-from .web.deps import services
+from ..store.apikeys import SCOPES
+from ..web.deps import services
 
 
 @click.command("create")
@@ -24,8 +24,8 @@ from .web.deps import services
 def keys_create(name: str, scopes: tuple[str, ...], locations: tuple[str, ...]) -> None:
     """Make a key and print it, this once, as the last line of stdout (the store keeps only
     its hash); what it may do goes to stderr."""
-    from .web.keys import create_key
-    from .web.schemas import KeyCreateSchema
+    from ..web.keys import create_key
+    from ..web.schemas import KeyCreateSchema
 
     body: dict = {"name": name, "scopes": list(scopes)}
     if locations:
@@ -62,7 +62,7 @@ def keys_list() -> None:
 @with_appcontext
 def keys_revoke(key_id: int) -> None:
     """Revoke a stored key: every process refuses it within seconds."""
-    from .web.keys import revoke_key
+    from ..web.keys import revoke_key
 
     if not revoke_key(key_id):
         raise click.ClickException(f"no key {key_id}")

@@ -9,9 +9,9 @@ import click
 import marshmallow as ma
 from flask.cli import AppGroup
 
-from .ids import ID_RULE, is_valid_id
-from .store.prefixes import PREFIX_KINDS, list_prefixes
-from .web.deps import services
+from ..ids import ID_RULE, is_valid_id
+from ..store.prefixes import PREFIX_KINDS, list_prefixes
+from ..web.deps import services
 
 prefix_cli = AppGroup("pixel-prefix", help="Location pixels for templated emails.")
 
@@ -29,8 +29,8 @@ def _id(ctx: click.Context, param: click.Parameter, value: str) -> str:
 def create(location_id: str, kind: str, name: str | None) -> None:
     """Opt LOCATION_ID in: print a prefix's id, URL template and an example <img> (shown
     only now; anyone holding it can mark any document of that kind viewed)."""
-    from .web.pixel_prefixes import mint_prefix
-    from .web.schemas.prefixes import PixelPrefixRequestSchema
+    from ..web.pixel_prefixes import mint_prefix
+    from ..web.schemas.prefixes import PixelPrefixRequestSchema
 
     body = {"kind": kind, **({"name": name} if name is not None else {})}
     try:
@@ -61,7 +61,7 @@ def list_command(location_id: str) -> None:
 @click.argument("prefix_id", callback=_id)
 def revoke_command(location_id: str, prefix_id: str) -> None:
     """Revoke a prefix: its URLs keep answering the GIF and record nothing."""
-    from .web.pixel_prefixes import revoke
+    from ..web.pixel_prefixes import revoke
 
     if revoke(location_id, prefix_id) is None:
         raise click.ClickException(f"{location_id} has no pixel prefix {prefix_id}")

@@ -11,8 +11,8 @@ import click
 from flask import Flask
 from flask.cli import AppGroup, with_appcontext
 
-from .ids import ID_RULE, is_valid_id
-from .web.deps import services
+from ..ids import ID_RULE, is_valid_id
+from ..web.deps import services
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def _id(ctx: click.Context, param: click.Parameter, value: str | None) -> str | 
 @click.option("--revision", default="head", show_default=True)
 def db_upgrade(revision: str) -> None:
     """Create or migrate the schema."""
-    from .store.engine import current_revision, upgrade
+    from ..store.engine import current_revision, upgrade
 
     upgrade(services().engine, revision)
     click.echo(f"database at revision {current_revision(services().engine)}")
@@ -44,8 +44,8 @@ def db_upgrade(revision: str) -> None:
 @with_appcontext
 def forwarder_command(once: bool, max_batches: int | None) -> None:
     """Send due views to HighLevel until SIGTERM (or, with --once, until none is due)."""
-    from .forward.forwarder import run
-    from .metrics import serve as serve_metrics
+    from ..forward.forwarder import run
+    from ..metrics import serve as serve_metrics
 
     # Its own metrics endpoint, off by default (README, "Metrics").
     address = services().config["FORWARDER_METRICS_PORT"]
@@ -54,8 +54,8 @@ def forwarder_command(once: bool, max_batches: int | None) -> None:
     except OSError as exc:
         raise click.ClickException(
             f"FORWARDER_METRICS_PORT {address[0]}:{address[1]}: {exc}") from None
-    from .forward.notify import run as send_notifications
-    from .wiring import build_forwarder, build_sender
+    from ..forward.notify import run as send_notifications
+    from ..wiring import build_forwarder, build_sender
 
     forwarder = build_forwarder(services())
     sender = build_sender(services())  # operator notifications; None without URLs
@@ -103,7 +103,7 @@ def forwarder_command(once: bool, max_batches: int | None) -> None:
 def pixel_url_command(location_id: str, document_id: str, estimate: bool,
                       expires_in: int | None) -> None:
     """Print a signed pixel URL and a ready <img> tag for an invoice (or estimate) email."""
-    from .web.pixels import mint
+    from ..web.pixels import mint
 
     try:
         minted = mint(location_id, document_id, kind="estimate" if estimate else "invoice",
@@ -123,9 +123,9 @@ def pixel_url_command(location_id: str, document_id: str, estimate: bool,
 @click.option("--company-id", default=None)
 def tokens_set(location_id, access_token, refresh_token, expires_in, company_id) -> None:
     """Store a location's token (a Private Integration Token, or OAuth tokens)."""
-    from .forward.token_rules import UnrefreshableTokenError
-    from .web.locations import save_token
-    from .web.schemas import TokenSchema
+    from ..forward.token_rules import UnrefreshableTokenError
+    from ..web.locations import save_token
+    from ..web.schemas import TokenSchema
 
     body = {"accessToken": access_token}
     body.update({k: v for k, v in (("refreshToken", refresh_token), ("expiresIn", expires_in),
@@ -176,8 +176,8 @@ def tokens_reencrypt() -> None:
 @keys_cli.command("generate")
 def keys_generate() -> None:
     """Print fresh values for every secret, as environment lines (production set-up)."""
-    from .config import generate_secrets
-    from .config.dev_secrets import generate_webhook_secret
+    from ..config import generate_secrets
+    from ..config.dev_secrets import generate_webhook_secret
 
     for name, values in generate_secrets().items():
         click.echo(f"{name}={','.join(values)}")
@@ -213,8 +213,8 @@ def _filter_options(command):
 @with_appcontext
 def deliveries_command(limit: int, **filters) -> None:
     """Print the delivery log (newest first) as a table."""
-    from .store.deliverylog import list_deliveries
-    from .web.deliveries import log_filter
+    from ..store.deliverylog import list_deliveries
+    from ..web.deliveries import log_filter
 
     rows, _ = list_deliveries(services().engine, log_filter(filters), limit=limit)
     header = ("at", "location", "kind", "document", "try", "outcome", "http", "ms", "views",
@@ -239,7 +239,7 @@ def deliveries_command(limit: int, **filters) -> None:
 @with_appcontext
 def replay_command(replay_all: bool, dry_run: bool, **filters) -> None:
     """Re-queue dead views (by location, document, outcome or time); say how many."""
-    from .web.deliveries import log_filter
+    from ..web.deliveries import log_filter
 
     filters = log_filter(filters)
     if filters.empty() and not replay_all:
@@ -255,7 +255,7 @@ def replay_command(replay_all: bool, dry_run: bool, **filters) -> None:
 @with_appcontext
 def purge_command(location_id: str, yes: bool) -> None:
     """Delete everything stored for a location (a data-erasure request)."""
-    from .store.retention import purge_location
+    from ..store.retention import purge_location
 
     if not yes:
         click.confirm(f"Delete every event, document, delivery, token and install of "
@@ -266,8 +266,8 @@ def purge_command(location_id: str, yes: bool) -> None:
 
 def init_app(app: Flask) -> None:
     """Register the commands."""
-    from .cli_keys import COMMANDS as stored_keys  # keys create|list|revoke
-    from .cli_prefixes import prefix_cli
+    from .keys import COMMANDS as stored_keys  # keys create|list|revoke
+    from .prefixes import prefix_cli
 
     for command in stored_keys:
         keys_cli.add_command(command)
