@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
-from werkzeug.serving import WSGIRequestHandler, make_server
+from cheroot import wsgi as cheroot_wsgi
 from werkzeug.wrappers import Request, Response
 
 from .fake_oauth import OAUTH_PREFIX, FakeOAuth, oauth_contract_error
@@ -72,12 +72,7 @@ class ReceivedRequest:
     token: str | None
     document_id: str | None
     kind: str | None  # "invoice" | "estimate"
-
-
-class _QuietHandler(WSGIRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, as HighLevel's edge does
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        pass
+    peer: str = ""  # the client's address and port: one per connection
 
 
 class FakeHighLevel:
@@ -123,29 +118,32 @@ class FakeHighLevel:
             load_openapis()  # load now so the first request isn't slow
 
     # ---- lifecycle ---------------------------------------------------------------------
-    def start(self, host: str = "127.0.0.1", port: int = 0) -> FakeHighLevel:
+    def start(self, host: str = "127.0.0.1", port: int = 0, *,
+              threads: int = 128) -> FakeHighLevel:
+        """Serve on ``host:port`` (0: any free port) with cheroot: HTTP/1.1 with keep-alive,
+        as HighLevel's edge does (werkzeug's development server closes every connection, so
+        each send paid for a new one), ``threads`` requests answered at once (its latency is
+        a sleep in a thread)."""
         self._stopping.clear()
-        self._server = make_server(
-            host, port, self._wsgi, threaded=True, request_handler=_QuietHandler
-        )
-        self.url = f"http://{host}:{self._server.server_port}"
+        self._server = cheroot_wsgi.Server((host, port), self._wsgi, numthreads=threads,
+                                           request_queue_size=1024, shutdown_timeout=5)
+        self._server.prepare()  # binds, so the port is known before serving
+        self.url = f"http://{host}:{self._server.bind_addr[1]}"
         self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            args=(0.02,),
-            daemon=True,
-            name=f"fake-highlevel-{self.url}",
+            target=self._server.serve, daemon=True, name=f"fake-highlevel-{self.url}",
         )
         self._thread.start()
         return self
 
     def stop(self) -> None:
+        """Stop serving and close every connection, kept-alive ones too (a stopped fake
+        refuses, as a HighLevel that is down would)."""
         if self._server is None:
             return
         self._stopping.set()  # cuts latency / "timeout" sleeps short
-        self._server.shutdown()
-        with self._idle:  # handler threads are daemons: wait for them so sockets close cleanly
+        with self._idle:  # let answers in flight finish, so their sockets close cleanly
             self._idle.wait_for(lambda: self._in_flight == 0, timeout=5)
-        self._server.server_close()
+        self._server.stop()
         if self._thread is not None:
             self._thread.join(timeout=5)
         self._server = self._thread = None
@@ -212,6 +210,7 @@ class FakeHighLevel:
             token,
             doc_id if isinstance(doc_id, str) else None,
             kind,
+            f"{request.environ.get('REMOTE_ADDR')}:{request.environ.get('REMOTE_PORT')}",
         )
         with self._lock:
             self.requests.append(rec)

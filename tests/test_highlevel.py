@@ -10,14 +10,14 @@ import uuid
 
 import pytest
 import sqlalchemy as sa
-from requests.structures import CaseInsensitiveDict
+from urllib3 import HTTPHeaderDict as CaseInsensitiveDict
 
 from service.forward.forwarder import Forwarder
 from service.highlevel.client import (
     HighLevelClient,
     HighLevelError,
     RateLimit,
-    build_session,
+    build_pool,
     parse_rate_limit,
     parse_retry_after,
 )
@@ -37,7 +37,7 @@ ENDPOINTS = {
 
 @pytest.fixture
 def session():
-    with build_session(4) as session:
+    with build_pool(4) as session:
         yield session
 
 
@@ -146,6 +146,27 @@ def test_requests_are_checked_against_highlevels_openapi(fake_highlevel, hl_clie
         hl_client.mark_viewed(kind=kind, document_id=INVOICE_ID, token=TOKEN)
     assert len(fake_highlevel.patches()) == 2
     # The fixture's teardown asserts that neither request violated the documents.
+
+
+def test_sends_reuse_one_kept_alive_connection(fake_highlevel, hl_client):
+    # HighLevel's edge keeps connections alive, and so does the fake: a connection (and,
+    # against HighLevel, a TLS handshake) per send would cost more than the send.
+    for n in range(5):
+        assert hl_client.mark_viewed(kind="invoice", document_id=f"inv_{n}",
+                                     token=TOKEN).status == 200
+
+    assert len({r.peer for r in fake_highlevel.requests}) == 1
+
+
+def test_a_stopped_highlevel_refuses_a_kept_alive_connection(session):
+    server = FakeHighLevel(enforce_rate_limit=False).start()
+    client = HighLevelClient(session, server.url, timeout=1.0)
+    assert client.mark_viewed(kind="invoice", document_id="inv_1", token=TOKEN).status == 200
+    server.stop()
+
+    with pytest.raises(HighLevelError, match="^ConnectionError"):
+        client.mark_viewed(kind="invoice", document_id="inv_2", token=TOKEN)
+    assert len(server.requests) == 1
 
 
 # -- transport failures --------------------------------------------------------------------

@@ -15,7 +15,8 @@ def _fake_child(options: dict, pipe) -> None:
     from tests.fake_highlevel import FakeHighLevel
 
     hl = FakeHighLevel(latency=options["latency"], enforce_rate_limit=options["rate_limit"],
-                       validate_openapi=options["validate_openapi"])
+                       validate_openapi=options["validate_openapi"],
+                       rate_limit_max=options["rate_limit_max"])
     hl.start("127.0.0.1", options["port"])
 
     def patches() -> list[tuple]:
@@ -53,9 +54,10 @@ class FakeHighLevelProcess:
     """
 
     def __init__(self, *, latency: float, rate_limit: bool = True,
-                 validate_openapi: bool = False) -> None:
+                 validate_openapi: bool = False, rate_limit_max: int = 100) -> None:
         self.options = {"latency": latency, "rate_limit": rate_limit,
-                        "validate_openapi": validate_openapi, "port": free_port()}
+                        "validate_openapi": validate_openapi, "port": free_port(),
+                        "rate_limit_max": rate_limit_max}
         self.url = f"http://127.0.0.1:{self.options['port']}"
         self.violations: list[str] = []
         self._done: list[tuple] = []  # PATCHes seen by processes already stopped
