@@ -23,7 +23,7 @@ from .clock import utcnow
 from .forward.credentials import TokenProvider
 from .forward.forwarder import Forwarder
 from .forward.notify import NotificationWatch, WebhookSender
-from .highlevel.client import HighLevelClient, build_session
+from .highlevel.client import HighLevelClient, build_pool, build_session
 from .highlevel.oauth import OAuthClient
 from .ingest.app_webhooks import WebhookReceiver
 from .ingest.pixels import PixelSigner
@@ -97,7 +97,7 @@ def build_forwarder(svc: Services, *, stop: threading.Event | None = None,
     """A forwarder on ``svc``'s store and vault, sending with a real HighLevel client."""
     cfg = svc.config
     concurrency = cfg["FORWARD_CONCURRENCY"]
-    client = HighLevelClient(build_session(concurrency, cfg["HIGHLEVEL_BASE_URL"]),
+    client = HighLevelClient(build_pool(concurrency, cfg["HIGHLEVEL_BASE_URL"]),
                              cfg["HIGHLEVEL_BASE_URL"],
                              version=cfg["HIGHLEVEL_API_VERSION"],
                              timeout=(5.0, cfg["HIGHLEVEL_TIMEOUT_SECONDS"]))

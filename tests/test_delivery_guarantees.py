@@ -1,6 +1,6 @@
 """Delivery guarantees against the fake HighLevel over real HTTP, in simulated time.
 
-The forwarder (real ``HighLevelClient`` on a real ``requests`` session) talks to
+The forwarder (real ``HighLevelClient`` on a real ``urllib3`` pool) talks to
 ``FakeHighLevel`` on loopback, which enforces HighLevel's rate limit per token. One
 hand-moved clock drives both: the forwarder reads the ``clock`` fixture, and the fake's
 rate-limit windows read the same instant as seconds since ``T0``. ``drive`` calls
@@ -27,7 +27,7 @@ import pytest
 import sqlalchemy as sa
 
 from service.forward.forwarder import Forwarder
-from service.highlevel.client import HighLevelClient, build_session
+from service.highlevel.client import HighLevelClient, build_pool
 from service.store.db import delivery_log, documents, rate_limits
 from service.store.deliverylog import LogFilter
 from service.store.documents import PENDING
@@ -98,7 +98,7 @@ def make_forwarder(store, vault, hl, clock):
     sessions, pools = [], []
 
     def make(**overrides) -> Forwarder:
-        session = build_session(CONCURRENCY)
+        session = build_pool(CONCURRENCY)
         sessions.append(session)
         pool = ThreadPoolExecutor(CONCURRENCY, "send")
         pools.append(pool)
@@ -111,7 +111,7 @@ def make_forwarder(store, vault, hl, clock):
     for pool in pools:
         pool.shutdown()
     for session in sessions:
-        session.close()
+        session.clear()
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -349,7 +349,7 @@ def test_budget_spent_elsewhere_is_learned_from_remaining(store, vault, clock, h
     location, per_location, elsewhere = "loc-shared", 150, 60
     add_locations(vault, clock, location)
     record(store, clock, location, per_location)
-    with build_session(1) as session:
+    with build_pool(1) as session:
         other = HighLevelClient(session, hl.url)
         for i in range(elsewhere):
             resp = other.mark_viewed(kind="invoice", document_id=f"elsewhere-{i}",

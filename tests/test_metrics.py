@@ -21,7 +21,7 @@ from service import create_app
 from service.config import ConfigError, load_config
 from service.forward.credentials import TokenProvider
 from service.forward.forwarder import Forwarder
-from service.highlevel.client import HighLevelClient, build_session
+from service.highlevel.client import HighLevelClient, build_pool
 from service.ingest.pixels import PixelTarget
 from service.logging import RequestIdFilter
 from service.metrics import exposition
@@ -80,7 +80,7 @@ def app(migrated_db_url, clock, hl):
 
 @pytest.fixture
 def forwarder(services, hl, clock):
-    with build_session(4, hl.url) as session:
+    with build_pool(4, hl.url) as session:
         yield Forwarder(services.store, services.vault, HighLevelClient(session, hl.url),
                         executor=InlineExecutor(), clock=clock, rand=lambda: 1.0,
                         tokens=TokenProvider(services.vault, services.oauth))

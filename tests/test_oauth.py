@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from service import create_app
 from service.forward.credentials import TokenProvider
 from service.forward.forwarder import Forwarder
-from service.highlevel.client import HighLevelClient, build_session
+from service.highlevel.client import HighLevelClient, build_pool
 from service.store.db import installs
 
 from .conftest import (
@@ -57,7 +57,7 @@ def app(migrated_db_url, clock, hl):
 @pytest.fixture
 def forwarder(services, hl, clock):
     return Forwarder(services.store, services.vault,
-                     HighLevelClient(build_session(4, hl.url), hl.url),
+                     HighLevelClient(build_pool(4, hl.url), hl.url),
                      executor=InlineExecutor(), clock=clock, rand=lambda: 1.0,
                      tokens=TokenProvider(services.vault, services.oauth))
 

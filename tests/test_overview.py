@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from service.forward.forwarder import Forwarder
-from service.highlevel.client import HighLevelClient, build_session
+from service.highlevel.client import HighLevelClient, build_pool
 from service.store.db import delivery_log, events, stats_hourly
 from service.store.engine import create_engine
 from service.store.queue import Store
@@ -38,7 +38,7 @@ def token_for(location: str) -> str:
 @pytest.fixture
 def forwarder(store, vault, clock, fake_highlevel):
     """A forwarder on the real client over real HTTP, sends inline, no randomness."""
-    session = build_session(4)
+    session = build_pool(4)
     made = []
 
     def make(**settings) -> Forwarder:
@@ -48,7 +48,7 @@ def forwarder(store, vault, clock, fake_highlevel):
         return made[-1]
 
     yield make
-    session.close()
+    session.clear()
 
 
 def add_tokens(vault, clock, *locations: str) -> None:

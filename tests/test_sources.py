@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from service import create_app
 from service.config import ConfigError
 from service.forward.forwarder import Forwarder
-from service.highlevel.client import HighLevelClient, build_session
+from service.highlevel.client import HighLevelClient, build_pool
 from service.ingest.signatures import CertificateFetcher, SignatureError, check_certificate_url
 from service.ingest.sources import Context, event_key, parse_mailgun, route
 from service.ingest.verdicts import Classifier
@@ -740,7 +740,7 @@ def test_an_open_reaches_highlevel(client, services, keys, clock, fake_highlevel
     services.vault.set_token(LOC, access_token=TOKEN, now=clock())
     assert deliver(kind, client, keys).status_code in (200, 202)
 
-    with build_session(2) as session:
+    with build_pool(2) as session:
         forwarder = Forwarder(services.store, services.vault,
                               HighLevelClient(session, fake_highlevel.url, timeout=(2.0, 5.0)),
                               executor=InlineExecutor(), clock=clock, rand=lambda: 1.0)

@@ -1,4 +1,4 @@
-"""HighLevel API client: one small interface, a real implementation over ``requests``.
+"""HighLevel API client: one small interface, a real implementation over ``urllib3``.
 
 Endpoints (https://highlevel.stoplight.io/docs/integrations/):
 - PATCH /invoices/stats/last-visited-at           {"invoiceId": ...}
@@ -9,15 +9,21 @@ documented body, so only the status is read.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 
 from .. import safejson
+
+USER_AGENT = "invoice-view-relay/1.0"
+_TIMEOUTS = {urllib3.exceptions.ReadTimeoutError: "ReadTimeout",
+             urllib3.exceptions.ConnectTimeoutError: "ConnectTimeout"}
 
 PATHS = {
     "invoice": ("/invoices/stats/last-visited-at", "invoiceId"),
@@ -60,44 +66,68 @@ class HighLevel(Protocol):
 
 
 class HighLevelClient:
-    """The real client: one pooled ``requests.Session``, a timeout on every call."""
+    """The real client: one pooled ``urllib3.PoolManager`` (``build_pool``), a timeout on
+    every call, no retries (the forwarder decides what a failure means).
 
-    def __init__(self, session: requests.Session, base_url: str, *,
+    urllib3 rather than ``requests`` on this path: a send is one PATCH with a fixed set of
+    headers, and ``requests``' per-call request preparation (settings merge, hooks, cookie
+    jar, runtime protocol checks) cost more CPU than the rest of the send
+    (bench/forward_profile.py).
+    """
+
+    def __init__(self, pool: urllib3.PoolManager, base_url: str, *,
                  version: str = "2021-07-28", timeout: float | tuple = (5.0, 10.0)):
-        self.session = session
+        self.pool = pool
         self.base_url = base_url.rstrip("/")
         self.version = version
-        self.timeout = timeout
+        connect, read = timeout if isinstance(timeout, tuple) else (timeout, timeout)
+        self.timeout = urllib3.Timeout(connect=connect, read=read)
+        self._urls = {kind: (self.base_url + path, name) for kind, (path, name) in PATHS.items()}
 
     def mark_viewed(self, *, kind: str, document_id: str, token: str) -> Response:
-        path, field_name = PATHS[kind]
+        url, field_name = self._urls[kind]
         started = time.monotonic()
         try:
-            resp = self.session.patch(
-                self.base_url + path,
-                json={field_name: document_id},
+            resp = self.pool.request(
+                "PATCH", url,
+                body=json.dumps({field_name: document_id}).encode(),
                 headers={"Version": self.version, "Authorization": f"Bearer {token}",
-                         "Accept": "application/json"},
-                timeout=self.timeout,
-                allow_redirects=False,
+                         "Accept": "application/json", "Content-Type": "application/json",
+                         "User-Agent": USER_AGENT},
+                timeout=self.timeout, retries=False, redirect=False,
             )
-        except requests.Timeout as exc:
-            raise HighLevelError(f"timeout: {type(exc).__name__}") from None
-        except requests.RequestException as exc:
-            # str(exc) of a connection error names host and port; an InvalidHeader (a token
-            # with a stray newline) quotes the header value, i.e. the token: redact it.
-            if isinstance(exc, requests.exceptions.InvalidHeader):
-                text = "invalid header value (check the stored token)"
-            else:
-                text = _first_line(exc)
-            raise HighLevelError(f"{type(exc).__name__}: {text}") from None
+        except urllib3.exceptions.NewConnectionError as exc:  # before TimeoutError, its base
+            raise HighLevelError(f"ConnectionError: {_first_line(exc)}") from None
+        except urllib3.exceptions.TimeoutError as exc:
+            raise HighLevelError(f"timeout: {_TIMEOUTS.get(type(exc), 'Timeout')}") from None
+        except ValueError:
+            # http.client refuses a header value with a stray newline and quotes it, i.e.
+            # the token: never echo it.
+            raise HighLevelError("InvalidHeader: invalid header value (check the stored "
+                                 "token)") from None
+        except urllib3.exceptions.HTTPError as exc:
+            # str(exc) of a connection error names host and port, never a header.
+            raise HighLevelError(f"ConnectionError: {_first_line(exc)}") from None
         latency_ms = int((time.monotonic() - started) * 1000)
-        message, trace_id = _error_details(resp) if resp.status_code >= 300 else (None, None)
+        status = resp.status
+        message, trace_id = (_error_details(resp.data, resp.reason) if status >= 300
+                             else (None, None))
         return Response(
-            status=resp.status_code, message=message, trace_id=trace_id,
+            status=status, message=message, trace_id=trace_id,
             retry_after=parse_retry_after(resp.headers.get("Retry-After")),
             latency_ms=latency_ms, rate_limit=parse_rate_limit(resp.headers),
         )
+
+
+def build_pool(pool_size: int, base_url: str | None = None) -> urllib3.PoolManager:
+    """A connection pool that keeps ``pool_size`` connections per host alive, for that many
+    concurrent sends (``block``: a send beyond that waits rather than opening a throwaway
+    connection). A proxy from HTTPS_PROXY / HTTP_PROXY / NO_PROXY is read once, here."""
+    proxy = requests.utils.get_environ_proxies(base_url).get(
+        base_url.split(":", 1)[0]) if base_url else None
+    if proxy:
+        return urllib3.ProxyManager(proxy, num_pools=4, maxsize=pool_size, block=True)
+    return urllib3.PoolManager(num_pools=4, maxsize=pool_size, block=True)
 
 
 def build_session(pool_size: int, base_url: str | None = None) -> requests.Session:
@@ -114,7 +144,7 @@ def build_session(pool_size: int, base_url: str | None = None) -> requests.Sessi
     adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
-    session.headers["User-Agent"] = "invoice-view-relay/1.0"
+    session.headers["User-Agent"] = USER_AGENT
     return session
 
 
@@ -152,16 +182,16 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def _error_details(resp: requests.Response) -> tuple[str | None, str | None]:
+def _error_details(content: bytes, reason: str | None) -> tuple[str | None, str | None]:
     """HighLevel's error ``message`` (a string or a list) and ``traceId``, if JSON."""
     try:
-        body = safejson.loads(resp.content)  # resp.json() lets a RecursionError through
+        body = safejson.loads(content)
     except ValueError:
-        text = resp.text.strip()
-        return (text[:300] or resp.reason), None
+        text = content.decode("utf-8", "replace").strip()
+        return (text[:300] or reason), None
     if not isinstance(body, dict):
         return str(body)[:300], None
-    message = body.get("message") or body.get("error") or resp.reason
+    message = body.get("message") or body.get("error") or reason
     if isinstance(message, list):
         message = "; ".join(str(m) for m in message)
     trace = body.get("traceId")
