@@ -127,6 +127,7 @@ class FakeHighLevel:
         self._stopping.clear()
         self._server = cheroot_wsgi.Server((host, port), self._wsgi, numthreads=threads,
                                            request_queue_size=1024, shutdown_timeout=5)
+        self._server.keep_alive_conn_limit = 1024  # cheroot's default closes past 10 idle
         self._server.prepare()  # binds, so the port is known before serving
         self.url = f"http://{host}:{self._server.bind_addr[1]}"
         self._thread = threading.Thread(

@@ -99,18 +99,30 @@ def apply_outcomes(conn, results: Sequence[tuple[Claim, Outcome]], *, now: dt.da
     Returns, per pair, whether the lease was still ours (a late answer after the lease
     ended changes nothing but the log).
     """
-    kept = []
+    # One statement per kind of outcome (an executemany), not one per send: which leases
+    # are still ours is read first, with the rows locked (PostgreSQL; SQLite's write
+    # transaction already excludes every other writer), so no claim can take one between.
+    held = {(row.id, row.lease_token) for row in conn.execute(
+        sa.select(d.id, d.lease_token).where(d.id.in_([c.row_id for c, _ in results]))
+        .with_for_update())}
+    kept, by_result = [], {}
     for claim, outcome in results:
         statement = STATEMENTS.get(outcome.result)
         if statement is None:
             raise ValueError(f"unknown result {outcome.result!r}")
-        kept.append(bool(conn.execute(statement, {
-            "now_at": now, "quiet_at": now + window, "seq_to": claim.seq_to,
-            "http_status": outcome.http_status, "row_id": claim.row_id, "lease": claim.lease_token,
-            "error_text": None if outcome.result == "delivered" else clip(outcome.message),
-            "next_due_at": outcome.next_due or now, "spent": int(outcome.spend_attempt),
-            "reason_text": outcome.outcome,
-        }).rowcount))
+        mine = (claim.row_id, claim.lease_token) in held
+        kept.append(mine)
+        if mine:
+            by_result.setdefault(outcome.result, []).append({
+                "now_at": now, "quiet_at": now + window, "seq_to": claim.seq_to,
+                "http_status": outcome.http_status, "row_id": claim.row_id,
+                "lease": claim.lease_token,
+                "error_text": None if outcome.result == "delivered" else clip(outcome.message),
+                "next_due_at": outcome.next_due or now, "spent": int(outcome.spend_attempt),
+                "reason_text": outcome.outcome,
+            })
+    for result, params in by_result.items():
+        conn.execute(STATEMENTS[result], params)
     recovered = limiter.observe_batch(conn, results, now=now)  # budgets, headers, health
     if recovered:
         release_backed_off(conn, recovered, now=now)
