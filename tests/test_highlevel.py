@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
+import http.server
 import socket
+import threading
 import time
 import uuid
 
@@ -167,6 +169,40 @@ def test_a_stopped_highlevel_refuses_a_kept_alive_connection(session):
     with pytest.raises(HighLevelError, match="^ConnectionError"):
         client.mark_viewed(kind="invoice", document_id="inv_2", token=TOKEN)
     assert len(server.requests) == 1
+
+
+def test_a_proxy_from_the_environment_carries_the_sends(monkeypatch):
+    # HTTP_PROXY / HTTPS_PROXY are read once, when the pool is built. The proxy here
+    # records the request line (absolute form, as a forward proxy receives it) and answers.
+    seen: list[tuple[str, str, dict]] = []
+
+    class Proxy(http.server.BaseHTTPRequestHandler):
+        def do_PATCH(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append((self.requestline, body.decode(), dict(self.headers)))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy) as proxy:
+        threading.Thread(target=proxy.serve_forever, daemon=True).start()
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.server_port}")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        try:
+            with build_pool(2, "http://highlevel.invalid") as pool:
+                client = HighLevelClient(pool, "http://highlevel.invalid", timeout=2.0)
+                resp = client.mark_viewed(kind="estimate", document_id="est_1", token=TOKEN)
+        finally:
+            proxy.shutdown()
+
+    assert resp.status == 200
+    [(line, body, headers)] = seen
+    assert line == f"PATCH http://highlevel.invalid{ENDPOINTS['estimate'][0]} HTTP/1.1"
+    assert body == '{"estimateId": "est_1"}' and headers["Authorization"] == f"Bearer {TOKEN}"
 
 
 # -- transport failures --------------------------------------------------------------------

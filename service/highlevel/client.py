@@ -82,14 +82,20 @@ class HighLevelClient:
         self.version = version
         connect, read = timeout if isinstance(timeout, tuple) else (timeout, timeout)
         self.timeout = urllib3.Timeout(connect=connect, read=read)
-        self._urls = {kind: (self.base_url + path, name) for kind, (path, name) in PATHS.items()}
+        # Without a proxy, straight to the host's connection pool with the path (the
+        # manager's per-call URL parsing and pool look-up cost ~0.06 ms a send); through a
+        # proxy, the manager, which knows the proxy's request forms.
+        direct = not isinstance(pool, urllib3.ProxyManager)
+        self._open = (pool.connection_from_url(self.base_url) if direct else pool).urlopen
+        self._targets = {kind: (path if direct else self.base_url + path, name)
+                         for kind, (path, name) in PATHS.items()}
 
     def mark_viewed(self, *, kind: str, document_id: str, token: str) -> Response:
-        url, field_name = self._urls[kind]
+        target, field_name = self._targets[kind]
         started = time.monotonic()
         try:
-            resp = self.pool.request(
-                "PATCH", url,
+            resp = self._open(
+                "PATCH", target,
                 body=json.dumps({field_name: document_id}).encode(),
                 headers={"Version": self.version, "Authorization": f"Bearer {token}",
                          "Accept": "application/json", "Content-Type": "application/json",
