@@ -16,7 +16,7 @@ from . import documents as states
 from . import notifications as operator_notifications
 from . import prefixes, seen
 from .db import delivery_log, documents, events, installs, locations, rate_limits
-from .documents import BLOCKED, DEAD, IDLE, PENDING
+from .documents import BLOCKED, PENDING
 from .viewrows import event_id_floor
 
 BATCH = 5000
