@@ -152,9 +152,16 @@ def run_one(args, backend: str, concurrency: int, keys: dict) -> dict:
         t_spawn = time.monotonic()
         fwd = start(label, flask("forwarder"), env)
         log = fwd.stdout_path
+        first: dict[str, float] = {}  # the forwarder's CPU when the first sends were in
+
+        def at_poll(n: int) -> None:
+            if n and not first:
+                first.update(cpu=process_tree_cpu(fwd.pid), delivered=n)
+
         try:
             delivered, done_at = wait_documents_delivered(
-                store, fwd, args.documents, deadline=t_spawn + timeout, interval=0.1)
+                store, fwd, args.documents, deadline=t_spawn + timeout, interval=0.1,
+                each=at_poll)
             fwd_cpu = process_tree_cpu(fwd.pid)
         finally:
             stop_s = fwd.stop()
@@ -176,6 +183,8 @@ def run_one(args, backend: str, concurrency: int, keys: dict) -> dict:
         "peak_in_flight": hl.get("peak_in_flight", 0),
         "p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99),
         "fwd_cpu": fwd_cpu / max(1e-9, (done_at or time.monotonic()) - t_spawn),
+        "cpu_ms_per_send": (1000 * (fwd_cpu - first["cpu"]) / (delivered - first["delivered"])
+                            if first and delivered > first["delivered"] else float("nan")),
         "stop_s": stop_s, "repeated": hl.get("repeated", 0),
         "hl_statuses": hl.get("statuses", {}), "outcomes": outcomes,
         "violations": hl.get("violations", []), "openapi": hello.get("openapi"),
@@ -193,13 +202,15 @@ def _column(store, sql: str) -> list:
 def report(args, rows: list, notes: list, facts: list, started: dt.datetime) -> str:
     headers = ["store", "FORWARD_CONCURRENCY", "documents", "delivered", "sends/s",
                "ceiling/s", "% of ceiling", "peak in flight", "send p50 / p99 ms",
-               "spawn to done s", "forwarder CPU (cores)", "SIGTERM exit s", "extra PATCHes"]
+               "spawn to done s", "forwarder CPU (cores)", "CPU ms per send", "SIGTERM exit s",
+               "extra PATCHes"]
     table = [[r["backend"], r["concurrency"], r["documents"],
               r["delivered"] if r["finished"] else f"{r['delivered']} (timed out)",
               f"{r['sends_per_s']:.1f}", f"{r['ceiling']:.0f}",
               f"{100 * r['sends_per_s'] / r['ceiling']:.0f}%",
               r["peak_in_flight"], f"{r['p50_ms']:.0f} / {r['p99_ms']:.0f}",
-              f"{r['wall']:.1f}", f"{r['fwd_cpu']:.2f}", f"{r['stop_s']:.1f}",
+              f"{r['wall']:.1f}", f"{r['fwd_cpu']:.2f}", f"{r['cpu_ms_per_send']:.2f}",
+              f"{r['stop_s']:.1f}",
               r["repeated"]]
              for r in rows]
     openapi = any(r["openapi"] for r in rows)
@@ -220,6 +231,9 @@ def report(args, rows: list, notes: list, facts: list, started: dt.datetime) -> 
         "- send p50 / p99: the forwarder's own `latency_ms` per delivered send (delivery log).",
         "- spawn to done: forwarder process start to every document delivered (includes "
         "Python start-up, about a second).",
+        "- CPU ms per send: the forwarder process's CPU from the first delivered documents "
+        "seen in the store to the last, over the documents delivered between (start-up "
+        "excluded; bench/forward_profile.py breaks it down).",
         "- SIGTERM exit: from SIGTERM to the forwarder's exit, with nothing left to send.",
         "- extra PATCHes: PATCHes beyond one per document (at-least-once duplicates); 0 is "
         "expected here.",

@@ -8,13 +8,13 @@ PostgreSQL database): it migrates, preloads ``--documents`` due views across 20 
 runs it until nothing is due. CPU per send is the child's process time (every thread) over
 the sends, start-up and preload excluded. HighLevel is the fake (tests/fake_highlevel.py) in
 a process of its own, answering at once (no latency, no rate limit), so the forwarder's own
-cost is what bounds it.
+cost is what bounds it (``--latency`` makes it answer as slowly as HighLevel does).
 
 With ``--baseline DIR`` (an earlier checkout, e.g. ``git worktree add --detach
 /work/wt-base main``), that checkout's forwarder is measured in the same rounds, interleaved
 (the same fake, the same machine load), so the ratio is side by side. Then one profiled run
-of this checkout (an inline executor, so cProfile sees every send in one thread) gives the
-top functions. Results: stdout and ``--output``.
+of this checkout (an inline executor, so cProfile sees every send in one thread; only with
+no latency) gives the top functions. Results: stdout and ``--output``.
 
     .venv/bin/python bench/forward_profile.py --baseline /work/wt-base       # ~2 min
     .venv/bin/python bench/forward_profile.py --backends sqlite --rounds 1 --documents 500 \\
@@ -58,10 +58,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                    type=lambda s: [x for x in s.split(",") if x])
     p.add_argument("--documents", type=int, default=3000, help="due documents per run")
     p.add_argument("--concurrency", type=int, default=32, help="FORWARD_CONCURRENCY")
+    p.add_argument("--latency", type=float, default=0.0,
+                   help="seconds the fake HighLevel takes to answer")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--baseline", type=Path, help="another checkout to measure alongside")
     p.add_argument("--top", type=int, default=30, help="profile lines")
-    p.add_argument("--child", help=argparse.SUPPRESS)  # JSON options of one measurement
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # options on stdin
     store_options(p, "results-forward-profile.md", "the report")
     return p.parse_args(argv)
 
@@ -151,7 +153,7 @@ def measure(root: Path, backend: str, args, keys: dict, hl_url: str, *,
                    "documents": args.documents, "env": env, "profile": profile,
                    "top": args.top, "log": str(OUT / f"forward-profile-{backend}.log")}
         done = subprocess.run(
-            [sys.executable, __file__, "--child", json.dumps(options)],
+            [sys.executable, __file__, "--child"], input=json.dumps(options),
             capture_output=True, text=True, timeout=600, cwd=root,
             env={**os.environ, "PYTHONPATH": str(root)})
         if done.returncode:
@@ -165,7 +167,7 @@ def measure(root: Path, backend: str, args, keys: dict, hl_url: str, *,
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.child:
-        child(json.loads(args.child))
+        child(json.loads(sys.stdin.read()))
         return 0
     started = dt.datetime.now(dt.UTC)
     notes: list[str] = []
@@ -177,7 +179,8 @@ def main(argv=None) -> int:
         targets.append((f"baseline ({args.baseline})", args.baseline.resolve()))
     per: dict[tuple[str, str], list[float]] = {}
     rows, profiles = [], {}
-    hl = FakeHighLevelProcess(latency=0.0, rate_limit=False, rate_limit_max=1_000_000).start()
+    hl = FakeHighLevelProcess(latency=args.latency, rate_limit=False,
+                              rate_limit_max=1_000_000).start()
     try:
         for backend in backends:
             for n in range(args.rounds):
@@ -188,8 +191,9 @@ def main(argv=None) -> int:
                     per.setdefault((backend, name), []).append(ms)
                     print(f"{backend} round {n + 1} {name}: {ms:.3f} ms CPU per send, "
                           f"{result['sends'] / result['wall_s']:.0f} sends/s", flush=True)
-            profiles[backend] = measure(ROOT, backend, args, keys, hl.url,
-                                        profile=True)["profile"]
+            if not args.latency:  # sends one after another: only without latency
+                profiles[backend] = measure(ROOT, backend, args, keys, hl.url,
+                                            profile=True)["profile"]
     finally:
         hl.stop()
     for (backend, name), values in per.items():
@@ -209,7 +213,8 @@ def main(argv=None) -> int:
     lines += [markdown_table(headers, rows), "",
               f"- {args.documents} due documents per run across {LOCATIONS} locations, "
               f"FORWARD_CONCURRENCY={args.concurrency}, rate limit out of the way; the fake "
-              "HighLevel answers at once in its own process, with keep-alive.",
+              f"HighLevel answers after {args.latency:g} s in its own process, with "
+              "keep-alive.",
               "- CPU: the forwarder process's own time (all threads) from the first claim to "
               "nothing due, over the sends; JSON logs written to a file.",
               f"- {args.rounds} rounds, targets interleaved (order reversed on even rounds).",
