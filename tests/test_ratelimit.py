@@ -10,6 +10,7 @@ from service.highlevel.client import RateLimit
 from service.store.budget import answered
 from service.store.queue import Outcome
 from service.store.ratelimit import LimitState, StoreLimiter, learn, reserve
+from service.store.retention import purge_location
 
 from .conftest import T0
 from .test_forwarder import make_claim
@@ -121,6 +122,20 @@ def test_store_limiter_shares_budget_and_pauses(store):
         assert set(conn.execute(limiter.paused_resources(T0 + 10.9 * S)).scalars()) == {
             "loc_a", "loc_b"}
         assert set(conn.execute(limiter.paused_resources(T0 + 11 * S)).scalars()) == set()
+
+
+def test_a_purged_resource_starts_afresh_in_a_process_that_knew_it(store):
+    # The limiter remembers which resources have a row (one statement per batch); a
+    # location purged meanwhile (its rate_limits row deleted) gets a new row, not an error.
+    limiter = StoreLimiter(store.dialect, burst=(10, 10.0), daily=1000)
+    with store.engine.begin() as conn:
+        assert limiter.reserve_many(conn, {"loc_a": 10}, now=T0, token="one") == {"loc_a": 10}
+    purge_location(store.engine, "loc_a")
+    with store.engine.begin() as conn:
+        assert limiter.describe(conn, "loc_a") is None
+        assert limiter.reserve_many(conn, {"loc_a": 4, "loc_b": 1}, now=T0 + S,
+                                    token="two") == {"loc_a": 4, "loc_b": 1}
+        assert limiter.describe(conn, "loc_a")["used"] == 4
 
 
 def claim(location_id: str, lease: str):

@@ -180,9 +180,9 @@ def claim(conn, *, now: dt.datetime, limit: int, lease: dt.timedelta, limiter,
             ids.append(row.id)
     if not ids:
         return []
-    conn.execute(documents.update().where(d.id.in_(ids)).values(
-        locked_until=now + lease, lease_token=token, claimed_seq=d.views_seq, updated_at=now))
-    rows = conn.execute(sa.select(documents).where(d.id.in_(ids)).order_by(d.due_at))
+    rows = sorted(conn.execute(documents.update().where(d.id.in_(ids)).values(
+        locked_until=now + lease, lease_token=token, claimed_seq=d.views_seq, updated_at=now)
+        .returning(*documents.c)), key=lambda r: (r.due_at, r.id))
     return [Claim(row_id=r.id, kind=r.kind, location_id=r.location_id,
                   document_id=r.document_id, seq_from=max(r.sent_seq, r.failed_seq),
                   seq_to=r.claimed_seq, attempts=r.attempts,

@@ -71,6 +71,7 @@ class StoreLimiter:
         self.burst_max, self.interval = burst[0], dt.timedelta(seconds=burst[1])
         self.daily = daily
         self.hold = hold  # how long an unanswered send (and a probe) counts as in flight
+        self._known: set[str] = set()  # resources whose row this process has seen
         r = rate_limits.c
         self._insert = dialect_insert(rate_limits, dialect).on_conflict_do_nothing()
         self._select = sa.select(rate_limits).where(
@@ -87,13 +88,30 @@ class StoreLimiter:
         return sa.select(r.resource).where(r.paused_until > now)
 
     def _load(self, conn, resources: Iterable[str], now: dt.datetime) -> dict[str, LimitState]:
+        """Every resource's state, its row locked. A resource this process has not seen
+        gets its row first (insert, then lock everything in one sorted order, as before);
+        once every resource is known that is one statement, not two."""
         resources = sorted(set(resources))  # one lock order everywhere: no deadlocks
+        unknown = [res for res in resources if res not in self._known]
+        if unknown:
+            self._create(conn, unknown, now)
+        states = self._read(conn, resources)
+        missing = [res for res in resources if res not in states]
+        if missing:  # purged since this process saw it (retention.purge_location)
+            self._create(conn, missing, now)
+            states.update(self._read(conn, missing))
+        self._known.update(resources)
+        return states
+
+    def _create(self, conn, resources: list[str], now: dt.datetime) -> None:
         conn.execute(self._insert, [
             {"resource": res, "burst_max": self.burst_max,
              "interval_ms": int(self.interval.total_seconds() * 1000),
              "daily_max": self.daily, "used": 0, "daily_used": 0, "failures": 0,
              "updated_at": now}
             for res in resources])
+
+    def _read(self, conn, resources: list[str]) -> dict[str, LimitState]:
         states = {}
         for row in conn.execute(self._select, {"resources": resources}):
             states[row.resource] = state = LimitState(
