@@ -390,6 +390,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="rate-limit window (X-RateLimit-Interval-Milliseconds)")
     parser.add_argument("--no-openapi", action="store_true",
                         help="skip OpenAPI validation (saves CPU in benchmarks)")
+    parser.add_argument("--threads", type=int, default=512,
+                        help="requests answered at once (each waits out --latency in a thread)")
     parser.add_argument("--timestamps", action="store_true",
                         help="end each line with received= and answered= (time.monotonic())")
     args = parser.parse_args(argv)
@@ -415,7 +417,7 @@ def main(argv: list[str] | None = None) -> None:
     done = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: done.set())
     signal.signal(signal.SIGTERM, lambda *_: done.set())
-    with hl.start(args.host, args.port):
+    with hl.start(args.host, args.port, threads=args.threads):
         openapi = ("on" if hl.validate_openapi else "off (--no-openapi)" if args.no_openapi
                    else f"off ({SPEC_DIR} not present)")
         print(f"fake HighLevel listening on {hl.url} (openapi validation {openapi})", flush=True)
