@@ -255,6 +255,20 @@ def test_credentials_repr_hides_the_token(vault):
         assert SECRET not in shown and REFRESH not in shown
 
 
+def test_a_batch_reads_its_locations_tokens_at_once_with_the_same_answers(vault):
+    vault.set_token("loc_1", access_token=SECRET, now=T0)
+    vault.set_token("loc_2", access_token=SECRET + "2", now=T0)
+    with vault.hold("loc_2") as row:
+        row.mark(status="invalid", message="revoked", now=T0)
+    tokens = TokenProvider(vault)
+
+    many = tokens.get_many(["loc_1", "loc_2", "loc_none"], now=T0)
+
+    assert many == {loc: tokens.get(loc, now=T0) for loc in ("loc_1", "loc_2", "loc_none")}
+    assert many["loc_1"].access_token == SECRET
+    assert [many[loc].reason for loc in ("loc_2", "loc_none")] == ["no_token"] * 2
+
+
 def test_replacing_a_token_bumps_its_generation_and_resets_state(vault):
     tokens = TokenProvider(vault)
     vault.set_token("loc_1", access_token=SECRET, now=T0)

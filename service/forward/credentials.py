@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from ..clock import expiry
@@ -96,16 +96,26 @@ class TokenProvider:
         """A usable token for the location (its own, refreshed if due, or minted), or why
         there is none. A token no key decrypts is marked invalid: retrying cannot help
         until an operator restores the key or stores a new token."""
+        return self._usable(location_id, self.vault.read(location_id), now=now)
+
+    def get_many(self, location_ids: Iterable[str], *, now: dt.datetime
+                 ) -> dict[str, Credentials | Refusal]:
+        """``get`` for a batch's locations, their rows read in one query."""
+        stored = self.vault.read_many(location_ids)
+        return {loc: self._usable(loc, stored.get(loc), now=now) for loc in location_ids}
+
+    def _usable(self, location_id: str, stored: StoredToken | None, *,
+                now: dt.datetime) -> Credentials | Refusal:
         try:
-            creds = self._get(location_id, now=now)
+            creds = self._get(location_id, stored, now=now)
         except TokenDecryptError as exc:
             with self.vault.hold(location_id) as row:
                 row.mark(status=INVALID, message=str(exc), now=now)
             return Refusal(TOKEN_UNREADABLE, str(exc), park_location=True)
         return creds or Refusal(NO_TOKEN, "no active token for this location")
 
-    def _get(self, location_id: str, *, now: dt.datetime) -> Credentials | None:
-        stored = self.vault.read(location_id)
+    def _get(self, location_id: str, stored: StoredToken | None, *,
+             now: dt.datetime) -> Credentials | None:
         if stored is None or stored.status != ACTIVE:
             return self._mint(location_id, now=now)
         creds = Credentials.of(stored)
@@ -247,7 +257,7 @@ class TokenProvider:
         company_id = company_id or installed_company(self.vault.engine, location_id)
         if company_id is None or company_id == location_id:
             return None
-        company = self._get(company_id, now=now)
+        company = self._get(company_id, self.vault.read(company_id), now=now)
         if company is None or company.token_kind != AGENCY:
             return None
         try:

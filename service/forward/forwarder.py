@@ -152,9 +152,9 @@ class Forwarder:
 
     def _send_batch(self, claims: list[Claim]) -> None:
         """Send claimed documents, record the outcomes, release those not attempted."""
-        # One token look-up (and refresh, if due) per location per batch, not per send.
-        tokens = {loc: self._credentials(loc) for loc in dict.fromkeys(
-            claim.location_id for claim in claims)}
+        # One token query for the batch's locations (a refresh, if due, per location).
+        tokens = {loc: self._credentials(loc, creds) for loc, creds in self.tokens.get_many(
+            dict.fromkeys(claim.location_id for claim in claims), now=self.clock()).items()}
         futures = [self.executor.submit(self.attempt, claim, tokens[claim.location_id])
                    for claim in claims]
         results = [(claim, future.result()) for claim, future in zip(claims, futures,
@@ -165,9 +165,9 @@ class Forwarder:
             # Not attempted: shutting down, or the lease was ending or taken (leases.py).
             self.store.release(released, now=self.clock())
 
-    def _credentials(self, location_id: str) -> Credentials | Outcome:
+    def _credentials(self, location_id: str, creds: Credentials | Refusal
+                     ) -> Credentials | Outcome:
         """The token to send with, or the outcome that parks the location's views."""
-        creds = self.tokens.get(location_id, now=self.clock())
         if isinstance(creds, Refusal):
             if creds.park_location:  # e.g. a token no key decrypts: every view waits
                 self.store.block_location(location_id, now=self.clock())
