@@ -9,6 +9,7 @@ documented body, so only the status is read.
 
 from __future__ import annotations
 
+import http.client
 import json
 import time
 from collections.abc import Mapping
@@ -94,14 +95,7 @@ class HighLevelClient:
         target, field_name = self._targets[kind]
         started = time.monotonic()
         try:
-            resp = self._open(
-                "PATCH", target,
-                body=json.dumps({field_name: document_id}).encode(),
-                headers={"Version": self.version, "Authorization": f"Bearer {token}",
-                         "Accept": "application/json", "Content-Type": "application/json",
-                         "User-Agent": USER_AGENT},
-                timeout=self.timeout, retries=False, redirect=False,
-            )
+            resp = self._send(target, json.dumps({field_name: document_id}).encode(), token)
         except urllib3.exceptions.NewConnectionError as exc:  # before TimeoutError, its base
             raise HighLevelError(f"ConnectionError: {_first_line(exc)}") from None
         except urllib3.exceptions.TimeoutError as exc:
@@ -123,6 +117,28 @@ class HighLevelClient:
             retry_after=parse_retry_after(resp.headers.get("Retry-After")),
             latency_ms=latency_ms, rate_limit=parse_rate_limit(resp.headers),
         )
+
+
+    def _send(self, target: str, body: bytes, token: str):
+        """One PATCH; sent once more on a new connection when a kept-alive one turns out
+        closed before any answer (the server's idle timeout racing our reuse of it)."""
+        headers = {"Version": self.version, "Authorization": f"Bearer {token}",
+                   "Accept": "application/json", "Content-Type": "application/json",
+                   "User-Agent": USER_AGENT}
+        try:
+            return self._open("PATCH", target, body=body, headers=headers,
+                              timeout=self.timeout, retries=False, redirect=False)
+        except urllib3.exceptions.ProtocolError as exc:
+            if not isinstance(exc.args[-1], _CLOSED_UNANSWERED):
+                raise
+        # HighLevel never answered the first: at most it records the view twice, which
+        # sets "last visited" to the same moment (delivery is at least once anyway).
+        return self._open("PATCH", target, body=body, headers=headers,
+                          timeout=self.timeout, retries=False, redirect=False)
+
+
+# A kept-alive connection the server had closed: nothing of an answer was read.
+_CLOSED_UNANSWERED = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 
 
 def build_pool(pool_size: int, base_url: str | None = None) -> urllib3.PoolManager:
