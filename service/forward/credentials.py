@@ -1,11 +1,10 @@
 """The token policy: when a location's token is used, refreshed, minted from its agency's
-token, counted against, marked invalid or inactive and tried again; what a HighLevel
-401/403 means for it; and how an OAuth install's grant becomes stored tokens.
+token, counted against, marked invalid or inactive and tried again; and what a HighLevel
+401/403 means for it (how an OAuth install's grant becomes stored tokens: ``grants``).
 
 The vault (service/store/tokens.py) only keeps rows; every decision about them is made
 here. The forwarder asks ``TokenProvider`` for the credentials to send with and lets it
-``send`` (a 401 renews the token and sends once more); the OAuth callback hands its grant
-to ``store_grant``. No Flask here.
+``send`` (a 401 renews the token and sends once more). No Flask here.
 """
 
 from __future__ import annotations
@@ -22,18 +21,15 @@ from ..highlevel.oauth import (
     LOCATION_INACTIVE,
     OAuthClient,
     OAuthError,
-    TokenGrant,
 )
 from ..metrics import observe_refresh
-from ..store.installs import COMPANY, LOCATION, installed_company, record_oauth_install
+from ..store.installs import installed_company
 from ..store.tokens import (
     ACTIVE,
     AGENCY,
     INACTIVE,
     INVALID,
     MINTED,
-    OAUTH,
-    NewToken,
     StoredToken,
     TokenDecryptError,
     TokenVault,
@@ -275,36 +271,3 @@ class TokenProvider:
                                            "company_id": company_id})
         stored = self.vault.read(location_id)
         return None if stored is None or stored.status != ACTIVE else Credentials.of(stored)
-
-
-class UnusableGrantError(ValueError):
-    """HighLevel's answer to an install has no refresh token, or names no location."""
-
-
-def store_grant(vault: TokenVault, grant: TokenGrant, *, now: dt.datetime) -> str:
-    """Store an install's grant in one transaction; return what was installed, for people.
-
-    A location install stores the location's OAuth pair. An agency install stores the
-    agency's pair under its company id and records its approved locations (their tokens
-    are minted when first needed). Views parked for want of a token are released where
-    they can now be sent.
-
-    :raises UnusableGrantError: nothing is stored.
-    """
-    if not (grant.refresh_token and (grant.location_id or grant.company_id)):
-        raise UnusableGrantError("HighLevel's answer had no refresh token or no location")
-    agency = grant.user_type == "Company" or not grant.location_id
-    owner = grant.company_id if agency else grant.location_id
-    if agency:
-        released = list(grant.approved_locations)
-        installed = [(COMPANY, owner)] + [(LOCATION, loc) for loc in released]
-    else:
-        released, installed = [owner], [(LOCATION, owner)]
-    token = NewToken(owner, access_token=grant.access_token, refresh_token=grant.refresh_token,
-                     expires_at=expiry(grant.expires_in, now=now), company_id=grant.company_id,
-                     token_kind=AGENCY if agency else OAUTH)
-    record_oauth_install(vault, token, installed=installed, company_id=grant.company_id,
-                         release=released, now=now)
-    if not agency:
-        return f"location {owner}"
-    return f"agency {owner}" + (f" ({len(released)} locations)" if released else "")

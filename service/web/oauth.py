@@ -3,7 +3,7 @@
 Install starts here (use ``/oauth/install`` as the app's install link): it redirects to
 HighLevel's location chooser with a signed, expiring ``state``; the callback checks
 the state, exchanges the code (``POST /oauth/token``) and hands the grant to the token
-policy (``store_grant`` in service/forward/credentials.py), which stores the tokens for the
+policy (``store_grant`` in service/forward/grants.py), which stores the tokens for the
 location, or for the company on an agency install, in one transaction. Errors show a
 short page and store nothing.
 
@@ -27,7 +27,7 @@ from flask import Blueprint, make_response, redirect, request
 from itsdangerous import BadData, URLSafeTimedSerializer
 from markupsafe import escape
 
-from ..forward.credentials import UnusableGrantError, store_grant
+from ..forward.grants import UnusableGrantError, store_grant
 from ..highlevel.oauth import OAuthError
 from .deps import services
 from .sources import current_sources
