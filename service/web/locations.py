@@ -7,11 +7,11 @@ from flask import url_for
 
 from ..clock import expiry
 from ..forward.token_rules import check_refreshable
-from ..ids import ID_PATTERN, ID_RULE, is_valid_id
 from .auth import require_scope
 from .bodies import Blueprint
 from .deps import services
-from .errors import NotFoundError, ServiceError
+from .errors import NotFoundError
+from .paths import path_id, path_parameter
 from .schemas import (
     LocationDetailSchema,
     LocationListSchema,
@@ -23,15 +23,11 @@ from .schemas import (
 bp = Blueprint("locations", __name__, url_prefix="/v1/locations",
                description="Locations: their HighLevel tokens, the directory, erasure")
 # The path's id, documented with the rule each view checks first (_location_id).
-LOCATION_ID = {"in": "path", "name": "location_id", "required": True,
-               "schema": {"type": "string", "pattern": ID_PATTERN}}
+LOCATION_ID = path_parameter("location_id")
 
 
 def _location_id(value: str) -> str:
-    if not is_valid_id(value):
-        raise ServiceError(f"locationId must be {ID_RULE}",
-                           errors={"locationId": ["Invalid id."]})
-    return value
+    return path_id(value, "locationId")
 
 
 def save_token(location_id: str, token: dict) -> int:

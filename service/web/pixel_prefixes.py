@@ -8,14 +8,14 @@ import logging
 
 from flask import Response
 
-from ..ids import ID_PATTERN, ID_RULE, is_valid_id
 from ..ingest.pixels import GIF, GIF_HEADERS, img_tag
 from ..ingest.prefixes import PLACEHOLDERS, ROUTE
 from ..store.prefixes import PixelPrefix, create_prefix, list_prefixes, revoke_prefix
 from .auth import require_scope
 from .bodies import Blueprint
 from .deps import services
-from .errors import NotFoundError, ServiceError
+from .errors import NotFoundError
+from .paths import path_id, path_parameter
 from .schemas.prefixes import (
     MintedPixelPrefixSchema,
     PixelPrefixListSchema,
@@ -27,20 +27,10 @@ logger = logging.getLogger(__name__)
 bp = Blueprint("pixel_prefixes", __name__, url_prefix="/v1",
                description="Location pixels: a prefix per location and kind, for emails "
                            "whose sender fills in the document id from a template")
-ID_SCHEMA = {"type": "string", "pattern": ID_PATTERN}
-LOCATION_ID = {"in": "path", "name": "location_id", "required": True, "schema": ID_SCHEMA}
-PREFIX_ID = {"in": "path", "name": "prefix_id", "required": True, "schema": ID_SCHEMA}
+LOCATION_ID = path_parameter("location_id")
+PREFIX_ID = path_parameter("prefix_id")
 DOCUMENT = "{documentId}"  # what the URL template leaves to fill in
 
-
-class InvalidIdError(ServiceError):
-    status = 422  # as a body's invalid id is
-
-
-def _checked(value: str, field: str) -> str:
-    if not is_valid_id(value):
-        raise InvalidIdError(f"{field} must be {ID_RULE}", errors={field: ["Invalid id."]})
-    return value
 
 
 def listed(row: PixelPrefix) -> dict:
@@ -84,7 +74,7 @@ def mint_pixel_prefix(body, location_id):
     or estimates. Any document id put after it (``urlTemplate``'s ``{documentId}``, from a
     template's merge field) records a view of that document. Shown only in this answer;
     anyone holding it can mark any document of this kind viewed: revoke it if it leaks."""
-    return mint_prefix(_checked(location_id, "locationId"), body["kind"],
+    return mint_prefix(path_id(location_id, "locationId"), body["kind"],
                        name=body.get("name"))
 
 
@@ -94,7 +84,7 @@ def mint_pixel_prefix(body, location_id):
 @bp.response(200, PixelPrefixListSchema)
 def list_pixel_prefixes(location_id):
     """A location's prefixes, revoked ones too, oldest first; never the prefix itself."""
-    rows = list_prefixes(services().engine, _checked(location_id, "locationId"))
+    rows = list_prefixes(services().engine, path_id(location_id, "locationId"))
     return {"prefixes": [listed(row) for row in rows]}
 
 
@@ -105,7 +95,7 @@ def list_pixel_prefixes(location_id):
 def revoke_pixel_prefix(location_id, prefix_id):
     """Revoke a prefix: its URLs still answer the GIF and record nothing, on every web
     process within seconds. Revoking it again changes nothing."""
-    if revoke(_checked(location_id, "locationId"), _checked(prefix_id, "prefixId")) is None:
+    if revoke(path_id(location_id, "locationId"), path_id(prefix_id, "prefixId")) is None:
         raise NotFoundError("That location has no such pixel prefix")
 
 
