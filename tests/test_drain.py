@@ -147,6 +147,28 @@ def test_a_remaining_lower_than_our_count_is_believed(limited, make_forwarder, h
     assert forwarder.forward_once(now=clock()) == 1
 
 
+def test_a_new_windows_remaining_figure_releases_the_rest_at_once(limited, make_forwarder,
+                                                                 hl, clock):
+    """A location that spent its window sends again when the log allows one send; when
+    that answer says HighLevel's new window has 9 left, the 9 go in the next batch
+    instead of waiting for the old window's answers to age out (through the store, and
+    kept there: a second forwarder sees the same room)."""
+    views(limited, clock, "loc_1", 30)
+    forwarder = make_forwarder(concurrency=1)
+    window = []
+    for _ in range(10):  # 10 sends, one every 0.5 s: answered from T0 to T0 + 4.5 s
+        window.append(forwarder.forward_once(now=clock()))
+        clock.advance(0.5)
+    assert window == [1] * 10 and forwarder.forward_once(now=clock()) == 0
+    clock.advance(5)  # T0 + 10: the first answer ages out, one send allowed by the log
+    hl.script(Response(200, rate_limit=RateLimit(max=10, remaining=9, interval_ms=10_000)))
+    assert forwarder.forward_once(now=clock()) == 1
+    other = make_forwarder(concurrency=16)
+    assert other.forward_once(now=clock()) == 9  # the log alone would allow none yet
+    assert other.forward_once(now=clock()) == 0
+    assert sent(hl) == 20
+
+
 # -- outages: one probe per location, released by its first answer ------------------------
 
 

@@ -7,7 +7,14 @@ import datetime as dt
 import pytest
 
 from service.highlevel.client import RateLimit
-from service.store.budget import answered
+from service.store.budget import (
+    IN_FLIGHT_HOLD,
+    allowance,
+    answered,
+    dump_sends,
+    load_sends,
+    reserved_at,
+)
 from service.store.queue import Outcome
 from service.store.ratelimit import LimitState, StoreLimiter, learn, reserve
 from service.store.retention import purge_location
@@ -140,3 +147,148 @@ def test_a_purged_resource_starts_afresh_in_a_process_that_knew_it(store):
 
 def claim(location_id: str, lease: str):
     return make_claim(location_id=location_id, lease_token=lease)
+
+
+# -- HighLevel's remaining figure as an allowance (budget.allowance) ----------------------
+
+def answer_batch(st, token, n, *, remaining, now, status=200, with_since=True):
+    """What ``StoreLimiter.observe_batch`` does for one resource's batch."""
+    since = reserved_at(st, token, IN_FLIGHT_HOLD) if with_since else None
+    answered(st, token, n, now)
+    learn(st, RateLimit(max=st.burst_max, remaining=remaining, interval_ms=10_000),
+          status=status, now=now, sent_since=since, own=n)
+
+
+def test_a_new_window_releases_what_highlevel_says_remains_at_once():
+    st = state()
+    assert reserve(st, 100, T0, token="a") == 100
+    answer_batch(st, "a", 100, remaining=0, now=T0 + S)  # the window is spent
+    assert st.pause_reason == "burst" and reserve(st, 10, T0 + 5 * S, token="b") == 0
+    # The log lets sends go again only as the old answers age out (T0+11)...
+    assert reserve(st, 10, T0 + 11 * S, token="b") == 10
+    # ...but the first of them says HighLevel's new window has room for 89 more.
+    answer_batch(st, "b", 10, remaining=89, now=T0 + 11.2 * S)
+    assert st.paused_until is None
+    assert reserve(st, 200, T0 + 11.2 * S, token="c") == 89
+    assert reserve(st, 1, T0 + 11.2 * S, token="d") == 0  # used up: the log rules again
+    assert st.pause_reason == "burst"
+
+
+def test_the_allowance_leaves_out_what_highlevel_may_not_have_counted():
+    st = state()
+    reserve(st, 100, T0, token="a")
+    answer_batch(st, "a", 100, remaining=0, now=T0 + S)
+    reserve(st, 5, T0 + 11 * S, token="b")
+    reserve(st, 5, T0 + 11.1 * S, token="c")  # in flight when "b"'s answer came
+    answer_batch(st, "b", 5, remaining=90, now=T0 + 11.2 * S)
+    assert allowance(st) == 90 - 5
+    # "c"'s figure may not count "b"'s sends (they were in flight together): 88 - 5 = 83,
+    # less than the 85 we have. Both are bounds; the larger stands.
+    answer_batch(st, "c", 5, remaining=88, now=T0 + 11.3 * S)
+    assert allowance(st) == 85
+    # The log's own room is larger still by now ("a"'s answers aged out at T0+11, 12
+    # sends counted since): the larger of the two bounds is granted.
+    assert reserve(st, 100, T0 + 11.3 * S, token="d") == 100 - 12
+
+
+def test_a_429_ends_the_allowance():
+    st = state()
+    reserve(st, 100, T0, token="a")
+    answer_batch(st, "a", 100, remaining=0, now=T0 + S)
+    reserve(st, 10, T0 + 11 * S, token="b")
+    answer_batch(st, "b", 10, remaining=50, now=T0 + 11.2 * S)
+    assert allowance(st) == 50
+    learn(st, RateLimit(), status=429, now=T0 + 11.3 * S)
+    assert allowance(st) == 0 and st.pause_reason == "429"
+    assert reserve(st, 1, T0 + 11.4 * S, token="c") == 0
+
+
+def test_the_allowance_is_kept_with_the_send_log():
+    st = state()
+    reserve(st, 100, T0, token="a")
+    answer_batch(st, "a", 100, remaining=0, now=T0 + S)
+    reserve(st, 10, T0 + 11 * S, token="b")
+    answer_batch(st, "b", 10, remaining=89, now=T0 + 11.2 * S)
+    reserve(st, 9, T0 + 11.2 * S, token="c")
+    copy = state()
+    load_sends(copy, dump_sends(st))
+    assert allowance(copy) == allowance(st) == 80
+
+
+@pytest.mark.parametrize("model", ["fixed", "sliding"])
+@pytest.mark.parametrize("seed", range(4))
+def test_no_window_of_highlevel_ever_takes_more_than_its_limit(model, seed):
+    """A forwarder's batches against a simulated HighLevel that counts what it receives,
+    with fixed windows (each starts at the first request an interval after the last one
+    started, as the fake's) or a sliding one. Views trickle in for 9 s (100 sends), then
+    300 arrive at once: never a 429; with fixed windows the allowance sends the burst as
+    each new window opens, while the send log alone lets it out at the trickle's pace."""
+    runs = {with_since: simulate(model, seed, with_since) for with_since in (True, False)}
+    for with_since, (finished, refused) in runs.items():
+        assert refused == 0, (model, with_since)
+        assert finished < T0 + 60 * S
+    if model == "fixed":
+        assert runs[True][0] < runs[False][0] - 5 * S, runs
+
+
+def simulate(model: str, seed: int, with_since: bool):
+    """Documents due: one every 0.09 s for 9 s, then 300 at T0+9.5 s. Up to 4 batches of
+    up to 32 in flight; a send is received 0-0.1 s after its batch was reserved and
+    answered 0-0.1 s after that. Return (the last answer, how many HighLevel refused)."""
+    import heapq
+    import random
+
+    rng = random.Random(seed)
+    st, tick, limit, interval = state(), 0.02 * S, 100, 10 * S
+    arrivals = sorted([T0 + 0.09 * i * S for i in range(100)] + [T0 + 9.5 * S] * 300)
+    hl = {"start": None, "count": 0, "recent": []}
+    receipts, batches, left, refused, n_batch, t = [], [], 0, 0, 0, T0
+    finished = T0
+
+    def receive(at):
+        if model == "fixed":
+            if hl["start"] is None or at - hl["start"] >= interval:
+                hl["start"], hl["count"] = at, 0
+            taken = hl["count"] < limit
+            hl["count"] += taken
+            return taken, limit - hl["count"]
+        hl["recent"] = [r for r in hl["recent"] if r > at - interval]
+        taken = len(hl["recent"]) < limit
+        if taken:
+            hl["recent"].append(at)
+        return taken, limit - len(hl["recent"])
+
+    while arrivals or left or batches:
+        while arrivals and arrivals[0] <= t:
+            arrivals.pop(0)
+            left += 1
+        while receipts and receipts[0][0] <= t:  # HighLevel, in the order it receives
+            at, _, send = heapq.heappop(receipts)
+            send["ok"], send["remaining"] = receive(at)
+        for batch in [b for b in batches if all(s["answer"] <= t and "ok" in s
+                                                for s in b["sends"])]:
+            batches.remove(batch)
+            ok = [s for s in batch["sends"] if s["ok"]]
+            refused += len(batch["sends"]) - len(ok)
+            left += len(batch["sends"]) - len(ok)
+            answer_batch(st, batch["token"], len(batch["sends"]),
+                         remaining=min(s["remaining"] for s in batch["sends"]),
+                         status=200 if len(ok) == len(batch["sends"]) else 429, now=t,
+                         with_since=with_since)
+            finished = t
+        while left and len(batches) < 4:
+            n_batch += 1
+            granted = reserve(st, min(left, 32), t, token=f"b{n_batch}")
+            if not granted:
+                break
+            left -= granted
+            sends = []
+            for _ in range(granted):
+                at = t + rng.uniform(0, 0.1) * S
+                send = {"answer": at + rng.uniform(0, 0.1) * S}
+                heapq.heappush(receipts, (at, id(send), send))
+                sends.append(send)
+            batches.append({"token": f"b{n_batch}", "sends": sends})
+        t += tick
+        assert t < T0 + 120 * S, "the simulation did not finish"
+    return finished, refused

@@ -12,6 +12,16 @@ time and no knowledge of its edges. The cost is one latency per window: a send i
 counted from its answer, not from its receipt. ``X-RateLimit-Remaining`` lower than
 our own count (sends we do not know of) adds those sends to the log, as answered now.
 
+What HighLevel says remains is a second, independent bound. An answer's
+``X-RateLimit-Remaining`` R counts every send HighLevel received up to that request, so
+R less every send it may not have counted (those in flight or answered since the
+request's batch was reserved, and every one reserved after the answer) is a number of
+sends the window can still take. That stays true later, whichever way the windows are
+placed: a fixed window only resets, a sliding one only forgets, a bucket only refills.
+So a resource whose log is full may still send that many (``allowance``): when HighLevel
+starts a new window, the first answers from it release the rest of its budget at once,
+instead of one interval after each of the old window's answers.
+
 Health: a batch in which a resource only failed for transient reasons (5xx, 408,
 timeouts, connection errors) makes it *failing*. A failing resource waits
 (``probe_delay``), then gets one send, the probe. Its other documents wait until the
@@ -55,6 +65,10 @@ class LimitState:
     in_flight: dict[str, list[int]] = dataclasses.field(default_factory=dict)
     answered: list[list[int]] = dataclasses.field(default_factory=list)  # [[epoch ms, n]]
     failures: int = 0  # batches in a row that only failed transiently (0: healthy)
+    reserved_total: int = 0  # sends ever reserved (what came after an allowance)
+    # What HighLevel said remains, less what it may not have counted: [sends, reserved_total
+    # when it was learned] (module docstring); None: no such figure.
+    allowed: list[int] | None = None
 
 
 def _ms(at: dt.datetime) -> int:
@@ -66,10 +80,13 @@ def _at(ms: int) -> dt.datetime:
 
 
 def dump_sends(state: LimitState) -> str | None:
-    """The send log as stored (``rate_limits.sends``)."""
-    if not state.in_flight and not state.answered:
+    """The send log as stored (``rate_limits.sends``), with the allowance."""
+    if not state.in_flight and not state.answered and not state.reserved_total:
         return None
-    return json.dumps({"f": state.in_flight, "a": state.answered}, separators=(",", ":"))
+    data = {"f": state.in_flight, "a": state.answered, "t": state.reserved_total}
+    if state.allowed is not None:
+        data["r"] = state.allowed
+    return json.dumps(data, separators=(",", ":"))
 
 
 def load_sends(state: LimitState, text: str | None) -> None:
@@ -77,6 +94,16 @@ def load_sends(state: LimitState, text: str | None) -> None:
     data = json.loads(text) if text else {}
     state.in_flight = {k: list(v) for k, v in data.get("f", {}).items()}
     state.answered = [list(e) for e in data.get("a", [])]
+    state.reserved_total = data.get("t", 0)
+    state.allowed = data.get("r")
+
+
+def allowance(state: LimitState) -> int:
+    """Sends HighLevel's last figure still allows (0 without one)."""
+    if state.allowed is None:
+        return 0
+    sends, at = state.allowed
+    return max(0, sends - (state.reserved_total - at))
 
 
 def _add_answered(state: LimitState, at: dt.datetime, n: int) -> None:
@@ -118,6 +145,8 @@ def _settle(state: LimitState, now: dt.datetime) -> None:
     drops = sorted([(at + interval_ms, n) for at, n in state.answered]
                    + [(until + interval_ms, n) for n, until in state.in_flight.values()])
     state.window_ends_at = _at(drops[0][0]) if drops else None
+    if allowance(state) > 0:
+        return  # HighLevel says there is room: no pause for a full log
     excess = state.used - state.burst_max
     for at, n in drops:
         if excess < 0:
@@ -141,7 +170,7 @@ def reserve(state: LimitState, want: int, now: dt.datetime, *, token: str,
     roll(state, now)
     if state.paused_until is not None:
         return 0
-    granted = max(0, min(want, state.burst_max - state.used,
+    granted = max(0, min(want, max(state.burst_max - state.used, allowance(state)),
                          state.daily_max - state.daily_used))
     if state.failures and granted:
         granted = 1
@@ -150,6 +179,7 @@ def reserve(state: LimitState, want: int, now: dt.datetime, *, token: str,
         entry = state.in_flight.setdefault(token, [0, _ms(now + hold)])
         entry[0] += granted
         state.daily_used += granted
+        state.reserved_total += granted
     if state.daily_used >= state.daily_max:
         _pause(state, state.day_ends_at, DAILY)
     _settle(state, now)
@@ -167,9 +197,21 @@ def answered(state: LimitState, token: str, n: int, now: dt.datetime) -> None:
     _settle(state, now)
 
 
+def reserved_at(state: LimitState, token: str, hold: dt.timedelta) -> dt.datetime | None:
+    """When lease ``token``'s sends in flight were reserved (None: none are)."""
+    entry = state.in_flight.get(token)
+    return None if entry is None else _at(entry[1]) - hold
+
+
 def learn(state: LimitState, rate: RateLimit, *, status: int | None, now: dt.datetime,
-          retry_after: float | None = None) -> None:
-    """Correct the state from one HighLevel answer (its headers, a 429)."""
+          retry_after: float | None = None, sent_since: dt.datetime | None = None,
+          own: int = 0) -> None:
+    """Correct the state from one HighLevel answer (its headers, a 429).
+
+    ``sent_since``: when the sends that brought these headers were reserved, ``own`` of
+    them, already answered (``answered``): with it, the figure ``remaining`` becomes an
+    allowance (module docstring).
+    """
     roll(state, now)
     if rate.interval_ms and rate.interval_ms > 0:
         state.interval = dt.timedelta(milliseconds=rate.interval_ms)
@@ -180,6 +222,13 @@ def learn(state: LimitState, rate: RateLimit, *, status: int | None, now: dt.dat
     if rate.remaining is not None:
         # HighLevel's count is the truth where it is higher than ours (sends we do not know
         # of); ours is higher otherwise, and stays: answers lag their sends.
+        if sent_since is not None and status != 429:  # (before the sends added below,
+            since = _ms(sent_since)                    # which HighLevel did count)
+            uncounted = (sum(n for n, _ in state.in_flight.values())
+                         + sum(n for at, n in state.answered if at >= since) - own)
+            room = max(rate.remaining, 0) - max(uncounted, 0)
+            if room > allowance(state):
+                state.allowed = [room, state.reserved_total]
         unknown = state.burst_max - max(rate.remaining, 0) - counted(state, now)
         if unknown > 0:
             _add_answered(state, now, unknown)
@@ -188,6 +237,7 @@ def learn(state: LimitState, rate: RateLimit, *, status: int | None, now: dt.dat
         if rate.daily_remaining <= 0:
             _pause(state, state.day_ends_at, DAILY)
     if status == 429:
+        state.allowed = None
         wait = state.interval if retry_after is None else dt.timedelta(seconds=retry_after)
         _pause(state, now + min(max(wait, dt.timedelta(seconds=1)), MAX_PAUSE), LIMITED)
     _settle(state, now)

@@ -36,6 +36,7 @@ from .budget import (
     load_sends,
     observe_health,
     reserve,
+    reserved_at,
     roll,
 )
 from .db import rate_limits
@@ -163,13 +164,16 @@ class StoreLimiter:
         for res, outcomes in found.items():
             state = states[res]
             roll(state, now)
+            reserved = [reserved_at(state, token, self.hold) for token in sent[res]]
             for token, n in sent[res].items():
                 answered(state, token, n, now)
             # Concurrent answers arrive in no known order: the batch's lowest figures win,
             # so a limit HighLevel just lowered is not overwritten by an older one.
             rate = _lowest([o.rate_limit for o in outcomes])
             if rate != _NOTHING:
-                learn(state, rate, status=None, now=now)
+                since = None if None in reserved else min(reserved, default=None)
+                learn(state, rate, status=None, now=now, sent_since=since,
+                      own=sum(sent[res].values()))
             for o in outcomes:
                 if o.http_status == 429:
                     learn(state, o.rate_limit, status=429, now=now, retry_after=o.retry_after)
