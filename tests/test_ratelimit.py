@@ -46,6 +46,19 @@ def test_reserve_grants_up_to_the_burst_then_pauses_until_answers_age_out():
     assert reserve(st, 50, T0 + 13 * S, token="e") == 40  # the 40 of T0+3 aged out
 
 
+def test_answers_count_from_their_own_time_not_from_when_the_batch_was_recorded():
+    st = state()
+    assert reserve(st, 100, T0, token="a") == 100
+    answered(st, "a", 40, T0 + 3 * S, at=T0 + 1 * S)  # the batch recorded at T0+3...
+    answered(st, "a", 60, T0 + 3 * S, at=T0 + 2.5 * S)  # ...its answers came earlier
+    assert reserve(st, 100, T0 + 10.9 * S, token="b") == 0
+    assert reserve(st, 100, T0 + 11 * S, token="b") == 40
+    st = state()
+    reserve(st, 10, T0, token="a")
+    answered(st, "a", 10, T0 + S, at=T0 + 5 * S)  # never later than its recording
+    assert st.window_ends_at == T0 + 11 * S
+
+
 def test_an_unanswered_send_counts_for_its_hold_then_one_interval():
     st = state(burst_max=2)
     assert reserve(st, 2, T0, token="a", hold=30 * S) == 2

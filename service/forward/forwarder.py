@@ -62,7 +62,8 @@ def classify(resp: Response | None, claim: Claim, *, now: dt.datetime, max_age: 
     details = {"http_status": status, "latency_ms": resp.latency_ms if resp else None,
                "trace_id": resp.trace_id if resp else None}
     if resp:
-        details.update(rate_limit=resp.rate_limit, retry_after=resp.retry_after)
+        details.update(rate_limit=resp.rate_limit, retry_after=resp.retry_after,
+                       answered_at=now)
     message = (resp.message if resp else None) or error
     if status is not None and 200 <= status < 300:
         return Outcome("delivered", "delivered", **details)

@@ -31,6 +31,7 @@ True, and the caller releases the backed-off documents.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import datetime as dt
 import json
@@ -107,11 +108,13 @@ def allowance(state: LimitState) -> int:
 
 
 def _add_answered(state: LimitState, at: dt.datetime, n: int) -> None:
+    """Log ``n`` answers at ``at``, in its bucket (rounded up: never early), in order."""
     ms = -(-_ms(at) // _BUCKET_MS) * _BUCKET_MS
-    if state.answered and state.answered[-1][0] >= ms:
-        state.answered[-1][1] += n  # the last entry is as late or later: still never early
+    i = bisect.bisect_left(state.answered, [ms])
+    if i < len(state.answered) and state.answered[i][0] == ms:
+        state.answered[i][1] += n
     else:
-        state.answered.append([ms, n])
+        state.answered.insert(i, [ms, n])
 
 
 def counted(state: LimitState, now: dt.datetime) -> int:
@@ -186,14 +189,18 @@ def reserve(state: LimitState, want: int, now: dt.datetime, *, token: str,
     return granted
 
 
-def answered(state: LimitState, token: str, n: int, now: dt.datetime) -> None:
-    """``n`` of lease ``token``'s sends were answered (or given up) at ``now``."""
+def answered(state: LimitState, token: str, n: int, now: dt.datetime, *,
+             at: dt.datetime | None = None) -> None:
+    """``n`` of lease ``token``'s sends, recorded at ``now``, were answered (or given up)
+    at ``at`` (default ``now``). They counted as in flight until now, and count one
+    interval from their answer: the bound holds from the answer's own time, and a batch's
+    early answers are not held back by its slowest one."""
     entry = state.in_flight.get(token)
     if entry is not None:  # (an unknown token's hold has ended: counted twice, never less)
         entry[0] -= min(n, entry[0])
         if entry[0] <= 0:
             del state.in_flight[token]
-    _add_answered(state, now, n)
+    _add_answered(state, min(at or now, now), n)
     _settle(state, now)
 
 

@@ -44,3 +44,4 @@ class Outcome:
     spend_attempt: bool = True  # a 429 does not spend the retry budget
     rate_limit: RateLimit = field(default_factory=RateLimit)  # what HighLevel's headers said
     retry_after: float | None = None
+    answered_at: dt.datetime | None = None  # when HighLevel's answer came (None: no send)

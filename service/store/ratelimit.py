@@ -155,18 +155,18 @@ class StoreLimiter:
         if not results:
             return set()
         found: dict[str, list] = defaultdict(list)
-        sent: dict[str, Counter] = defaultdict(Counter)
+        sent: dict[str, Counter] = defaultdict(Counter)  # resource -> (lease, answer) -> n
         for claim, outcome in results:
             found[claim.location_id].append(outcome)
-            sent[claim.location_id][claim.lease_token[:8]] += 1
+            sent[claim.location_id][claim.lease_token[:8], outcome.answered_at or now] += 1
         states = self._load(conn, found, now)
         recovered = set()
         for res, outcomes in found.items():
             state = states[res]
             roll(state, now)
-            reserved = [reserved_at(state, token, self.hold) for token in sent[res]]
-            for token, n in sent[res].items():
-                answered(state, token, n, now)
+            reserved = [reserved_at(state, token, self.hold) for token, _ in sent[res]]
+            for (token, at), n in sent[res].items():
+                answered(state, token, n, now, at=at)
             # Concurrent answers arrive in no known order: the batch's lowest figures win,
             # so a limit HighLevel just lowered is not overwritten by an older one.
             rate = _lowest([o.rate_limit for o in outcomes])
