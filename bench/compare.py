@@ -135,6 +135,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="pixel, ingest")
     p.add_argument("--invoices", type=int, default=1000, help="distinct pixel tokens")
     p.add_argument("--locations", type=int, default=20, help="distinct locations")
+    p.add_argument("--stubbed-store", action="store_true",
+                   help="also run the relay with Store.record_views stubbed out "
+                        "(bench/stubbed_store_app.py): the web path alone, nothing stored")
     p.add_argument("--rounds", type=int, default=1,
                    help="rounds of every case, interleaved (every server in turn, the order "
                         "reversed on even rounds); ratios are taken within a round")
@@ -204,22 +207,34 @@ def main(argv=None) -> int:
         stores = [None] + [stack.enter_context(fresh_store(b, "compare", pg_url=args.pg_url,
                                                            keep=args.keep))
                            for b in backends]
+        if args.stubbed_store:  # the relay on SQLite, its write stubbed (an upper bound)
+            stubbed = stack.enter_context(fresh_store("sqlite", "compare-stubbed",
+                                                      pg_url=args.pg_url, keep=args.keep))
+            stores.append(stubbed)
+        else:
+            stubbed = None
 
         def server_of(store) -> str:
-            return "bare Flask" if store is None else f"relay, {store.backend}"
+            if store is None:
+                return "bare Flask"
+            return STUBBED if store is stubbed else f"relay, {store.backend}"
 
         def case(config: tuple[int, int], store, _round: int):
             """One server, each endpoint in turn: a row each."""
             workers, threads = config
             name = server_of(store)
-            log = "bare" if store is None else f"relay-{store.backend}"
+            log = ("bare" if store is None else "stubbed" if store is stubbed
+                   else f"relay-{store.backend}")
+            app = (BARE_APP if store is None else STUBBED_APP if store is stubbed
+                   else SERVICE_APP)
             with web_server(f"compare-{log}-{workers}x{threads}", store, keys,
                             workers=workers, threads=threads,
-                            app=SERVICE_APP if store else BARE_APP) as server:
+                            app=app) as server:
                 for endpoint in args.endpoints:
                     print(f"{workers}x{threads} {name} {endpoint}: {args.warmup} s "
                           f"warm-up + {args.duration} s ...", flush=True)
-                    r = measure(args, endpoint, server.port, server.web, store, files)
+                    r = measure(args, endpoint, server.port, server.web,
+                                None if store is stubbed else store, files)
                     r.update(server=name, endpoint=endpoint, workers=workers,
                              threads=threads)
                     yield r
@@ -255,6 +270,8 @@ def describe(r: dict) -> str:
     return line
 
 
+STUBBED = "relay, store stubbed"
+STUBBED_APP = "bench.stubbed_store_app:create_app()"
 ENDPOINT_NAMES = {"pixel": "pixel GET", "ingest": "POST /v1/events (one event)"}
 CHART_NAMES = {"pixel": "pixel GET", "ingest": "POST /v1/events"}  # short: no overlap
 
@@ -372,6 +389,11 @@ def report(args, rows: list[dict], notes: list[str], facts: list, started: dt.da
         "synchronous=FULL) or PostgreSQL database: every 2xx is a committed view. Both under "
         "`gunicorn --config config/gunicorn.conf.py` with the WEB_CONCURRENCY x "
         "GUNICORN_THREADS shown, access log on (to `bench/out/`).",
+        *(["- relay, store stubbed (`--stubbed-store`): `bench/stubbed_store_app.py`, the "
+           "relay with `Store.record_views` answering at once and writing nothing: the web "
+           "path alone (key, body, marshmallow, answer), an upper bound for the relay; "
+           "the gap between it and the relay is the durable write."]
+          if args.stubbed_store else []),
         "- rows stored / 2xx: rows added to `events` during the measured run (counted once "
         "the count stops moving) against the 2xx wrk counted. OK: 2xx <= rows <= 2xx + "
         "connections + timeouts + socket errors (wrk stops with a request in flight per "
