@@ -38,7 +38,7 @@ from collections.abc import Collection, Iterable, Sequence
 
 import sqlalchemy as sa
 
-from . import outbox
+from . import batched, outbox
 from .claims import Claim, Outcome
 from .db import UTCDateTime, delivery_log, documents, installs, locations
 from .deliverylog import LogFilter, matching
@@ -89,7 +89,6 @@ STATEMENTS = {
         pending_since=sa.case((_newer, _now), else_=d.pending_since)),
     "blocked": documents.update().where(_mine).values(**_common, status=BLOCKED, due_at=_now),
 }
-LOG_INSERT = delivery_log.insert()
 _HELD = sa.select(d.id, d.lease_token).where(
     d.id.in_(sa.bindparam("ids", expanding=True))).with_for_update()
 
@@ -128,7 +127,7 @@ def apply_outcomes(conn, results: Sequence[tuple[Claim, Outcome]], *, now: dt.da
     recovered = limiter.observe_batch(conn, results, now=now)  # budgets, headers, health
     if recovered:
         release_backed_off(conn, recovered, now=now)
-    conn.execute(LOG_INSERT, [{
+    batched.insert_many(conn, delivery_log, [{
         "at": now, "document_row": claim.row_id, "kind": claim.kind,
         "location_id": claim.location_id, "document_id": claim.document_id,
         "attempt": claim.attempts + 1, "outcome": outcome.outcome,
