@@ -24,7 +24,6 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
 
 from ..highlevel.client import RateLimit
 from .budget import (
@@ -63,7 +62,7 @@ class StoreLimiter:
     """Limit states kept in the ``rate_limits`` table, locked per resource while changed.
 
     Statements are built once; each batch loads every resource it touches in one
-    query and saves them in one executemany (PostgreSQL: one statement).
+    query and saves them in one executemany.
     """
 
     def __init__(self, dialect: str, *, burst: tuple[int, float] = (100, 10.0),
@@ -82,15 +81,6 @@ class StoreLimiter:
         self._update = rate_limits.update().where(
             r.resource == sa.bindparam("b_resource")).values(
             {name: sa.bindparam(f"b_{name}") for name in _SAVED})
-        if dialect == "postgresql":
-            # One UPDATE ... FROM unnest(one array per column) for the whole batch: psycopg
-            # pipelines an executemany as a statement per row, each with its own CPU here.
-            names = ("resource", *_SAVED)
-            rows = sa.func.unnest(*[
-                sa.bindparam(f"b_{name}", type_=postgresql.ARRAY(rate_limits.c[name].type))
-                for name in names]).table_valued(*names).render_derived(name="saved")
-            self._update = rate_limits.update().where(r.resource == rows.c.resource).values(
-                {name: rows.c[name] for name in _SAVED})
 
     def paused_resources(self, now: dt.datetime):
         """A subquery of resources paused at ``now`` (claims skip their documents)."""
@@ -142,9 +132,7 @@ class StoreLimiter:
             "b_day_ends_at": st.day_ends_at, "b_paused_until": st.paused_until,
             "b_pause_reason": st.pause_reason, "b_sends": dump_sends(st),
             "b_failures": st.failures, "b_updated_at": now} for st in states]
-        if rows and self.dialect == "postgresql":
-            conn.execute(self._update, {key: [row[key] for row in rows] for key in rows[0]})
-        elif rows:
+        if rows:
             conn.execute(self._update, rows)
 
     def reserve_many(self, conn, wants: dict[str, int], *, now: dt.datetime,
