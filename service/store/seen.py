@@ -30,10 +30,9 @@ import functools
 from collections.abc import Iterable
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Engine
 
-from .db import UTCDateTime, events, known_locations, rollups, view_counts
+from .db import events, known_locations, rollups, view_counts
 from .engine import dialect_insert
 from .viewrows import event_id_floor
 
@@ -47,29 +46,16 @@ e, k, v = events.c, known_locations.c, view_counts.c
 
 def remember(conn, location_ids: Iterable[str], *, now: dt.datetime) -> None:
     """Add ``location_ids`` to the known locations (the known ones are left alone)."""
-    ids = sorted(set(location_ids))
-    if not ids:
-        return
-    statement = _remember_statement(conn.dialect.name)
-    if conn.dialect.name == "postgresql":
-        conn.execute(statement, {"ids": ids, "first_seen_at": now})
-    else:
-        conn.execute(statement, [{"location_id": i, "first_seen_at": now} for i in ids])
+    rows = [{"location_id": i, "first_seen_at": now} for i in sorted(set(location_ids))]
+    if rows:
+        conn.execute(_remember_statement(conn.dialect.name), rows)
 
 
 @functools.lru_cache(maxsize=2)
 def _remember_statement(dialect: str):
-    """``remember``'s insert, built once per dialect (it runs for every outcome batch).
-
-    PostgreSQL: one statement for the batch's locations (``unnest`` of an array); psycopg
-    pipelines an executemany as a statement per row, each with its own CPU on our side.
-    """
-    insert = dialect_insert(known_locations, dialect)
-    if dialect == "postgresql":
-        ids = sa.func.unnest(sa.bindparam("ids", type_=postgresql.ARRAY(sa.String())))
-        insert = insert.from_select(["location_id", "first_seen_at"], sa.select(
-            ids, sa.bindparam("first_seen_at", type_=UTCDateTime())))
-    return insert.on_conflict_do_nothing(index_elements=["location_id"])
+    """``remember``'s insert, built once per dialect (it runs for every outcome batch)."""
+    return dialect_insert(known_locations, dialect).on_conflict_do_nothing(
+        index_elements=["location_id"])
 
 
 def lag_for(coalesce_window: int) -> dt.timedelta:
