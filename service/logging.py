@@ -14,6 +14,7 @@ import logging.config
 import re
 from urllib.parse import unquote
 
+import pythonjsonlogger.core
 import pythonjsonlogger.json
 
 # Attributes every LogRecord has; anything else came in through ``extra``.
@@ -79,18 +80,39 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+_JSON_FIELDS = ("created", "levelname", "name", "message")  # first, in this order
+_JSON_RENAMES = {"created": "ts", "levelname": "level", "name": "logger", "message": "event",
+                 "exc_info": "exc"}
+_JSON_SKIPPED = frozenset(pythonjsonlogger.core.RESERVED_ATTRS) | set(_JSON_FIELDS)
+
+
 class JsonFormatter(pythonjsonlogger.json.JsonFormatter):
     """One JSON object per line: ts, level, logger, event, the extra fields (those that are
     not None), then ``exc`` when there is a traceback."""
 
     def __init__(self) -> None:
         super().__init__(
-            ["created", "levelname", "name", "message"],
-            rename_fields={"created": "ts", "levelname": "level", "name": "logger",
-                           "message": "event", "exc_info": "exc"},
+            list(_JSON_FIELDS),
+            rename_fields=dict(_JSON_RENAMES),
             json_default=str,  # a value json cannot write (a datetime, a Path) as str() gives it
             json_serializer=functools.partial(json.dumps, separators=(",", ":")),
         )
+
+    def add_fields(self, log_data: dict, record: logging.LogRecord,
+                   message_dict: dict) -> None:
+        """pythonjsonlogger's ``add_fields`` for this formatter (no defaults, static fields
+        or timestamp field), in one pass: its generic one (``merge_record_extra``: hasattr,
+        startswith and a rename look-up per attribute) made a ``delivery.attempt`` line, one
+        per send, a quarter dearer to format (32 against 25 us, busy machine). Same fields,
+        same order."""
+        fields, rename = record.__dict__, _JSON_RENAMES
+        for name in _JSON_FIELDS:
+            log_data[rename[name]] = fields.get(name)
+        for key, value in message_dict.items():
+            log_data[rename.get(key, key)] = value
+        for key, value in fields.items():
+            if key not in _JSON_SKIPPED and not (isinstance(key, str) and key.startswith("_")):
+                log_data[rename.get(key, key)] = value
 
     def process_log_record(self, log_data: dict) -> dict:
         log_data["ts"] = dt.datetime.fromtimestamp(log_data["ts"], dt.UTC).isoformat(

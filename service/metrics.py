@@ -89,13 +89,26 @@ def observe_ingest(views: Sequence[View], accepted: Sequence[Accepted], *, sourc
             REPEATS.inc()
 
 
+_SEND_CHILDREN: dict[tuple[str, int | None], Any] = {}  # SENDS' labelled children
+_RETRY_CHILDREN: dict[str, Any] = {}  # RETRIES' labelled children
+
+
 def observe_outcomes(results: Iterable[tuple[Claim, Outcome]], *, now: dt.datetime) -> None:
     """Count recorded delivery attempts: outcomes, retries, 429s, latencies."""
     for claim, outcome in results:
         status = outcome.http_status
-        SENDS.labels(outcome.outcome, "none" if status is None else str(status)).inc()
+        key = (outcome.outcome, status)
+        child = _SEND_CHILDREN.get(key)
+        if child is None:  # labels() validates and locks on every call: once per key
+            child = _SEND_CHILDREN.setdefault(key, SENDS.labels(
+                outcome.outcome, "none" if status is None else str(status)))
+        child.inc()
         if outcome.result == "retry":
-            RETRIES.labels(outcome.outcome).inc()
+            child = _RETRY_CHILDREN.get(outcome.outcome)
+            if child is None:
+                child = _RETRY_CHILDREN.setdefault(outcome.outcome,
+                                                   RETRIES.labels(outcome.outcome))
+            child.inc()
         if status == 429:
             RATE_LIMITED.inc()
         if outcome.latency_ms is not None:

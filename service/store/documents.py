@@ -31,13 +31,14 @@ constructs per send cost more CPU than the send itself. A batch of outcomes is o
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import secrets
 from collections import Counter
 from collections.abc import Collection, Iterable, Sequence
 
 import sqlalchemy as sa
 
-from . import outbox
+from . import batched, outbox
 from .claims import Claim, Outcome
 from .db import UTCDateTime, delivery_log, documents, installs, locations
 from .deliverylog import LogFilter, matching
@@ -88,7 +89,8 @@ STATEMENTS = {
         pending_since=sa.case((_newer, _now), else_=d.pending_since)),
     "blocked": documents.update().where(_mine).values(**_common, status=BLOCKED, due_at=_now),
 }
-LOG_INSERT = delivery_log.insert()
+_HELD = sa.select(d.id, d.lease_token).where(
+    d.id.in_(sa.bindparam("ids", expanding=True))).with_for_update()
 
 
 def apply_outcomes(conn, results: Sequence[tuple[Claim, Outcome]], *, now: dt.datetime,
@@ -103,8 +105,7 @@ def apply_outcomes(conn, results: Sequence[tuple[Claim, Outcome]], *, now: dt.da
     # are still ours is read first, with the rows locked (PostgreSQL; SQLite's write
     # transaction already excludes every other writer), so no claim can take one between.
     held = {(row.id, row.lease_token) for row in conn.execute(
-        sa.select(d.id, d.lease_token).where(d.id.in_([c.row_id for c, _ in results]))
-        .with_for_update())}
+        _HELD, {"ids": [c.row_id for c, _ in results]})}
     kept, by_result = [], {}
     for claim, outcome in results:
         statement = STATEMENTS.get(outcome.result)
@@ -126,7 +127,7 @@ def apply_outcomes(conn, results: Sequence[tuple[Claim, Outcome]], *, now: dt.da
     recovered = limiter.observe_batch(conn, results, now=now)  # budgets, headers, health
     if recovered:
         release_backed_off(conn, recovered, now=now)
-    conn.execute(LOG_INSERT, [{
+    batched.insert_many(conn, delivery_log, [{
         "at": now, "document_row": claim.row_id, "kind": claim.kind,
         "location_id": claim.location_id, "document_id": claim.document_id,
         "attempt": claim.attempts + 1, "outcome": outcome.outcome,
@@ -155,22 +156,9 @@ def claim(conn, *, now: dt.datetime, limit: int, lease: dt.timedelta, limiter,
     Documents of a resource whose rate-limit budget is spent are skipped, and each
     claimed document takes one send from its resource's budget.
     """
-    due = (
-        sa.select(d.id, d.location_id)
-        .where(d.status == PENDING, d.due_at <= now)
-        .where(sa.or_(d.locked_until.is_(None), d.locked_until <= now))
-        .order_by(d.due_at)
-        .limit(limit)
-    )
-    paused = limiter.paused_resources(now)
-    if paused is not None:
-        due = due.where(d.location_id.not_in(paused))
-    if dialect == "postgresql":
-        # SKIP LOCKED: forwarders never wait on each other's rows. SQLite's BEGIN
-        # IMMEDIATE serialises claims instead.
-        due = due.with_for_update(of=documents, skip_locked=True)
+    due, take = _claim_statements(limiter, dialect)
     token = secrets.token_hex(16)
-    rows = conn.execute(due).all()
+    rows = conn.execute(due, {"now_at": now, "limit": limit}).all()
     budget = limiter.reserve_many(conn, Counter(r.location_id for r in rows), now=now,
                                   token=token)
     ids = []
@@ -180,15 +168,40 @@ def claim(conn, *, now: dt.datetime, limit: int, lease: dt.timedelta, limiter,
             ids.append(row.id)
     if not ids:
         return []
-    rows = sorted(conn.execute(documents.update().where(d.id.in_(ids)).values(
-        locked_until=now + lease, lease_token=token, claimed_seq=d.views_seq, updated_at=now)
-        .returning(*documents.c)), key=lambda r: (r.due_at, r.id))
+    until = now + lease
+    rows = sorted(conn.execute(take, {"ids": ids, "until_at": until, "lease": token,
+                                      "now_at": now}), key=lambda r: (r.due_at, r.id))
     return [Claim(row_id=r.id, kind=r.kind, location_id=r.location_id,
                   document_id=r.document_id, seq_from=max(r.sent_seq, r.failed_seq),
                   seq_to=r.claimed_seq, attempts=r.attempts,
                   pending_since=r.pending_since or now, lease_token=token,
-                  request_id=r.last_request_id, locked_until=now + lease)
+                  request_id=r.last_request_id, locked_until=until)
             for r in rows]
+
+
+@functools.lru_cache(maxsize=16)
+def _claim_statements(limiter, dialect: str) -> tuple:
+    """claim's select and update (returning what a ``Claim`` needs), built once."""
+    due = (
+        sa.select(d.id, d.location_id)
+        .where(d.status == PENDING, d.due_at <= _now)
+        .where(sa.or_(d.locked_until.is_(None), d.locked_until <= _now))
+        .order_by(d.due_at)
+        .limit(sa.bindparam("limit", type_=sa.Integer()))
+    )
+    paused = limiter.paused_resources(_now)
+    if paused is not None:
+        due = due.where(d.location_id.not_in(paused))
+    if dialect == "postgresql":
+        # SKIP LOCKED: forwarders never wait on each other's rows. SQLite's BEGIN
+        # IMMEDIATE serialises claims instead.
+        due = due.with_for_update(of=documents, skip_locked=True)
+    take = documents.update().where(d.id.in_(sa.bindparam("ids", expanding=True))).values(
+        locked_until=sa.bindparam("until_at", type_=UTCDateTime()),
+        lease_token=sa.bindparam("lease"), claimed_seq=d.views_seq, updated_at=_now,
+    ).returning(d.id, d.kind, d.location_id, d.document_id, d.sent_seq, d.failed_seq,
+                d.claimed_seq, d.attempts, d.pending_since, d.last_request_id, d.due_at)
+    return due, take
 
 
 def renew(conn, tokens: Collection[str], *, now: dt.datetime, lease: dt.timedelta) -> set[int]:

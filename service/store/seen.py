@@ -26,6 +26,7 @@ purging a location (``retention.purge_location``) deletes them and its known row
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Iterable
 
 import sqlalchemy as sa
@@ -47,8 +48,14 @@ def remember(conn, location_ids: Iterable[str], *, now: dt.datetime) -> None:
     """Add ``location_ids`` to the known locations (the known ones are left alone)."""
     rows = [{"location_id": i, "first_seen_at": now} for i in sorted(set(location_ids))]
     if rows:
-        conn.execute(dialect_insert(known_locations, conn.dialect.name)
-                     .on_conflict_do_nothing(index_elements=["location_id"]), rows)
+        conn.execute(_remember_statement(conn.dialect.name), rows)
+
+
+@functools.lru_cache(maxsize=2)
+def _remember_statement(dialect: str):
+    """``remember``'s insert, built once per dialect (it runs for every outcome batch)."""
+    return dialect_insert(known_locations, dialect).on_conflict_do_nothing(
+        index_elements=["location_id"])
 
 
 def lag_for(coalesce_window: int) -> dt.timedelta:
