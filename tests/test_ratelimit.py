@@ -204,12 +204,19 @@ def test_the_allowance_leaves_out_what_highlevel_may_not_have_counted():
     assert reserve(st, 100, T0 + 11.3 * S, token="d") == 100 - 12
 
 
-def test_a_429_ends_the_allowance():
+def after_a_spent_window(*, remaining: int) -> LimitState:
+    """A state whose window of 100 was spent at T0 (answered at T0+1), then 10 sends at
+    T0+11 whose answers (T0+11.2) said ``remaining``."""
     st = state()
     reserve(st, 100, T0, token="a")
     answer_batch(st, "a", 100, remaining=0, now=T0 + S)
     reserve(st, 10, T0 + 11 * S, token="b")
-    answer_batch(st, "b", 10, remaining=50, now=T0 + 11.2 * S)
+    answer_batch(st, "b", 10, remaining=remaining, now=T0 + 11.2 * S)
+    return st
+
+
+def test_a_429_ends_the_allowance():
+    st = after_a_spent_window(remaining=50)
     assert allowance(st) == 50
     learn(st, RateLimit(), status=429, now=T0 + 11.3 * S)
     assert allowance(st) == 0 and st.pause_reason == "429"
@@ -217,11 +224,7 @@ def test_a_429_ends_the_allowance():
 
 
 def test_the_allowance_is_kept_with_the_send_log():
-    st = state()
-    reserve(st, 100, T0, token="a")
-    answer_batch(st, "a", 100, remaining=0, now=T0 + S)
-    reserve(st, 10, T0 + 11 * S, token="b")
-    answer_batch(st, "b", 10, remaining=89, now=T0 + 11.2 * S)
+    st = after_a_spent_window(remaining=89)
     reserve(st, 9, T0 + 11.2 * S, token="c")
     copy = state()
     load_sends(copy, dump_sends(st))
