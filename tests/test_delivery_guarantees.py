@@ -1,6 +1,6 @@
 """Delivery guarantees against the fake HighLevel over real HTTP, in simulated time.
 
-The forwarder (real ``HighLevelClient`` on a real ``urllib3`` pool) talks to
+The forwarder (real ``HighLevelClient`` over libcurl) talks to
 ``FakeHighLevel`` on loopback, which enforces HighLevel's rate limit per token. One
 hand-moved clock drives both: the forwarder reads the ``clock`` fixture, and the fake's
 rate-limit windows read the same instant as seconds since ``T0``. ``drive`` calls
@@ -111,7 +111,7 @@ def make_forwarder(store, vault, hl, clock):
     for pool in pools:
         pool.shutdown()
     for session in sessions:
-        session.clear()
+        session.close()
 
 
 # -- helpers -------------------------------------------------------------------------------

@@ -5,13 +5,19 @@ from __future__ import annotations
 import datetime as dt
 import email.utils
 import http.server
+import ipaddress
 import socket
+import ssl
 import threading
 import time
 import uuid
 
 import pytest
 import sqlalchemy as sa
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from urllib3 import HTTPHeaderDict as CaseInsensitiveDict
 
 from service.forward.forwarder import Forwarder
@@ -274,6 +280,54 @@ def test_connection_refused_raises_highlevel_error_without_the_token(session):
     assert str(caught.value).startswith("ConnectionError")
     assert TOKEN not in str(caught.value)
     assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
+def test_an_https_highlevel_with_an_untrusted_certificate_gets_no_token(tmp_path):
+    # The token goes only to a server whose certificate a public CA vouches for: a
+    # self-signed one on loopback (an impostor) fails the handshake, before any header.
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    seen: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_PATCH(self):
+            seen.append(self.headers.get("Authorization", ""))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler) as server:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            with build_pool(1) as pool:
+                client = HighLevelClient(pool, f"https://127.0.0.1:{server.server_port}",
+                                         timeout=2.0)
+                with pytest.raises(HighLevelError, match="^ConnectionError") as caught:
+                    client.mark_viewed(kind="invoice", document_id="inv_1", token=TOKEN)
+        finally:
+            server.shutdown()
+
+    assert "certificate" in str(caught.value).lower()
+    assert TOKEN not in str(caught.value)
+    assert seen == []
 
 
 @pytest.mark.parametrize("bad_token", [TOKEN + "\n", TOKEN + "\r\n", TOKEN[:8] + "\r" + TOKEN[8:]])

@@ -48,7 +48,7 @@ def forwarder(store, vault, clock, fake_highlevel):
         return made[-1]
 
     yield make
-    session.clear()
+    session.close()
 
 
 def add_tokens(vault, clock, *locations: str) -> None:
