@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from service.forward.forwarder import Forwarder
 from service.highlevel.client import RateLimit, Response
 from service.store.budget import LimitState, answered, reserve
-from service.store.db import documents
+from service.store.db import documents, rate_limits
 from service.store.queue import Outcome, Store
 from service.store.ratelimit import StoreLimiter
 
@@ -124,6 +124,35 @@ def test_a_location_sends_again_one_interval_after_its_answers(limited, make_for
     assert forwarder.forward_once(now=clock()) == 5
     assert sent(hl) == 25
     assert limited.queue_depth() == {"idle": 25}
+
+
+def test_an_idle_forwarder_wakes_when_the_window_opens_or_a_document_comes_due(
+        limited, make_forwarder, hl, clock):
+    views(limited, clock, "loc_1", 12)
+    forwarder = make_forwarder()
+    assert forwarder.idle_wait(0.25) == 0.25  # nothing paused, nothing due later
+    assert forwarder.forward_once(now=clock()) == 10
+    clock.advance(9.9)
+    assert forwarder.forward_once(now=clock()) == 0  # paused until T0 + 10 s
+    assert forwarder.idle_wait(0.25) == pytest.approx(0.1, abs=0.003)
+    assert forwarder.idle_wait(0.05) == 0.05  # never longer than the back-off
+    clock.advance(0.1)
+    assert forwarder.forward_once(now=clock()) == 2
+    hl.script(Response(503, message="Service Unavailable"))
+    views(limited, clock, "loc_2", 1)
+    assert forwarder.forward_once(now=clock()) == 1
+    # Retried one back-off later; before that, loc_2's probe pause ends.
+    retry = due_at(limited, "inv_loc_2_0")
+    with limited.engine.connect() as conn:
+        probe = conn.execute(sa.select(rate_limits.c.paused_until).where(
+            rate_limits.c.resource == "loc_2")).scalar_one()
+    assert clock() < probe < retry
+    clock.advance(0.01)
+    assert forwarder.idle_wait(60.0) == pytest.approx(
+        (probe - clock()).total_seconds(), abs=0.003)
+    clock.advance((probe - clock()).total_seconds())
+    assert forwarder.idle_wait(60.0) == pytest.approx(
+        (retry - clock()).total_seconds(), abs=0.003)
 
 
 def test_two_forwarders_share_one_budget(limited, make_forwarder, hl, clock):

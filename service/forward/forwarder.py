@@ -37,6 +37,7 @@ PRUNE_EVERY = dt.timedelta(hours=1)
 FOLD_EVERY = dt.timedelta(minutes=1)
 COUNT_EVERY = dt.timedelta(minutes=1)  # views by verdict per location (store.count_views)
 DEFAULT_RATE_INTERVAL_MS = 10_000  # HighLevel's burst window when a 429 says nothing
+WAKE_MARGIN = 0.002  # seconds past a due time or a pause's end: then it surely has passed
 
 
 def retry_delay(attempt: int, *, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP,
@@ -151,6 +152,16 @@ class Forwarder:
             self._send_batch(claims)
         return len(claims)
 
+    def idle_wait(self, longest: float) -> float:
+        """Seconds to wait when nothing could be claimed: until the next document comes
+        due or the next rate-limit pause ends, when that is sooner than ``longest`` (the
+        idle back-off). A window that opens is used as it opens, not up to a poll later."""
+        now = self.clock()
+        at = self.store.next_due(now=now)
+        if at is None:
+            return longest
+        return min(longest, max((at - now).total_seconds(), 0.0) + WAKE_MARGIN)
+
     def _send_batch(self, claims: list[Claim]) -> None:
         """Send claimed documents, record the outcomes, release those not attempted."""
         # One token query for the batch's locations (a refresh, if due, per location).
@@ -233,7 +244,9 @@ def run(forwarder: Forwarder, *, once: bool = False, max_batches: int | None = N
         idle_min: float = 0.05, idle_max: float = 0.25) -> int:
     """Loop ``forward_once`` until ``forwarder.stop`` is set; return rows handled.
 
-    Idle loops back off from ``idle_min`` to ``idle_max`` seconds and reset after work.
+    Idle loops back off from ``idle_min`` to ``idle_max`` seconds and reset after work;
+    a wait ends sooner when a document comes due or a rate-limit pause ends before it
+    (``Forwarder.idle_wait``).
     ``once`` stops when nothing is due; ``max_batches`` after that many iterations.
     An unexpected error is logged and the loop goes on (after a pause).
     """
@@ -264,6 +277,6 @@ def _loop(forwarder: Forwarder, *, once: bool, max_batches: int | None, idle_min
             continue
         if once:
             break
-        stop.wait(idle)
+        stop.wait(forwarder.idle_wait(idle))
         idle = min(idle * 2, idle_max)
     return handled

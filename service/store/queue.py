@@ -91,6 +91,17 @@ class Store:
             return states.claim(conn, now=now, limit=limit, lease=self.lease,
                                 limiter=self.limiter, dialect=self.dialect)
 
+    def next_due(self, *, now: dt.datetime) -> dt.datetime | None:
+        """The first moment after ``now`` at which a claim may find what it could not at
+        ``now``: a pending document coming due, or a rate-limit pause ending (None:
+        neither is known). The forwarder sleeps until then rather than polling."""
+        d = documents.c
+        with read_only(self.engine) as conn:
+            due = conn.execute(sa.select(sa.func.min(d.due_at))
+                               .where(d.status == states.PENDING, d.due_at > now)).scalar()
+            resumes = self.limiter.resumes_at(conn, now)
+        return min((at for at in (due, resumes) if at is not None), default=None)
+
     def renew_leases(self, tokens: Collection[str], *, now: dt.datetime) -> set[int]:
         """Extend the leases held under ``tokens`` to ``now`` + the lease; return the ids of
         the rows still held (``documents.renew``)."""

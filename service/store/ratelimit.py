@@ -55,6 +55,9 @@ class NoLimit:
     def paused_resources(self, now: dt.datetime):
         return None
 
+    def resumes_at(self, conn, now: dt.datetime) -> dt.datetime | None:
+        return None
+
     def observe_batch(self, conn, results: Sequence, *, now: dt.datetime) -> set[str]:
         return set()
 
@@ -87,6 +90,12 @@ class StoreLimiter:
         """A subquery of resources paused at ``now`` (claims skip their documents)."""
         r = rate_limits.c
         return sa.select(r.resource).where(r.paused_until > now)
+
+    def resumes_at(self, conn, now: dt.datetime) -> dt.datetime | None:
+        """When the first pause still on at ``now`` ends (None: none is on)."""
+        r = rate_limits.c
+        return conn.execute(sa.select(sa.func.min(r.paused_until))
+                            .where(r.paused_until > now)).scalar()
 
     def _load(self, conn, resources: Iterable[str], now: dt.datetime) -> dict[str, LimitState]:
         """Every resource's state, its row locked. A resource this process has not seen
