@@ -117,7 +117,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--db", default="sqlite", help="comma list of sqlite, postgresql")
     p.add_argument("--validate-openapi", action="store_true",
                    help="let the fake validate each request against ../shared/highlevel-openapi "
-                        "(costs the fake CPU)")
+                        "(costs the fake CPU; needs --fake-server cheroot)")
+    p.add_argument("--fake-server", choices=("uvicorn", "cheroot"), default="uvicorn",
+                   help="the fake's HTTP server: uvicorn (about 0.09 ms of CPU a request: "
+                        "less of the cores the forwarders are measured on) or cheroot (the "
+                        "tests' server, 0.45-0.56 ms)")
     p.add_argument("--timeout", type=float, default=300.0,
                    help="give up on a run after this many seconds")
     store_options(p, "results-ratelimit.md")
@@ -126,6 +130,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     check_names(p, args.backends, ("sqlite", "postgresql"), "store")
     args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     check_names(p, args.cases, ("drain", "outage"), "case")
+    if args.validate_openapi and args.fake_server != "cheroot":
+        p.error("--validate-openapi needs --fake-server cheroot")
     args.targets = ["relay"]
     if args.baseline is not None:
         args.baseline = args.baseline.resolve()
@@ -180,6 +186,7 @@ def start_fake(args, label: str) -> tuple[Process, str]:
         cmd += ["--interval-ms", str(args.interval_ms)]
     if not args.validate_openapi:
         cmd.append("--no-openapi")
+    cmd += ["--server", args.fake_server]
     fake = start(f"{label}-fake", cmd, dict(os.environ, PYTHONUNBUFFERED="1"))
 
     def listening() -> bool:
@@ -474,8 +481,9 @@ def report(args, rows: list, notes: list, facts: list, started: dt.datetime,
         f"- {args.locations} locations, each with its own token stored by the service's "
         f"`TokenVault`; {args.per_location} distinct documents per location (every tenth an "
         "estimate), one view each, recorded by `Store.record_views`, all due at once.",
-        f"- fake HighLevel: `python -m tests.fake_highlevel --latency {args.latency:g}` in its "
-        f"own process, enforcing {args.rate_max} requests per {args.interval_ms} ms per token "
+        f"- fake HighLevel: `python -m tests.fake_highlevel --latency {args.latency:g} "
+        f"--server {args.fake_server}` in its own process, enforcing {args.rate_max} "
+        f"requests per {args.interval_ms} ms per token "
         "(429 beyond; the window starts at a token's first request and the next one at its "
         f"first request after that); OpenAPI validation "
         f"{'on' if args.validate_openapi else 'off (`--no-openapi`)'}.",

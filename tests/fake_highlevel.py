@@ -189,41 +189,12 @@ class FakeHighLevel:
                 self._idle.notify_all()
 
     def _handle(self, request: Request) -> Response:
-        body = request.get_data(cache=True)
-        auth = request.headers.get("Authorization", "")
-        scheme, _, token = auth.partition(" ")
-        token = token.strip() if scheme.lower() == "bearer" and token.strip() else None
-        parsed: object | None = None
-        try:
-            parsed = json.loads(body) if body else None
-        except ValueError:
-            pass
-        kind, field = ENDPOINTS.get(request.path, (None, None))
-        doc_id = parsed.get(field) if isinstance(parsed, dict) and field else None
-        rec = ReceivedRequest(
-            request.method,
-            request.path,
-            dict(request.headers),
-            body,
-            parsed,
-            0,
-            time.monotonic(),
-            token,
-            doc_id if isinstance(doc_id, str) else None,
-            kind,
+        rec, payload, headers, delay = self.receive(
+            request.method, request.path, dict(request.headers), request.get_data(cache=True),
             f"{request.environ.get('REMOTE_ADDR')}:{request.environ.get('REMOTE_PORT')}",
-        )
-        with self._lock:
-            self.requests.append(rec)
-        violation = self._violation(request, rec)
-        # The status is known (and patches() sees the request) before the answer is sent,
-        # like HighLevel having applied a PATCH whose response is slow or never arrives.
-        decide = self._decide_oauth if rec.path.startswith(OAUTH_PREFIX) else self._decide
-        rec.status, payload, headers, delay = decide(rec, violation)
+            request)
         if self.latency > 0 or delay > 0:
             self._stopping.wait(self.latency + delay)  # outside any lock: requests overlap
-        if payload is not None and not isinstance(payload, (bytes, str)):
-            payload = json.dumps(payload)
         response = Response(payload or b"", status=rec.status, mimetype="application/json")
         if not payload:
             del response.headers["Content-Type"]
@@ -232,10 +203,41 @@ class FakeHighLevel:
             self.on_request(rec)
         return response
 
-    def _violation(self, request: Request, rec: ReceivedRequest) -> tuple[int, str] | None:
+    def receive(self, method: str, path: str, headers: dict[str, str], body: bytes,
+                peer: str, request: Request | None = None
+                ) -> tuple[ReceivedRequest, bytes | str | None, dict[str, str], float]:
+        """Record one request and decide its answer: the record (its status set), the
+        body, the headers, and a delay on top of the latency. The server waits, answers,
+        then calls ``on_request``. ``request``: werkzeug's, for the OpenAPI check (None:
+        no such check; ``tests/fake_highlevel_asgi.py``)."""
+        auth = headers.get("Authorization", "")
+        scheme, _, token = auth.partition(" ")
+        token = token.strip() if scheme.lower() == "bearer" and token.strip() else None
+        parsed: object | None = None
+        try:
+            parsed = json.loads(body) if body else None
+        except ValueError:
+            pass
+        kind, field = ENDPOINTS.get(path, (None, None))
+        doc_id = parsed.get(field) if isinstance(parsed, dict) and field else None
+        rec = ReceivedRequest(method, path, headers, body, parsed, 0, time.monotonic(), token,
+                              doc_id if isinstance(doc_id, str) else None, kind, peer)
+        with self._lock:
+            self.requests.append(rec)
+        violation = self._violation(request, rec)
+        # The status is known (and patches() sees the request) before the answer is sent,
+        # like HighLevel having applied a PATCH whose response is slow or never arrives.
+        decide = self._decide_oauth if rec.path.startswith(OAUTH_PREFIX) else self._decide
+        rec.status, payload, out, delay = decide(rec, violation)
+        if payload is not None and not isinstance(payload, (bytes, str)):
+            payload = json.dumps(payload)
+        return rec, payload, out, delay
+
+    def _violation(self, request: Request | None,
+                   rec: ReceivedRequest) -> tuple[int, str] | None:
         """Check the request against the contract (and OpenAPI document); record any breach."""
         found, source = contract_error(rec), "contract"
-        oa = openapi_violation(request) if self.validate_openapi else None
+        oa = openapi_violation(request) if self.validate_openapi and request else None
         if oa is not None:
             kind, text = oa
             status = 404 if kind in NOT_FOUND_ERRORS else 401 if kind in AUTH_ERRORS else 400
@@ -392,6 +394,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="skip OpenAPI validation (saves CPU in benchmarks)")
     parser.add_argument("--threads", type=int, default=512,
                         help="requests answered at once (each waits out --latency in a thread)")
+    parser.add_argument("--server", choices=("cheroot", "uvicorn"), default="cheroot",
+                        help="cheroot (the tests' server) or uvicorn (C parsing, an event "
+                             "loop: less CPU a request; needs --no-openapi)")
     parser.add_argument("--timestamps", action="store_true",
                         help="end each line with received= and answered= (time.monotonic())")
     args = parser.parse_args(argv)
@@ -414,17 +419,27 @@ def main(argv: list[str] | None = None) -> None:
         validate_openapi=not args.no_openapi,
         on_request=show,
     )
-    done = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: done.set())
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
-    with hl.start(args.host, args.port, threads=args.threads):
+
+    def listening(url: str) -> None:
         openapi = ("on" if hl.validate_openapi else "off (--no-openapi)" if args.no_openapi
                    else f"off ({SPEC_DIR} not present)")
-        print(f"fake HighLevel listening on {hl.url} (openapi validation {openapi})", flush=True)
+        print(f"fake HighLevel listening on {url} (openapi validation {openapi}, "
+              f"{args.server})", flush=True)
         print(f"OAuth app: client_id={hl.oauth.client_id} client_secret={hl.oauth.client_secret}",
               flush=True)
-        while not done.wait(0.5):
-            pass
+
+    if args.server == "uvicorn":
+        from .fake_highlevel_asgi import serve
+
+        serve(hl, args.host, args.port, listening=listening)  # until SIGINT / SIGTERM
+    else:
+        done = threading.Event()
+        signal.signal(signal.SIGINT, lambda *_: done.set())
+        signal.signal(signal.SIGTERM, lambda *_: done.set())
+        with hl.start(args.host, args.port, threads=args.threads):
+            listening(hl.url)
+            while not done.wait(0.5):
+                pass
     print("fake HighLevel stopped", flush=True)
 
 

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import requests
 
+from service.highlevel.client import HighLevelClient, RateLimit, build_pool
 from tests.fake_highlevel import SPEC_AVAILABLE, SPEC_DIR, FakeHighLevel
 
 TOKEN = "tok-1234567890abcd"
@@ -221,3 +226,43 @@ def test_contract_enforced_without_openapi() -> None:
         assert r.status_code == 400
         assert [v.split(":")[0] for v in hl.violations] == ["contract"] * 3
         assert patch(hl).status_code == 200
+
+
+# -- the command, on either server ----------------------------------------------------------
+
+@pytest.mark.parametrize("server", ["cheroot", "uvicorn"])
+def test_the_command_answers_alike_on_either_server(server):
+    # bench/ratelimit.py runs the fake under uvicorn (less CPU a request): the same
+    # decisions, headers and keep-alive as under cheroot, the tests' server.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.fake_highlevel", "--port", "0", "--no-openapi",
+         "--rate-limit-max", "3", "--timestamps", "--server", server],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=Path(__file__).resolve().parent.parent)
+    try:
+        line = proc.stdout.readline()
+        assert "listening on http://" in line, line + proc.stderr.read()
+        url = line.split("listening on ", 1)[1].split()[0]
+        proc.stdout.readline()  # the OAuth app's line
+        with build_pool(1) as pool:
+            client = HighLevelClient(pool, url, timeout=5.0)
+            answers = [client.mark_viewed(kind=kind, document_id=f"doc_{n}",
+                                          token="pit-0000-aaaa-1111")
+                       for n, kind in enumerate(["invoice", "estimate", "invoice", "invoice"])]
+            denied = client.mark_viewed(kind="invoice", document_id="doc_9", token="")
+        lines = [proc.stdout.readline() for _ in range(5)]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=10)
+
+    assert [a.status for a in answers] == [200, 200, 200, 429]
+    assert [a.rate_limit.remaining for a in answers] == [2, 1, 0, 0]
+    assert answers[0].rate_limit == RateLimit(max=3, remaining=2, interval_ms=10_000,
+                                              daily_limit=200_000, daily_remaining=199_999)
+    assert answers[3].message == "Too Many Requests"
+    assert (denied.status, denied.message) == (401, "Invalid token: access token is invalid")
+    assert lines[0].startswith("PATCH /invoices/stats/last-visited-at -> 200 invoice doc_0 "
+                               "token=...1111 received=")
+    assert lines[1].startswith("PATCH /invoices/estimate/stats/last-visited-at -> 200 "
+                               "estimate doc_1")
+    assert proc.returncode == 0 and "fake HighLevel stopped" in out
