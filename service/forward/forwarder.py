@@ -260,11 +260,12 @@ def _loop(forwarder: Forwarder, *, once: bool, max_batches: int | None, idle_min
     handled, batches, idle = 0, 0, idle_min
     stop = forwarder.stop
     while not stop.is_set():
+        failed = False
         try:
             count = forwarder.forward_once()
         except Exception:
             logger.exception("forwarder.error")
-            count = 0
+            count, failed = 0, True
             if once:
                 raise
             stop.wait(idle_max)
@@ -277,6 +278,16 @@ def _loop(forwarder: Forwarder, *, once: bool, max_batches: int | None, idle_min
             continue
         if once:
             break
-        stop.wait(forwarder.idle_wait(idle))
+        stop.wait(idle if failed else _idle_wait(forwarder, idle))
         idle = min(idle * 2, idle_max)
     return handled
+
+
+def _idle_wait(forwarder: Forwarder, longest: float) -> float:
+    """``Forwarder.idle_wait``; the whole back-off when the store cannot say (it went away
+    since the claim: the loop goes on, and the next claim says so again)."""
+    try:
+        return forwarder.idle_wait(longest)
+    except Exception:
+        logger.exception("forwarder.error")
+        return longest
