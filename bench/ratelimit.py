@@ -119,9 +119,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="let the fake validate each request against ../shared/highlevel-openapi "
                         "(costs the fake CPU; needs --fake-server cheroot)")
     p.add_argument("--fake-server", choices=("uvicorn", "cheroot"), default="uvicorn",
-                   help="the fake's HTTP server: uvicorn (about 0.09 ms of CPU a request: "
-                        "less of the cores the forwarders are measured on) or cheroot (the "
-                        "tests' server, 0.45-0.56 ms)")
+                   help="the fake's HTTP server: uvicorn (a quarter of cheroot's CPU per "
+                        "run: less of the cores the forwarders are measured on) or cheroot "
+                        "(the tests' server)")
     p.add_argument("--timeout", type=float, default=300.0,
                    help="give up on a run after this many seconds")
     store_options(p, "results-ratelimit.md")

@@ -2,12 +2,12 @@
 
 In a benchmark the fake shares the machine's two cores with the forwarders it measures,
 which HighLevel itself never would. Under cheroot (the tests' server, in
-``fake_highlevel.py``) it took 0.45-0.56 ms of CPU a request, more than a forwarder's
-send: cheroot parses requests and reads sockets in Python (``_pyio`` buffers), and a
-thread per request waits out the latency. Here the parsing is C and the latency an
-``asyncio.sleep``: about 0.09 ms a request. The decisions are the same object's
-(``FakeHighLevel.receive``: rate limits, scripts, tokens, the contract check); only the
-OpenAPI check, which reads werkzeug's request, is not available.
+``fake_highlevel.py``) it took about as much CPU as the forwarders in bench/ratelimit.py's
+drain (1.9-2.8 s a run of 4,000 requests): cheroot parses requests and reads sockets in
+Python (``_pyio`` buffers), and a thread per request waits out the latency. Here the
+parsing is C and the latency an ``asyncio.sleep``: 0.5-0.9 s a run. The decisions are the
+same object's (``FakeHighLevel.receive``: rate limits, scripts, tokens, the contract
+check); only the OpenAPI check, which reads werkzeug's request, is not available.
 
 ``python -m tests.fake_highlevel --server uvicorn ...`` runs it (``serve``).
 """
