@@ -24,9 +24,6 @@ import certifi
 import pycurl
 import requests
 
-_CONNECT_PHASE = 0.0  # PRETRANSFER_TIME while nothing was sent yet
-_TIMEOUT_CODES = {pycurl.E_OPERATION_TIMEDOUT}
-
 
 class TransportError(Exception):
     """No HTTP answer. The message names the kind of failure and, for a connection
@@ -67,8 +64,7 @@ class _Handle:
 class CurlPool:
     """Kept-alive libcurl handles, one per thread that sends; ``close`` ends them all."""
 
-    def __init__(self, pool_size: int, proxy: str | None = None):
-        self.pool_size = pool_size  # the most threads expected to send at once
+    def __init__(self, proxy: str | None = None):
         self.proxy = proxy
         self._local = threading.local()
         self._handles: list[_Handle] = []
@@ -101,8 +97,8 @@ class CurlPool:
             curl.perform()
         except pycurl.error as exc:
             code, message = exc.args[0], str(exc.args[1] if len(exc.args) > 1 else "")
-            if code in _TIMEOUT_CODES:
-                sent = curl.getinfo(pycurl.PRETRANSFER_TIME) > _CONNECT_PHASE
+            if code == pycurl.E_OPERATION_TIMEDOUT:
+                sent = curl.getinfo(pycurl.PRETRANSFER_TIME) > 0  # 0: still connecting
                 raise TransportError(
                     f"timeout: {'ReadTimeout' if sent else 'ConnectTimeout'}") from None
             raise TransportError(f"ConnectionError: {message.splitlines()[0][:200]}"
@@ -138,8 +134,9 @@ def _answer(status: int, lines: list[bytes], body: bytes) -> Answer:
 
 
 def build_pool(pool_size: int, base_url: str | None = None) -> CurlPool:
-    """Handles for ``pool_size`` concurrent sends. A proxy from HTTPS_PROXY / HTTP_PROXY /
+    """Handles for ``pool_size`` concurrent sends (made per sending thread as it first
+    sends, so as many as the threads, whatever the figure). A proxy from HTTPS_PROXY / HTTP_PROXY /
     NO_PROXY (any case, as requests reads them) is read once, here."""
     proxy = requests.utils.get_environ_proxies(base_url).get(
         base_url.split(":", 1)[0]) if base_url else None
-    return CurlPool(pool_size, proxy)
+    return CurlPool(proxy)
